@@ -1,0 +1,103 @@
+"""Audit a model file's config as plain JSON before any Keras object is built.
+
+Nothing here imports Keras except to ask which custom classes are registered.
+The guards: a ``.keras`` file must be a sane zip (no path tricks, no zip bomb),
+its config must name only Keras classes or classes registered in this process,
+and ``Lambda`` layers (which carry Python bytecode) are refused.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ArtifactError, UnsafeArtifactError
+
+__all__ = ["audit_keras_file", "audit_config", "read_keras_config", "MAX_UNCOMPRESSED"]
+
+MAX_UNCOMPRESSED = 16 << 30  # 16 GiB: far above any classifier, far below a bomb
+MAX_RATIO = 200  # compressed -> uncompressed expansion allowed per member
+_KERAS_MEMBERS = {"config.json", "metadata.json", "model.weights.h5", "model.weights.npz", "assets"}
+_KERAS_MODULES = ("keras", "keras.src", "keras.layers", "keras.models", "keras.src.")
+
+
+def read_keras_config(path: Path) -> dict[str, Any]:
+    """Return ``config.json`` of a ``.keras`` zip after checking the archive."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArtifactError(
+            f"{path}: not a valid .keras archive ({exc}). The file is corrupt or is not a Keras v3 "
+            "model; re-export it."
+        ) from None
+    with archive:
+        total = 0
+        for info in archive.infolist():
+            name = info.filename
+            if name.startswith("/") or ".." in Path(name).parts:
+                raise UnsafeArtifactError(f"{path}: archive member {name!r} escapes the archive; refusing to load.")
+            total += info.file_size
+            if info.compress_size and info.file_size / max(info.compress_size, 1) > MAX_RATIO and info.file_size > 1 << 20:
+                raise UnsafeArtifactError(
+                    f"{path}: member {name!r} expands {info.file_size // max(info.compress_size, 1)}x "
+                    "(a zip bomb?); refusing to load."
+                )
+        if total > MAX_UNCOMPRESSED:
+            raise UnsafeArtifactError(f"{path}: archive expands to {total} bytes, over the limit; refusing to load.")
+        if "config.json" not in archive.namelist():
+            raise ArtifactError(f"{path}: .keras archive has no config.json; it is not a Keras v3 model.")
+        try:
+            return json.loads(archive.read("config.json"))
+        except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+            raise ArtifactError(f"{path}: config.json is unreadable ({exc}); re-export the model.") from None
+
+
+def _objects(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if "class_name" in node:
+            yield node
+        for value in node.values():
+            yield from _objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _objects(value)
+
+
+def audit_config(config: dict[str, Any], path: Path) -> list[str]:
+    """Check every serialized object against the allow-list; return custom class names.
+
+    Raises:
+        UnsafeArtifactError: for a ``Lambda`` layer or a class that is neither
+            Keras's own nor registered in this process.
+    """
+    import keras
+
+    custom = []
+    for obj in _objects(config):
+        class_name = obj.get("class_name")
+        module = obj.get("module") or ""
+        registered = obj.get("registered_name")
+        if class_name in ("Lambda", "__lambda__") or (module == "builtins" and class_name == "function"):
+            raise UnsafeArtifactError(
+                f"{path}: the model contains a {class_name} object, which carries Python bytecode and "
+                "would run on load. kerasio refuses it; replace the Lambda by a registered custom layer."
+            )
+        if not isinstance(class_name, str) or module in ("", None) and registered is None:
+            continue  # plain config values such as {"class_name": "__tensor__"}
+        if module.startswith(_KERAS_MODULES) or module in ("builtins", "numpy"):
+            continue
+        name = registered or class_name
+        if keras.saving.get_registered_object(name) is None:
+            raise UnsafeArtifactError(
+                f"{path}: custom class {name!r} (module {module!r}) is not registered in this process. "
+                "Decorate it with @keras.saving.register_keras_serializable() and import its module "
+                "before loading (CLI: --import MODULE)."
+            )
+        custom.append(name)
+    return custom
+
+
+def audit_keras_file(path: Path) -> list[str]:
+    """Audit a ``.keras`` file; return the custom classes it uses."""
+    return audit_config(read_keras_config(path), path)

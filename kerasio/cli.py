@@ -1,0 +1,235 @@
+"""The ``kerasio`` command: a thin layer of argument parsing over the library.
+
+Each subcommand parses its arguments and calls one library function. Errors
+print one line (no traceback unless ``--debug``) and exit 2; a verification
+that ran and found a mismatch exits 1. ``kerasio --help`` and ``kerasio
+inspect`` never import TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main"]
+
+EXIT_FAILED, EXIT_ERROR = 1, 2
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="CSV", help="a CSV with a label column (default: the embedded dataset)")
+    p.add_argument("--label", metavar="COL", help="label column of --data (default: 'label'; embedded: 'species')")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs (default: 5)")
+    p.add_argument("--out", default="saved_models/seed", help="bundle directory (default: saved_models/seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, weights and batch order (default: 0)")
+    p.add_argument("--formats", default="keras,savedmodel",
+                   help="comma-separated formats, or 'all' (default: keras,savedmodel); "
+                        "known: keras, savedmodel, h5, weights, onnx, litert, pickle")
+    p.add_argument("--max-shard-size", type=float, metavar="GB", help="shard the weights format above this size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kerasio",
+        description="Train, export, reload and verify a Keras classifier; every artifact proven against the "
+                    "original model's outputs.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="data -> split -> train -> export -> verify -> predict, with a trace")
+    _common_run_args(run)
+    run.add_argument("--no-verify", action="store_true", help="skip verification")
+    run.add_argument("--in-process", action="store_true", help="verify in this process (faster, weaker)")
+    run.add_argument("--trust-pickle", action="store_true", help="allow writing and loading the pickle format")
+    run.add_argument("--json", action="store_true", help="print a JSON summary instead of the trace")
+
+    ver = sub.add_parser("verify", help="reload every artifact of a bundle and compare outputs")
+    ver.add_argument("path", help="bundle directory")
+    ver.add_argument("--format", action="append", dest="formats", metavar="NAME", help="check only this format")
+    ver.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "all"])
+    ver.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+                     help="Keras backend for .keras/.h5/weights/pickle (runs in a subprocess)")
+    ver.add_argument("--precision", default="highest", choices=["highest", "fast"],
+                     help="highest pins float32 matmuls (default); fast allows TF32 on GPUs")
+    ver.add_argument("--in-process", action="store_true", help="load in this process instead of a fresh one")
+    ver.add_argument("--resume", action="store_true", help="also check that model.keras resumes training exactly")
+    ver.add_argument("--trust-pickle", action="store_true", help="allow loading the pickle artifact")
+    ver.add_argument("--import", action="append", dest="imports", default=[], metavar="MODULE",
+                     help="import a module first (one that registers custom layers)")
+    ver.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    pred = sub.add_parser("predict", help="predict labels for the rows of a CSV")
+    pred.add_argument("path", help="bundle directory or artifact")
+    pred.add_argument("--input", required=True, metavar="CSV", help="rows to predict (columns by feature name)")
+    pred.add_argument("--output", metavar="CSV", help="write label + per-class probabilities here")
+    pred.add_argument("--format", help="which artifact of the bundle to use (default: keras)")
+    pred.add_argument("--trust-pickle", action="store_true")
+    pred.add_argument("--json", action="store_true")
+
+    ins = sub.add_parser("inspect", help="show a bundle's manifest, signatures, trace and artifacts")
+    ins.add_argument("path", help="bundle directory")
+    ins.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    req = sub.add_parser("serving-request", help="print a TF Serving REST body for the rows of a CSV")
+    req.add_argument("path", help="bundle directory")
+    req.add_argument("--input", required=True, metavar="CSV")
+    req.add_argument("--columnar", action="store_true", help="use the columnar 'inputs' format")
+    req.add_argument("--signature", default="serving_default", choices=["serving_default", "predict_labels"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_ERROR
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from .errors import KerasioError
+
+    try:
+        return COMMANDS[args.command](args)
+    except KerasioError as exc:
+        if args.debug:
+            raise
+        print(f"kerasio: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("kerasio: interrupted; existing artifacts were left as they were.", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    from .pipeline import run_pipeline
+
+    result = run_pipeline(
+        args.data, label=args.label, out=args.out, epochs=args.epochs, seed=args.seed, formats=_formats(args.formats),
+        verify=not args.no_verify, in_process=args.in_process, trust_pickle=args.trust_pickle,
+        max_shard_size=args.max_shard_size, echo=None if args.json else print,
+    )
+    if args.json:
+        print(json.dumps({
+            "bundle": str(result.bundle), "metrics": result.metrics, "trace": result.trace.records,
+            "artifacts": [a.__dict__ for a in result.export.manifest.artifacts],
+            "verification": result.report.to_dict() if result.report else None,
+            "prediction": result.prediction, "seconds": result.seconds,
+        }, indent=2, default=str))
+    if not result.ok:
+        print(f"kerasio: verification failed: {'; '.join(c.format for c in result.report.failures())}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _formats(value: str):
+    return "all" if value.strip() == "all" else value
+
+
+def _verify(args) -> int:
+    from .verify import verify
+
+    report = verify(
+        args.path, formats=args.formats, in_process=args.in_process, device=args.device, backend=args.backend,
+        precision=args.precision, trust_pickle=args.trust_pickle, imports=args.imports, resume=args.resume,
+    )
+    print(report.to_json(indent=2) if args.json else report.table())
+    if not report.ok:
+        if not args.json:
+            bad = [c for c in report.failures()]
+            print(f"kerasio: verification failed for {', '.join(c.artifact for c in bad) or 'resume'}",
+                  file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _predict(args) -> int:
+    from .loading import load
+    from .predict import predict, predictions_frame
+
+    model = load(args.path, format=args.format, trust=args.trust_pickle)
+    labels, probs = predict(model, args.input, probabilities=True)
+    frame = predictions_frame(labels, probs, model.class_names)
+    if args.output:
+        frame.to_csv(args.output, index=False)
+        print(f"wrote {len(frame)} predictions to {args.output} (model {model.path}, sha256 {model.sha256[:12]})")
+    elif args.json:
+        print(frame.to_json(orient="records"))
+    else:
+        print(frame.to_csv(index=False), end="")
+    return 0
+
+
+def _inspect(args) -> int:
+    from .manifest import read_manifest
+    from .trace import TraceRecords, render_table
+    from .verify import VERIFICATION_FILE
+
+    bundle = Path(args.path)
+    manifest = read_manifest(bundle)
+    last = None
+    if (bundle / VERIFICATION_FILE).is_file():
+        last = json.loads((bundle / VERIFICATION_FILE).read_text(encoding="utf-8"))
+    if args.json:
+        print(json.dumps({"manifest": manifest.to_dict(), "last_verification": last}, indent=2))
+        return 0
+    v = manifest.versions
+    print(f"bundle      {bundle}")
+    print(f"created     {manifest.created_utc} (schema {manifest.schema_version}); backend {manifest.backend}, "
+          f"device {manifest.device}")
+    print("versions    " + ", ".join(f"{k} {v[k]}" for k in v))
+    print(f"input       {manifest.input.get('name')}: {manifest.input.get('dtype')} {manifest.input.get('shape')} "
+          f"columns {manifest.feature_names}")
+    print("outputs     " + ", ".join(f"{k}: {o['dtype']} {o['shape']}" for k, o in manifest.outputs.items()))
+    print(f"classes     {manifest.class_names} (label column {manifest.label!r})")
+    if manifest.metrics:
+        print("metrics     " + ", ".join(f"{k} {val:.4f}" for k, val in manifest.metrics.items()))
+    last_by = {}
+    for c in (last or {}).get("checks", []):
+        last_by.setdefault(c["artifact"], []).append(f"{c['status']} {c['device']} {c['max_abs_diff']}")
+    rows = []
+    for a in manifest.artifacts:
+        rows.append([a.format, a.path, str(a.size), a.sha256[:16], _io_summary(a.info),
+                     "; ".join(last_by.get(a.path, ["never verified"]))])
+    print("\nartifacts")
+    print(render_table(["Format", "Path", "Bytes", "sha256", "Signature / I/O", "Last verification"], rows))
+    if last:
+        print(f"last verification: {'PASS' if last.get('ok') else 'FAIL'} ({last.get('mode')})")
+    if manifest.trace:
+        print("\ntrace")
+        print(TraceRecords(manifest.trace).table())
+    return 0
+
+
+def _io_summary(info: dict) -> str:
+    if "signatures" in info:
+        parts = []
+        for name, sig in info["signatures"].items():
+            ins = ",".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in sig["inputs"].items())
+            outs = ",".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in sig["outputs"].items())
+            parts.append(f"{name}({ins})->{outs}")
+        return " ".join(parts)
+    if "inputs" in info:
+        return f"{info['inputs']} -> {info.get('outputs')}"
+    return "features -> probabilities"
+
+
+def _serving_request(args) -> int:
+    from .data import read_feature_rows
+    from .manifest import read_manifest
+    from .serving import rest_body
+
+    manifest = read_manifest(args.path)
+    rows = read_feature_rows(args.input, manifest.feature_names, source=args.input)
+    print(json.dumps(rest_body(rows, signature=args.signature, columnar=args.columnar)))
+    return 0
+
+
+COMMANDS = {"run": _run, "verify": _verify, "predict": _predict, "inspect": _inspect,
+            "serving-request": _serving_request}
+
+if __name__ == "__main__":
+    sys.exit(main())

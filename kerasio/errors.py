@@ -1,0 +1,54 @@
+"""Exceptions raised by kerasio.
+
+Every error names the file, column or row at fault and says what to do next.
+The CLI prints ``str(error)`` on one line and exits with status 2.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "KerasioError",
+    "DataError",
+    "InputError",
+    "ArtifactError",
+    "IntegrityError",
+    "UnsafeArtifactError",
+    "VerificationError",
+    "BackendUnavailableError",
+    "LegacyFormatWarning",
+]
+
+
+class KerasioError(Exception):
+    """Base class of every error kerasio raises on purpose."""
+
+
+class DataError(KerasioError, ValueError):
+    """A dataset (CSV) cannot be used: names the file and the column or row."""
+
+
+class InputError(KerasioError, ValueError):
+    """Rows given to ``predict`` do not match the model's input spec."""
+
+
+class ArtifactError(KerasioError):
+    """A bundle or artifact is missing, unreadable or of an unknown kind."""
+
+
+class IntegrityError(ArtifactError):
+    """An artifact's bytes differ from the sha256 recorded in the manifest."""
+
+
+class UnsafeArtifactError(ArtifactError):
+    """An artifact would run code or import modules that were not trusted."""
+
+
+class VerificationError(KerasioError, AssertionError):
+    """A reloaded artifact's outputs differ from the original model's."""
+
+
+class BackendUnavailableError(KerasioError, RuntimeError):
+    """The runtime a format needs (TensorFlow, onnxruntime, ...) is not installed."""
+
+
+class LegacyFormatWarning(UserWarning):
+    """Emitted when a legacy format (``.h5``) is written or read."""

@@ -1,0 +1,193 @@
+"""Stage 4: write a bundle (every requested format + manifest), crash-safely.
+
+Everything is first written into a hidden staging directory inside the
+bundle. Only when every artifact has been written and hashed are they renamed
+into place, the manifest last; an interrupted or failed export leaves the
+existing bundle as it was. SavedModel versions are never overwritten.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import ArtifactError, KerasioError, UnsafeArtifactError
+from .formats import ExportContext, resolve_formats
+from .fsutil import hash_artifact, place, staging_dir
+from .manifest import (
+    REFERENCE_INPUTS, REFERENCE_OUTPUTS, Artifact, Manifest, hash_entry, library_versions,
+)
+from .runtime import compile_keras, keras_backend
+
+__all__ = ["export", "ExportResult"]
+
+
+class ExportResult:
+    """The manifest written plus how long each artifact took."""
+
+    def __init__(self, bundle: Path, manifest: Manifest, seconds: dict[str, float], skipped: dict[str, str]):
+        self.bundle, self.manifest, self.seconds, self.skipped = bundle, manifest, seconds, skipped
+
+    def table(self) -> str:
+        from .trace import render_table
+
+        rows = [[a.format, a.path, _size(a.size), a.sha256[:12], f"{self.seconds.get(a.format, 0):.2f}"]
+                for a in self.manifest.artifacts]
+        rows += [[name, "-", "-", "-", f"skipped: {why}"] for name, why in self.skipped.items()]
+        return render_table(["Format", "Path", "Size", "sha256", "Seconds"], rows)
+
+    def __repr__(self) -> str:
+        return f"ExportResult({self.bundle}, formats={[a.format for a in self.manifest.artifacts]})"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def export(
+    model,
+    bundle_dir: str | Path,
+    *,
+    reference_inputs: np.ndarray,
+    formats: str | Sequence[str] | None = None,
+    feature_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    label: str = "label",
+    trace: Sequence[dict[str, Any]] = (),
+    metrics: dict[str, float] | None = None,
+    training: dict[str, Any] | None = None,
+    trust_pickle: bool = False,
+    max_shard_size: float | None = None,
+    on_artifact=None,
+) -> ExportResult:
+    """Export ``model`` to ``bundle_dir`` in several formats with a manifest.
+
+    Args:
+        model: a built Keras model that takes ``[None, n_features]`` float32.
+        bundle_dir: the bundle directory (created if needed).
+        reference_inputs: rows whose outputs are stored as the verification reference.
+        formats: names, comma-separated names or ``"all"``; default ``keras,savedmodel``.
+        feature_names, class_names: recorded in the manifest (defaults ``f0..``, ``0..``).
+        trust_pickle: the pickle format is written only when this is true.
+        max_shard_size: shard the ``weights`` format above this many GB.
+        on_artifact: called as ``on_artifact(format_name, staged_path)`` right after
+            each artifact is written (the pipeline's verifier starts warming up).
+
+    Returns:
+        An :class:`ExportResult` whose ``manifest`` lists every artifact's hash.
+
+    Example:
+        >>> result = export(model, "saved_models/demo", reference_inputs=x_test)  # doctest: +SKIP
+        >>> [a.format for a in result.manifest.artifacts]  # doctest: +SKIP
+        ['keras', 'savedmodel']
+    """
+    bundle = Path(bundle_dir)
+    x_ref = np.ascontiguousarray(reference_inputs, dtype=np.float32)
+    n_features = int(x_ref.shape[1])
+    if model.input_shape[-1] != n_features:
+        raise ArtifactError(
+            f"reference inputs have {n_features} features but the model takes {model.input_shape[-1]}."
+        )
+    feature_names = list(feature_names or [f"f{i}" for i in range(n_features)])
+    chosen = resolve_formats(formats)
+    skipped: dict[str, str] = {}
+    if not trust_pickle and any(f.needs_trust for f in chosen):
+        for f in [f for f in chosen if f.needs_trust]:
+            if formats == "all" or formats == ["all"]:
+                skipped[f.name] = "pass trust_pickle=True (--trust-pickle) to write it"
+                chosen.remove(f)
+            else:
+                raise UnsafeArtifactError(
+                    f"format {f.name!r} is written only with explicit trust: loading it runs arbitrary code. "
+                    "Pass trust_pickle=True (CLI: --trust-pickle)."
+                )
+    reference_outputs = compile_keras(model)(x_ref)
+    class_names = list(class_names or [str(i) for i in range(reference_outputs.shape[1])])
+    ctx = ExportContext(feature_names=feature_names, class_names=class_names, reference_inputs=x_ref,
+                        max_shard_size=max_shard_size)
+
+    bundle.mkdir(parents=True, exist_ok=True)
+    stage = staging_dir(bundle)
+    seconds: dict[str, float] = {}
+    try:
+        artifacts = []
+        for fmt in chosen:
+            rel = fmt.relpath(bundle) if hasattr(fmt, "relpath") else fmt.filename
+            dest = stage / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", module="keras|tensorflow|tf2onnx")
+                    info = fmt.save(model, dest, ctx) or {}
+            except KerasioError:
+                raise
+            except Exception as exc:
+                raise ArtifactError(
+                    f"{bundle / rel}: exporting format {fmt.name!r} failed ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:300] if str(exc) else ''}). Nothing in {bundle} was changed; "
+                    f"drop {fmt.name!r} from --formats or fix the model."
+                ) from exc
+            digest, size, files = hash_artifact(dest)
+            seconds[fmt.name] = time.perf_counter() - start
+            artifacts.append(Artifact(format=fmt.name, path=rel, size=size, sha256=digest, files=files, info=info))
+            if on_artifact is not None:
+                on_artifact(fmt.name, dest)
+        np.save(stage / REFERENCE_INPUTS, x_ref)
+        np.save(stage / REFERENCE_OUTPUTS, reference_outputs)
+        manifest = Manifest(
+            feature_names=feature_names,
+            class_names=class_names,
+            artifacts=artifacts,
+            versions=library_versions(),
+            backend=keras_backend(),
+            device="cpu",
+            input={"name": "features", "dtype": "float32", "shape": [None, n_features]},
+            outputs={
+                "probabilities": {"dtype": "float32", "shape": [None, len(class_names)]},
+                "class_id": {"dtype": "int64", "shape": [None]},
+            },
+            label=label,
+            trace=list(trace),
+            metrics=dict(metrics or {}),
+            training=dict(training or {}),
+            reference={
+                "rows": int(len(x_ref)),
+                "inputs": hash_entry(stage, REFERENCE_INPUTS),
+                "outputs": hash_entry(stage, REFERENCE_OUTPUTS),
+            },
+            custom_objects=_custom_objects(model),
+        )
+        _commit(stage, bundle, [a.path for a in artifacts] + [REFERENCE_INPUTS, REFERENCE_OUTPUTS])
+        manifest.write(bundle)  # last: readers only ever see a complete bundle
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return ExportResult(bundle, manifest, seconds, skipped)
+
+
+def _commit(stage: Path, bundle: Path, rels: list[str]) -> None:
+    for rel in rels:
+        place(stage / rel, bundle / rel)
+
+
+def _custom_objects(model) -> list[dict[str, str]]:
+    """Classes in the model that are not Keras's own (they must be importable to reload)."""
+    seen = {}
+    for layer in getattr(model, "layers", []):
+        cls = type(layer)
+        if not cls.__module__.startswith("keras"):
+            import keras
+
+            seen[cls.__name__] = {
+                "class": cls.__name__, "module": cls.__module__,
+                "registered_name": keras.saving.get_registered_name(cls),
+            }
+    return list(seen.values())

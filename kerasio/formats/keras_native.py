@@ -1,0 +1,39 @@
+"""``keras``: the native ``.keras`` zip, the full round-trip artifact (with compile state)."""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+from ..audit import audit_keras_file
+from .base import ExportContext, Format, Runner, register
+from ._keras_common import guarded_load, keras_runner
+
+
+class KerasFormat(Format):
+    name = "keras"
+    filename = "model.keras"
+    runtime = "keras"
+    default = True
+    suffixes = (".keras",)
+    description = "native Keras v3 zip: architecture, weights, optimizer state"
+
+    def save(self, model, dest: Path, ctx: ExportContext) -> dict:
+        model.save(dest)
+        return {"members": zipfile.ZipFile(dest).namelist()}
+
+    def load(self, path: Path, *, trust: bool = False) -> Runner:
+        import keras
+
+        custom = audit_keras_file(path)  # before any object is constructed
+        model = guarded_load(path, lambda: keras.saving.load_model(path, safe_mode=True))
+        return keras_runner(model, self.name, path, custom_objects=custom)
+
+    def describe(self, path: Path) -> dict:
+        with zipfile.ZipFile(path) as z:
+            meta = json.loads(z.read("metadata.json")) if "metadata.json" in z.namelist() else {}
+            return {"members": z.namelist(), "keras_version": meta.get("keras_version"), "inputs": ["features"],
+                    "outputs": ["probabilities"]}
+
+
+FORMAT = register(KerasFormat())

@@ -1,0 +1,59 @@
+"""``weights``: ``.weights.h5`` plus the architecture JSON, optionally sharded."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..audit import audit_config
+from ..errors import ArtifactError
+from .base import ExportContext, Format, Runner, register
+from ._keras_common import guarded_load, keras_runner
+
+ARCHITECTURE = "architecture.json"
+WEIGHTS = "model.weights.h5"
+SHARDED = "model.weights.json"
+
+
+class WeightsFormat(Format):
+    name = "weights"
+    filename = "weights"
+    runtime = "keras"
+    description = "weights (.weights.h5, sharded over max_shard_size GB) + architecture JSON"
+
+    def save(self, model, dest: Path, ctx: ExportContext) -> dict:
+        dest.mkdir(parents=True)
+        (dest / ARCHITECTURE).write_text(model.to_json(), encoding="utf-8")
+        if ctx.max_shard_size:
+            model.save_weights(dest / SHARDED, max_shard_size=ctx.max_shard_size)
+        else:
+            model.save_weights(dest / WEIGHTS)
+        return {"sharded": bool(ctx.max_shard_size), "files": sorted(p.name for p in dest.iterdir())}
+
+    def load(self, path: Path, *, trust: bool = False) -> Runner:
+        import keras
+
+        arch = path / ARCHITECTURE
+        if not arch.is_file():
+            raise ArtifactError(f"{path}: no {ARCHITECTURE}; a weights artifact needs its architecture.")
+        try:
+            config = json.loads(arch.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{arch}: unreadable architecture JSON ({exc}).") from None
+        audit_config(config, arch)
+        weights = path / SHARDED if (path / SHARDED).is_file() else path / WEIGHTS
+
+        def build():
+            model = keras.models.model_from_json(json.dumps(config))
+            model.load_weights(weights)
+            return model
+
+        return keras_runner(guarded_load(weights, build), self.name, path)
+
+    def matches(self, path: Path) -> bool:
+        return path.is_dir() and (path / ARCHITECTURE).is_file()
+
+    def describe(self, path: Path) -> dict:
+        return {"files": sorted(p.name for p in path.iterdir()), "inputs": ["features"], "outputs": ["probabilities"]}
+
+
+FORMAT = register(WeightsFormat())

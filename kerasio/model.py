@@ -1,0 +1,191 @@
+"""Stage 3: the classifier and its deterministic training loop.
+
+Training is made resumable bit-for-bit: the batch order and the dropout masks of
+epoch ``e`` depend only on ``(seed, e)``, never on how many random numbers were
+drawn before. So ``N`` epochs, save, load, ``1`` more epoch gives exactly the
+weights of ``N + 1`` uninterrupted epochs (``verify --resume`` checks this).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["build_classifier", "fit", "set_determinism", "TrainConfig"]
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a pipeline run; stored in the manifest for ``--resume``."""
+
+    epochs: int = 5
+    batch_size: int = 32
+    hidden: tuple[int, ...] = (32, 16)
+    dropout: float = 0.1
+    learning_rate: float = 0.01
+    seed: int = 0
+    test_size: int | float = 0.2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["hidden"] = tuple(d.get("hidden", ()))
+        return cls(**d)
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, numpy and the backend, and ask TensorFlow for deterministic ops."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def build_classifier(
+    n_features: int,
+    n_classes: int,
+    *,
+    x_adapt: np.ndarray | None = None,
+    hidden: Sequence[int] = (32, 16),
+    dropout: float = 0.1,
+    learning_rate: float = 0.01,
+    seed: int = 0,
+    feature_names: Sequence[str] | None = None,
+):
+    """Return a compiled ``keras.Sequential`` classifier that takes raw features.
+
+    The first layer is a ``Normalization`` adapted on ``x_adapt`` (the training
+    features), so every exported artifact accepts raw, unscaled rows.
+
+    Args:
+        n_features: width of the ``features`` input.
+        n_classes: size of the softmax output.
+        x_adapt: training features for the normalisation statistics.
+        hidden: units of each hidden ``Dense`` layer (ReLU).
+        dropout: dropout rate after each hidden layer (0 disables it).
+        learning_rate: Adam's learning rate.
+        seed: seeds the initialisers and dropout.
+
+    Example:
+        >>> model = build_classifier(10, 3, x_adapt=np.ones((4, 10), "float32"))
+        >>> model.output_shape
+        (None, 3)
+    """
+    import keras
+    from keras import layers
+
+    norm = layers.Normalization(name="normalize")
+    if x_adapt is not None:
+        norm.adapt(np.asarray(x_adapt, dtype="float32"))
+    stack = [keras.Input((n_features,), name="features"), norm]
+    for i, units in enumerate(hidden):
+        stack.append(layers.Dense(
+            units, activation="relu", name=f"hidden_{i + 1}",
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i),
+        ))
+        if dropout:
+            stack.append(layers.Dropout(dropout, seed=seed + 100 + i, name=f"dropout_{i + 1}"))
+    stack.append(layers.Dense(
+        n_classes, activation="softmax", name="probabilities",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 99),
+    ))
+    model = keras.Sequential(stack, name="kerasio_classifier")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def fit(
+    model,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int = 32,
+    seed: int = 0,
+    initial_epoch: int = 0,
+    validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: Sequence[Any] = (),
+    verbose: int = 0,
+):
+    """``model.fit`` with an epoch-indexed batch order and dropout seed.
+
+    Returns the Keras ``History``.
+    """
+    data = _EpochBatches(x, y, batch_size=batch_size, seed=seed, epoch=initial_epoch)
+    return model.fit(
+        data,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        validation_data=validation_data,
+        callbacks=[_ReseedDropout(seed), data.callback(), *callbacks],
+        verbose=verbose,
+        shuffle=False,
+    )
+
+
+def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch])
+
+
+def _EpochBatches(x, y, *, batch_size: int, seed: int, epoch: int):
+    """A ``PyDataset`` whose order in epoch ``e`` is a function of ``(seed, e)`` only."""
+    import keras
+
+    class EpochBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = epoch
+            self._order = _epoch_rng(seed, self.epoch).permutation(len(x))
+
+        def __len__(self):
+            return math.ceil(len(x) / batch_size)
+
+        def __getitem__(self, i):
+            idx = self._order[i * batch_size:(i + 1) * batch_size]
+            return x[idx], y[idx]
+
+        def set_epoch(self, e):
+            self.epoch = e
+            self._order = _epoch_rng(seed, e).permutation(len(x))
+
+        def callback(self):
+            owner = self
+
+            class _SetEpoch(keras.callbacks.Callback):
+                def on_epoch_begin(self, e, logs=None):
+                    owner.set_epoch(e)
+
+            return _SetEpoch()
+
+    return EpochBatches()
+
+
+def _ReseedDropout(seed: int):
+    import keras
+
+    class ReseedDropout(keras.callbacks.Callback):
+        """Sets every seed generator's state from ``(seed, epoch)`` at each epoch start."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            for i, layer in enumerate(self.model.layers):
+                gen = getattr(layer, "seed_generator", None)
+                if gen is not None:
+                    gen.state.assign(np.array([seed * 1009 + i, epoch * 7919], dtype=gen.state.dtype))
+
+    return ReseedDropout()

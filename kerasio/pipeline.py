@@ -1,0 +1,164 @@
+"""The six stages end to end: data, split, train, export, verify, predict."""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .data import Dataset, Split, load_dataset, split_dataset
+from .model import TrainConfig
+
+__all__ = ["run_pipeline", "PipelineResult", "DEFAULT_OUT"]
+
+DEFAULT_OUT = Path("saved_models") / "seed"
+
+
+@dataclass
+class PipelineResult:
+    bundle: Path
+    dataset: Dataset
+    split: Split
+    model: Any
+    trace: Any
+    metrics: dict[str, float]
+    export: Any
+    report: Any | None
+    prediction: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.report is None or self.report.ok
+
+
+def run_pipeline(
+    data: str | Path | None = None,
+    *,
+    label: str | None = None,
+    out: str | Path = DEFAULT_OUT,
+    epochs: int = 5,
+    seed: int = 0,
+    formats: str | Sequence[str] | None = None,
+    hidden: Sequence[int] = (32, 16),
+    dropout: float = 0.1,
+    learning_rate: float = 0.01,
+    batch_size: int = 32,
+    test_size: int | float = 0.2,
+    verify: bool = True,
+    in_process: bool = False,
+    trust_pickle: bool = False,
+    max_shard_size: float | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> PipelineResult:
+    """Run the whole path and print each stage's trace.
+
+    Args:
+        data: a CSV path, or ``None`` for the embedded default.
+        label: the label column of ``data``.
+        out: the bundle directory (default ``saved_models/seed``).
+        epochs, seed, hidden, dropout, learning_rate, batch_size: training.
+        formats: export formats (default ``keras,savedmodel``; ``"all"``).
+        verify: verify every artifact after export (in a fresh process unless
+            ``in_process``).
+        echo: where the trace goes (``None`` for silence).
+
+    Returns:
+        A :class:`PipelineResult`; ``result.ok`` is the verification verdict.
+
+    Example:
+        >>> result = run_pipeline(epochs=5, out="saved_models/seed")  # doctest: +SKIP
+        >>> result.report.ok  # doctest: +SKIP
+        True
+    """
+    say = echo or (lambda _s: None)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, hidden=tuple(hidden), dropout=dropout,
+                      learning_rate=learning_rate, seed=seed, test_size=test_size)
+    out = Path(out)
+    with contextlib.ExitStack() as stack:
+        workers = {}
+        if verify and not in_process:
+            # Start the verifier now: its TensorFlow import overlaps training on the other core.
+            from .formats import resolve_formats
+            from .worker import Worker
+
+            warm = ["keras"] + (["onnxruntime"] if any(f.name == "onnx" for f in resolve_formats(formats)) else [])
+            workers[None] = stack.enter_context(Worker(None, warm=warm))
+
+        # 1. data
+        dataset = load_dataset(data, label=label)
+        say(f"[1/6] data     {'embedded default' if dataset.source == 'embedded' else dataset.source}: "
+            f"{len(dataset)} rows x {dataset.n_features} features -> label {dataset.label!r} "
+            f"({dataset.n_classes} classes: {', '.join(dataset.class_names)})")
+        # 2. split
+        split = split_dataset(dataset, test_size=test_size, seed=seed)
+        say(f"[2/6] split    stratified, seed {seed}: train x{split.x_train.shape} y{split.y_train.shape} | "
+            f"test x{split.x_test.shape} y{split.y_test.shape}")
+        # 3. train
+        from .model import build_classifier, fit, set_determinism
+        from .trace import EpochTrace
+
+        set_determinism(seed)
+        model = build_classifier(dataset.n_features, dataset.n_classes, x_adapt=split.x_train, hidden=hidden,
+                                 dropout=dropout, learning_rate=learning_rate, seed=seed)
+        arch = " -> ".join([f"features({dataset.n_features})", "normalize", *map(str, hidden),
+                            f"softmax({dataset.n_classes})"])
+        say(f"[3/6] train    Sequential {arch}; Adam lr={learning_rate}, {epochs} epochs, batch {batch_size}")
+        trace = EpochTrace()
+        fit(model, split.x_train, split.y_train, epochs=epochs, batch_size=batch_size, seed=seed,
+            validation_data=(split.x_test, split.y_test), callbacks=[trace])
+        loss, accuracy = model.evaluate(split.x_test, split.y_test, verbose=0, batch_size=len(split.x_test))
+        metrics = {"test_loss": float(loss), "test_accuracy": float(accuracy)}
+        say(_indent(trace.table()))
+        say(_indent(trace.chart()))
+        say(f"         test: loss {loss:.4f}, accuracy {accuracy:.4f} on {len(split.y_test)} rows")
+        timings["train"] = time.perf_counter() - clock
+        # 4. export
+        from .export import export
+
+        result = export(
+            model, out, reference_inputs=split.x_test, formats=formats, feature_names=dataset.feature_names,
+            class_names=dataset.class_names, label=dataset.label, trace=trace.records, metrics=metrics,
+            training={"config": cfg.to_dict(),
+                      "data": {"source": dataset.source, "sha256": dataset.sha256, "label": dataset.label}},
+            trust_pickle=trust_pickle, max_shard_size=max_shard_size,
+        )
+        say(f"[4/6] export   -> {out} (manifest {out / 'kerasio.json'})")
+        say(_indent(result.table()))
+        timings["export"] = time.perf_counter() - clock - timings["train"]
+        # 5. verify
+        report = None
+        if verify:
+            from .verify import verify as run_verify
+
+            report = run_verify(out, in_process=in_process, trust_pickle=trust_pickle, workers=workers)
+            say(f"[5/6] verify   {report.mode}, reference: {len(split.x_test)} test rows (+ a 1-row batch)")
+            say(_indent(report.table()))
+        else:
+            say("[5/6] verify   skipped (--no-verify)")
+        timings["verify"] = time.perf_counter() - clock - timings["train"] - timings["export"]
+    # 6. predict
+    from .loading import load
+
+    loaded = load(out)
+    row = split.x_test[:1]
+    labels, probs = loaded.predict(row), loaded.predict_proba(row)
+    prediction = {"input": row[0].tolist(), "artifact": str(loaded.path), "sha256": loaded.sha256,
+                  "label": str(labels[0]), "probabilities": dict(zip(dataset.class_names, map(float, probs[0]))),
+                  "true_label": dataset.class_names[int(split.y_test[0])]}
+    sample = ", ".join(f"{n}={v:g}" for n, v in zip(dataset.feature_names, row[0]))
+    say(f"[6/6] predict  input [{sample}]")
+    say(f"         -> model loaded from {loaded.path} (sha256 {loaded.sha256[:12]})")
+    say(f"         -> predicted {str(labels[0])!r} (true {prediction['true_label']!r}); probabilities "
+        + ", ".join(f"{k} {v:.4f}" for k, v in prediction["probabilities"].items()))
+    timings["total"] = time.perf_counter() - clock
+    return PipelineResult(out, dataset, split, model, trace, metrics, result, report, prediction, timings)
+
+
+def _indent(text: str, pad: str = "         ") -> str:
+    return "\n".join(pad + line for line in text.splitlines())

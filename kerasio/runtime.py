@@ -1,0 +1,216 @@
+"""Backends, devices and the precision policy, imported lazily.
+
+Nothing here imports TensorFlow, JAX or PyTorch at module import time: each
+function imports what it needs when it is called, and a missing runtime raises
+:class:`~kerasio.errors.BackendUnavailableError` naming what to install.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import BackendUnavailableError
+
+__all__ = [
+    "require", "keras_backend", "available_devices", "resolve_devices", "precision_policy",
+    "device_scope", "compile_keras", "device_name",
+]
+
+PRECISIONS = ("highest", "fast")
+_INSTALL = {
+    "tensorflow": "pip install tensorflow",
+    "onnxruntime": "pip install 'kerasio[onnx]'",
+    "onnx": "pip install 'kerasio[onnx]'",
+    "tf2onnx": "pip install 'kerasio[onnx]'",
+    "jax": "pip install 'kerasio[jax]'",
+    "torch": "pip install torch",
+    "tensorflow_serving": "pip install 'kerasio[serving]'",
+    "ai_edge_litert": "pip install 'kerasio[litert]'",
+}
+
+
+def require(module: str, purpose: str):
+    """Import ``module`` or raise a clear error saying what needs it and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        hint = _INSTALL.get(top, f"pip install {top}")
+        raise BackendUnavailableError(
+            f"{purpose} needs {top}, which cannot be imported here ({exc}). Install it ({hint}) "
+            "or leave this format out (--formats / --format)."
+        ) from None
+
+
+def keras_backend() -> str:
+    """The Keras backend this process uses (imports Keras)."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def available_devices(backend: str | None = None) -> list[str]:
+    """``["cpu"]`` plus ``"gpu"`` when the active Keras backend sees a GPU."""
+    backend = backend or keras_backend()
+    gpu = False
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+    elif backend == "jax":
+        import jax
+
+        gpu = any(d.platform == "gpu" for d in jax.devices())
+    elif backend == "torch":
+        import torch
+
+        gpu = torch.cuda.is_available()
+    return ["cpu", "gpu"] if gpu else ["cpu"]
+
+
+def resolve_devices(device: str, backend: str | None = None) -> list[str]:
+    """Map ``auto|cpu|gpu|all`` to the devices to run on."""
+    seen = available_devices(backend)
+    if device == "auto":
+        return ["gpu"] if "gpu" in seen else ["cpu"]
+    if device == "all":
+        return seen
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be auto, cpu, gpu or all; received: device={device!r}")
+    if device not in seen:
+        raise BackendUnavailableError(
+            f"--device {device} asked for, but the {backend or keras_backend()} backend sees no GPU here. "
+            "Use --device auto or cpu."
+        )
+    return [device]
+
+
+def device_name(device: str, backend: str | None = None) -> str:
+    """A human-readable name for ``device`` (the GPU's model where known)."""
+    backend = backend or keras_backend()
+    if device == "gpu":
+        try:
+            if backend == "torch":
+                import torch
+
+                return torch.cuda.get_device_name(0)
+            if backend == "jax":
+                import jax
+
+                return next(d.device_kind for d in jax.devices() if d.platform == "gpu")
+            import tensorflow as tf
+
+            details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+            return details.get("device_name", "GPU")
+        except Exception:  # a name is informative only
+            return "GPU"
+    import platform
+
+    return platform.processor() or platform.machine() or "CPU"
+
+
+@contextlib.contextmanager
+def precision_policy(mode: str = "highest", backend: str | None = None) -> Iterator[str]:
+    """Pin full float32 matmuls (``highest``) or allow TF32 (``fast``) while inside.
+
+    * TensorFlow: ``tf.config.experimental.enable_tensor_float_32_execution``.
+    * JAX: ``jax.default_matmul_precision("highest" | "tensorfloat32")``.
+    * PyTorch: ``torch.backends.cuda.matmul.allow_tf32`` and cuDNN's flag.
+
+    Yields the mode that was applied, which the verify report records.
+    """
+    if mode not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; received: precision={mode!r}")
+    backend = backend or keras_backend()
+    fast = mode == "fast"
+    restore: Callable[[], None] = lambda: None  # noqa: E731
+    with contextlib.ExitStack() as stack:
+        if backend == "tensorflow" or _loaded("tensorflow"):
+            import tensorflow as tf
+
+            before = tf.config.experimental.tensor_float_32_execution_enabled()
+            tf.config.experimental.enable_tensor_float_32_execution(fast)
+            restore = lambda: tf.config.experimental.enable_tensor_float_32_execution(before)  # noqa: E731
+        if backend == "jax":
+            import jax
+
+            stack.enter_context(jax.default_matmul_precision("tensorfloat32" if fast else "highest"))
+        if backend == "torch":
+            import torch
+
+            before_mm, before_cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = fast
+            torch.backends.cudnn.allow_tf32 = fast
+
+            def restore_torch():
+                torch.backends.cuda.matmul.allow_tf32 = before_mm
+                torch.backends.cudnn.allow_tf32 = before_cudnn
+
+            stack.callback(restore_torch)
+        try:
+            yield "float32-pinned" if not fast else "tf32-allowed"
+        finally:
+            restore()
+
+
+def _loaded(module: str) -> bool:
+    import sys
+
+    return module in sys.modules
+
+
+@contextlib.contextmanager
+def device_scope(device: str, backend: str | None = None):
+    """Place Keras variables and ops on ``cpu`` or ``gpu`` for the active backend."""
+    import keras
+
+    with keras.device(f"{device}:0"):
+        yield
+
+
+def compile_keras(model) -> Callable[[np.ndarray], np.ndarray]:
+    """A compiled inference function for a Keras model: float32 in, numpy out.
+
+    ``model.predict`` spends ~50 ms per call on batching machinery; this traces
+    the forward pass once per backend and costs well under a millisecond for a
+    small batch.
+    """
+    backend = keras_backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="features")
+        concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+        return lambda x: concrete(tf.constant(x, tf.float32)).numpy()
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        frozen = [v.value for v in model.non_trainable_variables]
+        step = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
+        return lambda x: np.asarray(step(trainable, frozen, np.asarray(x, np.float32)))
+    if backend == "torch":
+        import torch
+
+        from keras.src.backend.torch.core import get_device
+
+        def run(x):
+            with torch.no_grad():
+                out = model(torch.as_tensor(np.asarray(x, np.float32), device=get_device()), training=False)
+            return out.detach().cpu().numpy()
+
+        return run
+    return lambda x: np.asarray(model(np.asarray(x, np.float32), training=False))
+
+
+def backend_env(backend: str | None) -> dict[str, str]:
+    """The environment for a subprocess that should use ``backend``."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    return env

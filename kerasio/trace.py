@@ -1,0 +1,241 @@
+"""The epoch trace: a Keras callback that records each epoch and explains it.
+
+``EpochTrace`` follows Keras's callback lifecycle (like ``CSVLogger``): it opens
+on ``on_train_begin``, appends a stable-keyed record on ``on_epoch_end`` and
+optionally streams it to CSV and JSON files, flushed every epoch.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["EpochTrace", "observe", "trace_table", "ascii_chart", "TRACE_KEYS"]
+
+TRACE_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds", "observation")
+
+
+def _callback_base():
+    import keras
+
+    return keras.callbacks.Callback
+
+
+class _Records:
+    """Rendering shared by the callback and by traces read back from a manifest."""
+
+    records: list[dict[str, Any]]
+
+    def to_frame(self):
+        """The trace as a pandas DataFrame, one row per epoch."""
+        import pandas as pd
+
+        return pd.DataFrame(self.records, columns=list(TRACE_KEYS))
+
+    def table(self) -> str:
+        """``Epoch | Loss ↓ | Accuracy ↑ | Observation`` as a text table."""
+        return trace_table(self.records)
+
+    def chart(self, **kwargs) -> str:
+        """An ASCII chart of the loss (and val_loss) per epoch."""
+        return ascii_chart(self.records, **kwargs)
+
+    def write_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=TRACE_KEYS)
+            writer.writeheader()
+            writer.writerows(self.records)
+        return path
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.records, indent=2), encoding="utf-8")
+        return path
+
+
+class TraceRecords(_Records):
+    """A trace read back from disk or a manifest (no Keras needed)."""
+
+    def __init__(self, records: Iterable[dict[str, Any]]):
+        self.records = [dict(r) for r in records]
+
+
+def EpochTrace(csv_path: str | Path | None = None, json_path: str | Path | None = None):
+    """Create a ``keras.callbacks.Callback`` that records the epoch trace.
+
+    Usable on any Keras model: ``model.fit(..., callbacks=[trace])``. After
+    training, ``trace.records`` holds one dict per epoch with the keys
+    :data:`TRACE_KEYS`; ``trace.table()``, ``trace.chart()`` and
+    ``trace.to_frame()`` render it.
+
+    Args:
+        csv_path: if given, each epoch is appended to this CSV and flushed.
+        json_path: if given, the whole trace is rewritten here every epoch.
+
+    Example:
+        >>> trace = EpochTrace()
+        >>> model.fit(x, y, epochs=2, callbacks=[trace])  # doctest: +SKIP
+        >>> print(trace.table())  # doctest: +SKIP
+    """
+    return _make_class()(csv_path, json_path)
+
+
+_CLASS = None
+
+
+def _make_class():
+    # The class derives from keras.callbacks.Callback, built on first use so that
+    # importing kerasio.trace does not import Keras (and TensorFlow).
+    global _CLASS
+    if _CLASS is not None:
+        return _CLASS
+
+    class _EpochTrace(_callback_base(), _Records):
+        def __init__(self, csv_path=None, json_path=None):
+            super().__init__()
+            self.csv_path = Path(csv_path) if csv_path else None
+            self.json_path = Path(json_path) if json_path else None
+            self.records: list[dict[str, Any]] = []
+            self._csv = None
+            self._writer = None
+            self._start = 0.0
+
+        def on_train_begin(self, logs=None):
+            # A resumed fit (initial_epoch > 0) keeps the earlier records.
+            if self.csv_path is not None:
+                fresh = not self.records
+                self._csv = self.csv_path.open("w" if fresh else "a", newline="", encoding="utf-8")
+                self._writer = csv.DictWriter(self._csv, fieldnames=TRACE_KEYS)
+                if fresh:
+                    self._writer.writeheader()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            record = {
+                "epoch": epoch + 1,
+                "loss": _num(logs.get("loss")),
+                "accuracy": _num(logs.get("accuracy", logs.get("acc"))),
+                "val_loss": _num(logs.get("val_loss")),
+                "val_accuracy": _num(logs.get("val_accuracy", logs.get("val_acc"))),
+                "learning_rate": _num(logs.get("learning_rate", self._learning_rate())),
+                "seconds": round(time.perf_counter() - self._start, 4),
+            }
+            record["observation"] = observe(self.records, record)
+            self.records.append(record)
+            if self._writer is not None:
+                self._writer.writerow(record)
+                self._csv.flush()
+            if self.json_path is not None:
+                self.write_json(self.json_path)
+
+        def on_train_end(self, logs=None):
+            if self._csv is not None:
+                self._csv.close()
+                self._csv = self._writer = None
+
+        def _learning_rate(self):
+            optimizer = getattr(self.model, "optimizer", None)
+            lr = getattr(optimizer, "learning_rate", None)
+            try:
+                return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+            except (TypeError, ValueError):
+                return None
+
+    _EpochTrace.__name__ = _EpochTrace.__qualname__ = "EpochTrace"
+    _CLASS = _EpochTrace
+    return _CLASS
+
+
+def _num(value) -> float | None:
+    if value is None:
+        return None
+    try:
+        return round(float(value), 6)
+    except (TypeError, ValueError):
+        return None
+
+
+def observe(previous: list[dict[str, Any]], record: dict[str, Any]) -> str:
+    """A one-line reading of an epoch's numbers, given the epochs before it."""
+    loss, acc = record.get("loss"), record.get("accuracy")
+    val_loss = record.get("val_loss")
+    if loss is None:
+        return "no loss reported"
+    if not previous:
+        return "starts learning" if (acc or 0) > 0 else "starts training"
+    prev = previous[-1]
+    d_loss = loss - prev["loss"]
+    d_acc = (acc or 0) - (prev.get("accuracy") or 0)
+    if val_loss is not None and prev.get("val_loss") is not None:
+        if val_loss > prev["val_loss"] * 1.01 and d_loss < 0:
+            return "val_loss rises while loss falls: overfitting"
+    rel = abs(d_loss) / max(prev["loss"], 1e-12)
+    if d_loss > 0 and rel > 0.01:
+        return "loss rises: learning rate may be too high"
+    if rel < 0.01:
+        return "training stabilizes"
+    if rel < 0.05 and (acc or 0) >= 0.85:
+        return "good convergence"
+    if d_acc > 0:
+        return "loss decreases and accuracy improves"
+    return "loss decreases"
+
+
+def trace_table(records: list[dict[str, Any]]) -> str:
+    """Render ``Epoch | Loss ↓ | Accuracy ↑ | Observation`` (val figures when present)."""
+    has_val = any(r.get("val_loss") is not None for r in records)
+    head = ["Epoch", "Loss ↓", "Accuracy ↑"] + (["Val loss", "Val acc"] if has_val else []) + ["Time (s)", "Observation"]
+    rows = []
+    for r in records:
+        row = [str(r["epoch"]), _fmt(r.get("loss")), _fmt(r.get("accuracy"))]
+        if has_val:
+            row += [_fmt(r.get("val_loss")), _fmt(r.get("val_accuracy"))]
+        row += [f"{r.get('seconds', 0):.2f}", r.get("observation", "")]
+        rows.append(row)
+    return render_table(head, rows)
+
+
+def render_table(head: list[str], rows: list[list[str]]) -> str:
+    """A plain ``|``-separated text table (also used by the verify report)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep, *(line(r) for r in rows)])
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def ascii_chart(records: list[dict[str, Any]], *, height: int = 8, key: str = "loss") -> str:
+    """A terminal chart of ``key`` (``*``) and ``val_<key>`` (``o``) per epoch."""
+    series = [r.get(key) for r in records]
+    val = [r.get(f"val_{key}") for r in records]
+    values = [v for v in series + val if v is not None]
+    if not values:
+        return f"(no {key} to chart)"
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    level = lambda v: round((v - lo) / span * (height - 1))  # noqa: E731
+    col_w = 4
+    grid = [[" "] * (len(records) * col_w) for _ in range(height)]
+    for i, (a, b) in enumerate(zip(series, val)):
+        if b is not None:
+            grid[height - 1 - level(b)][i * col_w + 1] = "o"
+        if a is not None:
+            grid[height - 1 - level(a)][i * col_w + 1] = "*"
+    lines = []
+    for row_i, row in enumerate(grid):
+        value = hi - row_i * span / max(height - 1, 1)
+        lines.append(f"{value:8.4f} |{''.join(row).rstrip()}")
+    lines.append(" " * 9 + "+" + "-" * (len(records) * col_w))
+    lines.append(" " * 10 + "".join(f" {r['epoch']:<{col_w - 1}}" for r in records).rstrip())
+    legend = f"{key} *" + (f"   val_{key} o" if any(v is not None for v in val) else "")
+    lines.append(" " * 10 + "epoch      " + legend)
+    return "\n".join(lines)
