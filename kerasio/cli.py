@@ -228,6 +228,19 @@ def _serving_request(args) -> int:
     return 0
 
 
+def entry() -> None:
+    """Console-script entry point.
+
+    Exits with ``os._exit`` once output is flushed: a process that imported
+    TensorFlow otherwise spends most of a second tearing it down, and the CLI
+    has nothing left to clean up (files are already renamed into place).
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 COMMANDS = {"run": _run, "verify": _verify, "predict": _predict, "inspect": _inspect,
             "serving-request": _serving_request}
 

@@ -53,6 +53,27 @@ def keras_backend() -> str:
     return keras.backend.backend()
 
 
+def default_backend() -> str:
+    """The backend a fresh process would use, read without importing Keras.
+
+    Keras takes ``KERAS_BACKEND`` first, then ``~/.keras/keras.json``
+    (``KERAS_HOME`` moves it), then TensorFlow.
+    """
+    import json
+    import sys
+
+    if "keras" in sys.modules:
+        return keras_backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
 def available_devices(backend: str | None = None) -> list[str]:
     """``["cpu"]`` plus ``"gpu"`` when the active Keras backend sees a GPU."""
     backend = backend or keras_backend()

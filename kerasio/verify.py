@@ -21,6 +21,7 @@ from .errors import IntegrityError, KerasioError, VerificationError
 from .formats import get_format
 from .fsutil import write_text_atomic
 from .manifest import read_manifest
+from .runtime import default_backend
 from .tolerances import tolerance_for
 from .trace import render_table
 
@@ -197,7 +198,7 @@ def verify(
     arts = [a for a in manifest.artifacts if wanted is None or a.format in wanted]
     imports = list(imports) + _importable_custom_modules(manifest)
     report = VerifyReport(bundle=str(bundle), mode="in-process" if in_process else "fresh-process")
-    own = {}
+    default = default_backend()
     workers = dict(workers or {})
     with tempfile.TemporaryDirectory(prefix="kerasio-ref-") as tmp, contextlib.ExitStack() as stack:
         inputs = Path(tmp) / "inputs.npy"
@@ -207,7 +208,7 @@ def verify(
             from .worker import Worker
 
             if fmt_backend not in workers:
-                own[fmt_backend] = workers[fmt_backend] = stack.enter_context(
+                workers[fmt_backend] = stack.enter_context(
                     Worker(fmt_backend, warm=("keras",), imports=imports))
             return workers[fmt_backend]
 
@@ -219,9 +220,10 @@ def verify(
                 path = art.check(bundle)
                 request = {"format": art.format, "path": str(path), "inputs": str(inputs), "device": device,
                            "precision": precision, "trust": trust_pickle, "imports": imports, "out_dir": tmp}
-                child_backend = backend if fmt.runtime == "keras" else (
-                    "tensorflow" if fmt.runtime in ("tensorflow", "litert") else backend)
-                if in_process and (child_backend is None or child_backend == _current_backend()):
+                # Backend-agnostic formats run on the requested backend; SavedModel and LiteRT
+                # need TensorFlow; ONNX runs in onnxruntime beside whichever backend is up.
+                child_backend = "tensorflow" if fmt.runtime in ("tensorflow", "litert") else (backend or default)
+                if in_process and child_backend == _current_backend():
                     from .worker import run_check
 
                     answer = run_check(request)

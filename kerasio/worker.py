@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -149,9 +150,9 @@ class Worker:
     """
 
     def __init__(self, backend: str | None = None, *, warm: Sequence[str] = ("keras",), imports: Sequence[str] = ()):
-        from .runtime import backend_env
+        from .runtime import backend_env, default_backend
 
-        self.backend = backend
+        self.backend = backend = backend or default_backend()
         env = backend_env(backend)
         # The child must import this same kerasio, wherever it was imported from.
         root = str(Path(__file__).resolve().parent.parent)
@@ -186,16 +187,24 @@ class Worker:
         return self._send(message)
 
     def close(self) -> None:
+        """Tell the worker to exit and return at once.
+
+        A process that imported TensorFlow takes most of a second to tear down;
+        nobody needs to wait for that, so a daemon thread reaps it.
+        """
         if self.proc.poll() is None:
             with contextlib.suppress(OSError, ValueError):
                 self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
                 self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        threading.Thread(target=self._reap, daemon=True).start()
         self._stderr.close()
-        self.tmp.cleanup()
+        self.tmp.cleanup()  # the worker no longer reads or writes there
+
+    def _reap(self) -> None:
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
     def __enter__(self):
         return self
