@@ -147,7 +147,7 @@ def run_pipeline(
     # 6. predict
     from .loading import load
 
-    loaded = load(out)
+    loaded = load(out, trust=trust_pickle)
     row = split.x_test[:1]
     labels, probs = loaded.predict(row), loaded.predict_proba(row)
     prediction = {"input": row[0].tolist(), "artifact": str(loaded.path), "sha256": loaded.sha256,

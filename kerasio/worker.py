@@ -154,9 +154,11 @@ class Worker:
 
         self.backend = backend = backend or default_backend()
         env = backend_env(backend)
-        # The child must import this same kerasio, wherever it was imported from.
+        # The child sees the same import path as this process (this kerasio, the user's
+        # modules), but none of its in-memory state.
         root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+        paths = [root, *(p for p in sys.path if p and os.path.isdir(p))]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         self.tmp = tempfile.TemporaryDirectory(prefix="kerasio-verify-")
         self._stderr = open(Path(self.tmp.name) / "stderr.log", "w+")
         self.proc = subprocess.Popen(

@@ -23,9 +23,18 @@ class H5Format(Format):
 
     def save(self, model, dest: Path, ctx: ExportContext) -> dict:
         warnings.warn(_WHY, LegacyFormatWarning, stacklevel=3)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*legacy.*")
-            model.save(dest)
+        # Keras's legacy writer pops "optimizer" out of the model's own compile
+        # config (saving_utils.model_metadata), so every later .keras save of the
+        # same model would reload with a default RMSprop. Save a copy, restore it.
+        compile_config = getattr(model, "_compile_config", None)
+        snapshot = dict(compile_config.config) if compile_config is not None else None
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*legacy.*")
+                model.save(dest)
+        finally:
+            if compile_config is not None:
+                compile_config.config = snapshot
         return {"legacy": True}
 
     def load(self, path: Path, *, trust: bool = False) -> Runner:

@@ -1,8 +1,6 @@
 """``onnx``: Keras's ONNX export, renamed to ``features`` -> ``probabilities``, run by onnxruntime."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ from ..runtime import require
 from .base import ExportContext, Format, Runner, register
 
 INPUT, OUTPUT = "features", "probabilities"
+OPSET = 17
 
 
 class OnnxFormat(Format):
@@ -22,18 +21,30 @@ class OnnxFormat(Format):
     description = "ONNX graph (tf2onnx), verified in onnxruntime"
 
     def save(self, model, dest: Path, ctx: ExportContext) -> dict:
+        """Freeze the forward pass, convert it with tf2onnx and name its I/O.
+
+        ``model.export(format="onnx")`` hands tf2onnx a function whose captured
+        constants (an adapted ``Normalization``'s mean and variance) become
+        unbound graph *inputs*: onnxruntime then refuses to run it without them.
+        Freezing every capture into a constant first gives a self-contained
+        graph with exactly one input.
+        """
         onnx = require("onnx", "exporting ONNX")
-        require("tf2onnx", "exporting ONNX")
-        # A reloaded model that was never called has no traced shapes; ONNX export needs them.
-        model(ctx.reference_inputs[:1], training=False)
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = Path(tmp) / "raw.onnx"
-            model.export(str(raw), format="onnx", verbose=False)
-            graph_model = onnx.load(str(raw))
+        tf2onnx = require("tf2onnx", "exporting ONNX")
+        tf = require("tensorflow", "exporting ONNX")
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        spec = tf.TensorSpec([None, len(ctx.feature_names)], tf.float32, name=INPUT)
+        concrete = tf.function(lambda features: model(features, training=False)).get_concrete_function(spec)
+        frozen = convert_variables_to_constants_v2(concrete)
+        graph_model, _ = tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
+            output_names=[t.name for t in frozen.outputs], opset=OPSET,
+        )
         _rename_io(graph_model.graph, INPUT, OUTPUT)
         onnx.checker.check_model(graph_model)
         onnx.save(graph_model, str(dest))
-        return self.describe(dest)
+        return self.describe(dest) | {"opset": OPSET}
 
     def load(self, path: Path, *, trust: bool = False, providers=None) -> Runner:
         ort = require("onnxruntime", "running ONNX")

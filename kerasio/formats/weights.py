@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from ..audit import audit_config
@@ -44,7 +45,10 @@ class WeightsFormat(Format):
 
         def build():
             model = keras.models.model_from_json(json.dumps(config))
-            model.load_weights(weights)
+            with warnings.catch_warnings():
+                # save_weights also stores optimizer slots; an inference reload has no use for them.
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                model.load_weights(weights)
             return model
 
         return keras_runner(guarded_load(weights, build), self.name, path)

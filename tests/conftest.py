@@ -1,0 +1,55 @@
+"""Shared fixtures: one real training run and one bundle of every format per session."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import kerasio  # noqa: E402
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """A real pipeline run on the embedded data, every format, verification left to the tests."""
+    out = tmp_path_factory.mktemp("bundle") / "seed"
+    return kerasio.run_pipeline(out=out, epochs=EPOCHS, formats="all", trust_pickle=True, verify=False, echo=None)
+
+
+@pytest.fixture(scope="session")
+def bundle(pipeline) -> Path:
+    """The session bundle; read-only by convention (copy it with ``bundle_copy`` to change it)."""
+    return pipeline.bundle
+
+
+@pytest.fixture
+def bundle_copy(bundle, tmp_path) -> Path:
+    dest = tmp_path / "bundle"
+    shutil.copytree(bundle, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def keras_bundle(pipeline, tmp_path_factory) -> Path:
+    """A small keras+savedmodel bundle of the same model, for tests that modify files."""
+    out = tmp_path_factory.mktemp("kb") / "b"
+    kerasio.export(pipeline.model, out, reference_inputs=pipeline.split.x_test,
+                   feature_names=pipeline.dataset.feature_names, class_names=pipeline.dataset.class_names,
+                   training=kerasio.read_manifest(pipeline.bundle).training)
+    return out
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,159 @@
+"""Stage 4: the bundle on disk, its manifest, and crash-safe writing."""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import kerasio
+from kerasio.formats import REGISTRY
+from kerasio.fsutil import hash_artifact, sha256_file
+from kerasio.manifest import MANIFEST_NAME, SCHEMA_VERSION
+
+
+def test_manifest_fields(bundle, pipeline):
+    data = json.loads((bundle / MANIFEST_NAME).read_text())
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data["created_utc"].endswith("+00:00")
+    for lib in ("kerasio", "keras", "tensorflow", "numpy", "python"):
+        assert data["versions"][lib], lib
+    assert data["backend"] == "tensorflow" and data["device"] == "cpu"
+    assert data["input"] == {"name": "features", "dtype": "float32", "shape": [None, 10]}
+    assert data["outputs"]["probabilities"] == {"dtype": "float32", "shape": [None, 3]}
+    assert data["outputs"]["class_id"] == {"dtype": "int64", "shape": [None]}
+    assert data["class_names"] == list(pipeline.dataset.class_names)
+    assert data["feature_names"] == list(pipeline.dataset.feature_names)
+    assert len(data["trace"]) == 3 and data["trace"][0]["observation"]
+    assert 0.8 < data["metrics"]["test_accuracy"] <= 1.0
+    assert data["training"]["config"]["epochs"] == 3 and data["training"]["data"]["source"] == "embedded"
+    assert data["reference"]["rows"] == 200
+
+
+def test_every_format_recorded_with_size_and_hash(bundle):
+    manifest = kerasio.read_manifest(bundle)
+    assert sorted(a.format for a in manifest.artifacts) == sorted(REGISTRY)
+    for art in manifest.artifacts:
+        digest, size, _ = hash_artifact(bundle / art.path)
+        assert (art.sha256, art.size) == (digest, size), art.format
+        assert size > 0
+
+
+def test_reference_arrays_are_the_models_outputs(bundle, pipeline):
+    manifest = kerasio.read_manifest(bundle)
+    x, y = manifest.reference_arrays(bundle)
+    assert np.array_equal(x, pipeline.split.x_test)
+    assert y.shape == (200, 3) and np.allclose(y.sum(1), 1, atol=1e-5)
+    assert manifest.reference["inputs"]["sha256"] == sha256_file(bundle / "reference_inputs.npy")
+
+
+def test_keras_zip_members(bundle):
+    names = zipfile.ZipFile(bundle / "model.keras").namelist()
+    assert {"metadata.json", "config.json", "model.weights.h5"} <= set(names)
+
+
+def test_savedmodel_serving_layout_and_signatures(bundle):
+    manifest = kerasio.read_manifest(bundle)
+    art = manifest.artifact("savedmodel")
+    assert art.path == "serving/1"
+    assert (bundle / "serving/1/saved_model.pb").is_file()
+    assert (bundle / "serving/1/assets.extra/tf_serving_warmup_requests").is_file()
+    sigs = art.info["signatures"]
+    assert sigs["serving_default"]["inputs"] == {"features": {"dtype": "float32", "shape": [None, 10]}}
+    assert sigs["serving_default"]["outputs"] == {
+        "probabilities": {"dtype": "float32", "shape": [None, 3]},
+        "class_id": {"dtype": "int64", "shape": [None]},
+    }
+    assert sigs["predict_labels"]["outputs"]["labels"]["dtype"] == "string"
+    assert "output_0" not in json.dumps(sigs)
+
+
+def test_serving_versions_are_never_overwritten(pipeline, tmp_path):
+    out = tmp_path / "b"
+    kwargs = dict(reference_inputs=pipeline.split.x_test[:5], formats="savedmodel")
+    kerasio.export(pipeline.model, out, **kwargs)
+    first = sha256_file(out / "serving/1/saved_model.pb")
+    result = kerasio.export(pipeline.model, out, **kwargs)
+    assert result.manifest.artifact("savedmodel").path == "serving/2"
+    assert sorted(p.name for p in (out / "serving").iterdir()) == ["1", "2"]
+    assert sha256_file(out / "serving/1/saved_model.pb") == first
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging left behind"
+
+
+def test_failed_export_leaves_existing_bundle_untouched(keras_bundle, pipeline, tmp_path, monkeypatch):
+    import shutil
+
+    out = tmp_path / "b"
+    shutil.copytree(keras_bundle, out)
+    before = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()}
+    fmt = REGISTRY["onnx"]
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("converter crashed halfway")
+
+    monkeypatch.setattr(fmt, "save", crash)
+    with pytest.raises(kerasio.ArtifactError, match=r"exporting format 'onnx' failed .*converter crashed halfway.*"
+                                                    r"Nothing in .* was changed"):
+        kerasio.export(pipeline.model, out, reference_inputs=pipeline.split.x_test, formats="keras,onnx")
+    after = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_interrupted_export_leaves_existing_bundle_untouched(keras_bundle, pipeline, tmp_path, monkeypatch):
+    """A KeyboardInterrupt mid-export (after some artifacts were staged) changes nothing."""
+    import shutil
+
+    out = tmp_path / "b"
+    shutil.copytree(keras_bundle, out)
+    before = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()}
+    monkeypatch.setattr(REGISTRY["h5"], "save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        kerasio.export(pipeline.model, out, reference_inputs=pipeline.split.x_test, formats="keras,savedmodel,h5")
+    after = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert not (out / "serving" / "2").exists()
+
+
+def test_pickle_needs_trust_to_be_written(pipeline, tmp_path):
+    with pytest.raises(kerasio.UnsafeArtifactError, match="written only with explicit trust"):
+        kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test, formats="pickle")
+    result = kerasio.export(pipeline.model, tmp_path / "c", reference_inputs=pipeline.split.x_test[:4],
+                            formats="all")
+    assert "pickle" in result.skipped and "pickle" not in [a.format for a in result.manifest.artifacts]
+
+
+def test_h5_export_warns_legacy(pipeline, tmp_path):
+    with pytest.warns(kerasio.LegacyFormatWarning, match="legacy"):
+        kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test[:4], formats="h5")
+
+
+def test_weights_can_be_sharded(pipeline, tmp_path):
+    result = kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test[:4],
+                            formats="weights", max_shard_size=0.00001)  # 10 KB shards
+    files = sorted(os.listdir(tmp_path / "b" / "weights"))
+    assert "model.weights.json" in files and sum(f.endswith(".weights.h5") for f in files) > 1
+    assert result.manifest.artifact("weights").info["sharded"] is True
+    loaded = kerasio.load(tmp_path / "b", format="weights")
+    ref = kerasio.read_manifest(tmp_path / "b").reference_arrays(tmp_path / "b")
+    assert np.array_equal(loaded.runner.predict_proba(ref[0]), ref[1])
+
+
+def test_onnx_io_names(bundle):
+    info = kerasio.read_manifest(bundle).artifact("onnx").info
+    assert info["inputs"] == ["features"] and info["outputs"] == ["probabilities"]
+
+
+def test_unknown_format_is_named(pipeline, tmp_path):
+    with pytest.raises(kerasio.ArtifactError, match=r"unknown format 'tflite'; known formats are keras, savedmodel"):
+        kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test, formats="tflite")
+
+
+def test_h5_export_does_not_strip_the_optimizer_from_later_saves(pipeline, tmp_path):
+    """Keras's legacy writer mutates the model's compile config; kerasio restores it."""
+    kerasio.export(pipeline.model, tmp_path / "a", reference_inputs=pipeline.split.x_test[:4], formats="h5")
+    kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test[:4], formats="keras")
+    config = json.loads(zipfile.ZipFile(tmp_path / "b" / "model.keras").read("config.json"))
+    assert config["compile_config"]["optimizer"]["class_name"] == "Adam"
+    assert kerasio.load(tmp_path / "b").model.optimizer.__class__.__name__ == "Adam"

@@ -1,0 +1,102 @@
+"""Stage 3: the classifier, deterministic training and the epoch trace."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import kerasio
+from kerasio.trace import TRACE_KEYS, ascii_chart, observe, trace_table
+
+
+def test_classifier_structure(pipeline):
+    model = pipeline.model
+    assert model.__class__.__name__ == "Sequential"
+    assert model.inputs[0].name == "features"
+    assert model.layers[0].__class__.__name__ == "Normalization"
+    # Normalization was adapted on the training features: raw rows go in.
+    mean = np.asarray(model.layers[0].mean).ravel()
+    assert np.allclose(mean, pipeline.split.x_train.mean(0), rtol=1e-4)
+    assert model.output_shape == (None, 3)
+    assert model.layers[-1].activation.__name__ == "softmax"
+    assert model.optimizer.__class__.__name__ == "Adam"
+
+
+def test_pipeline_learns(pipeline):
+    assert pipeline.metrics["test_accuracy"] > 0.8
+
+
+def test_same_seed_same_weights(tmp_path):
+    ds = kerasio.load_dataset()
+    split = kerasio.split_dataset(ds, seed=3)
+    weights = []
+    for _ in range(2):
+        from kerasio.model import set_determinism
+
+        set_determinism(3)
+        model = kerasio.build_classifier(10, 3, x_adapt=split.x_train, seed=3)
+        kerasio.fit(model, split.x_train, split.y_train, epochs=2, seed=3)
+        weights.append(model.get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+
+
+def test_epoch_trace_callback_writes_files(tmp_path):
+    import keras
+
+    ds = kerasio.load_dataset()
+    model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    trace = kerasio.EpochTrace(csv_path=tmp_path / "t.csv", json_path=tmp_path / "t.json")
+    assert isinstance(trace, keras.callbacks.Callback)
+    model.fit(ds.x[:100], ds.y[:100], epochs=2, validation_split=0.2, verbose=0, callbacks=[trace])
+    assert [r["epoch"] for r in trace.records] == [1, 2]
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert len(rows) == 2 and list(rows[0]) == list(TRACE_KEYS)
+    assert float(rows[1]["loss"]) == pytest.approx(trace.records[1]["loss"])
+    assert json.loads((tmp_path / "t.json").read_text()) == trace.records
+    assert trace.records[0]["val_loss"] is not None and trace.records[0]["learning_rate"] == pytest.approx(0.001)
+    assert trace.records[0]["observation"] == "starts learning"
+    frame = trace.to_frame()
+    assert list(frame.columns) == list(TRACE_KEYS) and len(frame) == 2
+
+
+def test_trace_without_validation_has_no_val_columns():
+    records = [{"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": None, "val_accuracy": None, "seconds": 0.1,
+                "observation": "starts learning"}]
+    table = trace_table(records)
+    assert "Val loss" not in table and table.splitlines()[0].startswith("| Epoch | Loss ↓ | Accuracy ↑")
+
+
+@pytest.mark.parametrize("prev, cur, expected", [
+    ([], {"loss": 1.0, "accuracy": 0.4}, "starts learning"),
+    ([{"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0}], {"loss": 0.7, "accuracy": 0.7, "val_loss": 0.8},
+     "loss decreases and accuracy improves"),
+    ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.3}], {"loss": 0.29, "accuracy": 0.91, "val_loss": 0.29},
+     "good convergence"),
+    ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.3}], {"loss": 0.299, "accuracy": 0.90, "val_loss": 0.3},
+     "training stabilizes"),
+    ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.30}], {"loss": 0.25, "accuracy": 0.92, "val_loss": 0.35},
+     "val_loss rises while loss falls: overfitting"),
+    ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.30}], {"loss": 0.40, "accuracy": 0.85, "val_loss": 0.30},
+     "loss rises: learning rate may be too high"),
+])
+def test_observations(prev, cur, expected):
+    assert observe(prev, cur) == expected
+
+
+def test_ascii_chart_places_points():
+    records = [{"epoch": i + 1, "loss": v, "val_loss": None} for i, v in enumerate([1.0, 0.5, 0.25])]
+    chart = ascii_chart(records, height=5)
+    lines = chart.splitlines()
+    assert lines[0].startswith("  1.0000 |") and lines[0].rstrip().endswith("*")  # epoch 1 at the top
+    assert lines[4].startswith("  0.2500 |") and lines[4].rstrip().endswith("*")  # epoch 3 at the bottom
+    assert "loss *" in lines[-1] and "val_loss" not in lines[-1]
+
+
+def test_pipeline_trace_rendered(pipeline):
+    assert len(pipeline.trace.records) == 3
+    table = pipeline.trace.table()
+    assert table.splitlines()[0].startswith("| Epoch | Loss ↓ | Accuracy ↑ | Val loss | Val acc")
+    assert "starts learning" in table
