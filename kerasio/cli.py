@@ -189,7 +189,8 @@ def _inspect(args) -> int:
         print("metrics     " + ", ".join(f"{k} {val:.4f}" for k, val in manifest.metrics.items()))
     last_by = {}
     for c in (last or {}).get("checks", []):
-        last_by.setdefault(c["artifact"], []).append(f"{c['status']} {c['device']} {c['max_abs_diff']}")
+        diff = "-" if c["max_abs_diff"] is None else f"{c['max_abs_diff']:.1e}"
+        last_by.setdefault(c["artifact"], []).append(f"{c['status']} on {c['device'] or '?'} (max diff {diff})")
     rows = []
     for a in manifest.artifacts:
         rows.append([a.format, a.path, str(a.size), a.sha256[:16], _io_summary(a.info),
@@ -207,9 +208,9 @@ def _inspect(args) -> int:
 def _io_summary(info: dict) -> str:
     if "signatures" in info:
         parts = []
-        for name, sig in info["signatures"].items():
-            ins = ",".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in sig["inputs"].items())
-            outs = ",".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in sig["outputs"].items())
+        for name, sig in sorted(info["signatures"].items()):
+            ins = ",".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in sorted(sig["inputs"].items()))
+            outs = ",".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in sorted(sig["outputs"].items()))
             parts.append(f"{name}({ins})->{outs}")
         return " ".join(parts)
     if "inputs" in info:

@@ -1,0 +1,145 @@
+"""The kerasio command: subcommands, one-line errors with exit 2, no TensorFlow at start-up."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import kerasio
+from kerasio.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, env=None, cwd=None):
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "kerasio", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or ROOT, timeout=600)
+
+
+def test_help_does_not_import_tensorflow():
+    code = ("import sys, runpy; sys.argv=['kerasio','--help']\n"
+            "try:\n    runpy.run_module('kerasio.cli', run_name='__main__')\nexcept SystemExit: pass\n"
+            "print('TF' if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'CLEAN')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert "usage: kerasio" in out.stdout and out.stdout.strip().endswith("CLEAN")
+
+
+def test_import_kerasio_does_not_import_tensorflow():
+    code = "import sys, kerasio; print(sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_inspect_does_not_import_tensorflow(bundle):
+    code = ("import sys; from kerasio.cli import main; rc = main(['inspect', sys.argv[1]]);"
+            "print('TF' if 'tensorflow' in sys.modules else 'CLEAN', rc)")
+    out = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip().endswith("CLEAN 0"), out.stderr
+    for fmt in ("keras", "savedmodel", "h5", "weights", "onnx", "litert", "pickle"):
+        assert f"| {fmt}" in out.stdout
+    assert "serving_default(features:float32[None, 10])->class_id:int64[None],probabilities:float32[None, 3]" \
+        in out.stdout
+    assert "predict_labels(features:float32[None, 10])->labels:string[None]" in out.stdout
+    assert "| Epoch | Loss ↓ | Accuracy ↑" in out.stdout
+
+
+def test_run_verify_predict_end_to_end(tmp_path):
+    out = tmp_path / "seed"
+    res = run_cli("run", "--out", str(out), "--epochs", "2")
+    assert res.returncode == 0, res.stderr
+    for stage in ("[1/6] data", "[2/6] split", "[3/6] train", "[4/6] export", "[5/6] verify", "[6/6] predict"):
+        assert stage in res.stdout
+    assert "model loaded from" in res.stdout and "PASS" in res.stdout and "FAIL" not in res.stdout
+    assert (out / "serving" / "1" / "saved_model.pb").is_file()
+
+    res = run_cli("verify", str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["ok"] and {c["format"] for c in report["checks"]} == {"keras", "savedmodel"}
+
+    manifest = kerasio.read_manifest(out)
+    rows = pd.DataFrame(np.load(out / "reference_inputs.npy")[:4], columns=manifest.feature_names)
+    rows["species"] = "?"
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    res = run_cli("predict", str(out), "--input", str(tmp_path / "new.csv"), "--output", str(tmp_path / "p.csv"))
+    assert res.returncode == 0, res.stderr
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert list(pred.columns) == ["label"] + [f"p_{c}" for c in manifest.class_names]
+    assert set(pred["label"]) <= set(manifest.class_names)
+    assert np.allclose(pred.iloc[:, 1:].sum(1), 1, atol=1e-5)
+
+
+def test_same_seed_same_weights_across_runs(tmp_path):
+    """Reproducible: two CLI runs with one seed write bit-identical weights."""
+    import h5py
+
+    weights = []
+    for name in ("a", "b"):
+        res = run_cli("run", "--out", str(tmp_path / name), "--epochs", "2", "--no-verify", "--seed", "7")
+        assert res.returncode == 0, res.stderr
+        loaded = kerasio.load(tmp_path / name)
+        weights.append(loaded.model.get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+
+
+def test_errors_are_one_line_exit_2(tmp_path, capsys):
+    assert main(["run", "--data", str(tmp_path / "none.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kerasio: error: ") and "none.csv: no such file" in err
+    assert "Traceback" not in err
+
+    assert main(["verify", str(tmp_path)]) == 2
+    assert "not a kerasio bundle" in capsys.readouterr().err
+
+
+def test_cli_error_from_subprocess_has_no_traceback(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,label\n1,x,c\n2,3,d\n")
+    res = run_cli("run", "--data", str(bad), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2
+    assert res.stderr.strip() == (f"kerasio: error: {bad}: column 'b' is not numeric (data row 1 holds 'x'). "
+                                  "Convert it to numbers or drop the column.")
+    assert not (tmp_path / "o").exists()
+
+
+def test_verify_failure_exits_1(keras_bundle, tmp_path, capsys):
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(keras_bundle, b)
+    data = bytearray((b / "model.keras").read_bytes())
+    data[100] ^= 0xFF
+    (b / "model.keras").write_bytes(bytes(data))
+    assert main(["verify", str(b), "--in-process", "--format", "keras"]) == 1
+    captured = capsys.readouterr()
+    assert "FAIL" in captured.out and "does not match" in captured.out
+    assert "verification failed for model.keras" in captured.err
+
+
+def test_predict_wrong_columns_exit_2(keras_bundle, tmp_path, capsys):
+    (tmp_path / "rows.csv").write_text("x,y\n1,2\n")
+    assert main(["predict", str(keras_bundle), "--input", str(tmp_path / "rows.csv")]) == 2
+    assert "missing feature column(s) ['sepal_length'" in capsys.readouterr().err
+
+
+def test_own_csv_with_label(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 4))
+    y = np.where(x[:, 0] + x[:, 1] > 0, "yes", "no")
+    frame = pd.DataFrame(x, columns=list("abcd"))
+    frame["target"] = y
+    frame.to_csv(tmp_path / "own.csv", index=False)
+    res = run_cli("run", "--data", str(tmp_path / "own.csv"), "--label", "target", "--out", str(tmp_path / "own"),
+                  "--epochs", "2", "--in-process", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["verification"]["ok"] and summary["prediction"]["label"] in ("yes", "no")
+    assert kerasio.read_manifest(tmp_path / "own").class_names == ["no", "yes"] or \
+        kerasio.read_manifest(tmp_path / "own").class_names == ["yes", "no"]
