@@ -281,7 +281,10 @@ def _resume(bundle: Path, in_process: bool, worker_for, imports) -> dict[str, An
     if in_process:
         from .resume import resume_check
 
-        return resume_check(bundle).to_dict()
+        try:
+            return resume_check(bundle).to_dict()
+        except KerasioError as exc:
+            return {"passed": False, "detail": str(exc)}
     answer = worker_for("tensorflow").request({"op": "resume", "bundle": str(bundle)})
     if not answer["ok"]:
         return {"passed": False, "detail": answer["error"]}

@@ -69,11 +69,11 @@ def _h5_config(path: Path) -> dict:
 def _refuse_external_links(f, path: Path) -> None:
     import h5py
 
-    def visit(name, link):
-        if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)) and isinstance(link, h5py.ExternalLink):
-            raise UnsafeArtifactError(f"{path}: HDF5 object {name!r} is an external link; refusing to follow it.")
-
-    f.visititems_links(visit) if hasattr(f, "visititems_links") else f.visit_links(visit)
+    links = []
+    # Collect, then raise: an exception inside h5py's visitor corrupts its lock.
+    f.visititems_links(lambda name, link: links.append(name) if isinstance(link, h5py.ExternalLink) else None)
+    if links:
+        raise UnsafeArtifactError(f"{path}: HDF5 object {links[0]!r} is an external link; refusing to follow it.")
 
 
 FORMAT = register(H5Format())

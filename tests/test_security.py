@@ -1,0 +1,145 @@
+"""Hostile and corrupt files: each guard has a test that builds the bad file."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+import kerasio
+from kerasio.manifest import MANIFEST_NAME
+
+
+def _small_model(*layers):
+    import keras
+
+    model = keras.Sequential([keras.Input((10,), name="features"), *layers,
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+def test_lambda_layer_is_refused_before_construction(tmp_path):
+    import keras
+
+    model = _small_model(keras.layers.Lambda(lambda x: x * 2))
+    model.save(tmp_path / "lam.keras")
+    with pytest.raises(kerasio.UnsafeArtifactError, match=r"lam\.keras: the model contains a Lambda object"):
+        kerasio.load(tmp_path / "lam.keras")
+
+
+def test_path_traversal_member_is_refused(keras_bundle, tmp_path):
+    src = zipfile.ZipFile(keras_bundle / "model.keras")
+    evil = tmp_path / "evil.keras"
+    with zipfile.ZipFile(evil, "w") as z:
+        for name in src.namelist():
+            z.writestr(name, src.read(name))
+        z.writestr("../../escape.txt", "pwned")
+    with pytest.raises(kerasio.UnsafeArtifactError, match=r"member '\.\./\.\./escape\.txt' escapes the archive"):
+        kerasio.load(evil)
+
+
+def test_zip_bomb_is_refused(keras_bundle, tmp_path):
+    src = zipfile.ZipFile(keras_bundle / "model.keras")
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name in src.namelist():
+            z.writestr(name, src.read(name))
+        z.writestr("assets/zeros.bin", b"\0" * (32 << 20))
+    with pytest.raises(kerasio.UnsafeArtifactError, match=r"member 'assets/zeros\.bin' expands \d+x \(a zip bomb\?\)"):
+        kerasio.load(bomb)
+
+
+@pytest.mark.parametrize("payload, match", [
+    (b"not a zip at all", r"not a valid \.keras archive"),
+    (None, r"not a valid \.keras archive|Keras could not load it"),
+])
+def test_corrupt_keras_file(keras_bundle, tmp_path, payload, match):
+    path = tmp_path / "bad.keras"
+    data = (keras_bundle / "model.keras").read_bytes()
+    path.write_bytes(payload if payload is not None else data[: len(data) // 2])  # truncated
+    with pytest.raises(kerasio.ArtifactError, match=match):
+        kerasio.load(path)
+
+
+def test_config_json_garbage(keras_bundle, tmp_path):
+    src = zipfile.ZipFile(keras_bundle / "model.keras")
+    path = tmp_path / "garbage.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        for name in src.namelist():
+            z.writestr(name, b"{nope" if name == "config.json" else src.read(name))
+    with pytest.raises(kerasio.ArtifactError, match=r"config\.json is unreadable"):
+        kerasio.load(path)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('KERASIO_PWNED', '/tmp/kerasio-pwned')}",))
+
+
+def test_pickle_refused_without_trust_and_nothing_runs(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("KERASIO_PWNED", str(marker))
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(_Boom()))
+    with pytest.raises(kerasio.UnsafeArtifactError, match=r"model\.pkl: refusing to load a pickle: unpickling runs "
+                                                          r"arbitrary code.*trust=True \(CLI: --trust-pickle\)"):
+        kerasio.load(path)
+    assert not marker.exists()
+
+
+def test_pickle_accepted_with_trust(bundle):
+    manifest = kerasio.read_manifest(bundle)
+    x, y = manifest.reference_arrays(bundle)
+    with pytest.raises(kerasio.UnsafeArtifactError, match="refusing to load a pickle"):
+        kerasio.load(bundle, format="pickle")
+    loaded = kerasio.load(bundle, format="pickle", trust=True)
+    assert np.array_equal(loaded.runner.predict_proba(x), y)
+
+
+def test_verify_refuses_pickle_without_trust(bundle):
+    rep = kerasio.verify(bundle, formats="pickle", in_process=True, record=False)
+    assert not rep.ok and "refusing to load a pickle" in rep.checks[0].error
+
+
+def test_h5_external_link_is_refused(bundle, tmp_path):
+    import h5py
+
+    path = tmp_path / "linked.h5"
+    shutil.copy(bundle / "model.h5", path)
+    with h5py.File(path, "a") as f:
+        f["model_weights/evil"] = h5py.ExternalLink("/etc/passwd", "/")
+    with pytest.warns(kerasio.LegacyFormatWarning):
+        with pytest.raises(kerasio.UnsafeArtifactError, match=r"'model_weights/evil' is an external link"):
+            kerasio.load(path)
+
+
+def test_h5_weights_only_file_is_named(bundle, tmp_path):
+    path = tmp_path / "w.h5"
+    shutil.copy(bundle / "weights" / "model.weights.h5", path)
+    with pytest.warns(kerasio.LegacyFormatWarning):
+        with pytest.raises(kerasio.ArtifactError, match=r"w\.h5: HDF5 file has no model_config"):
+            kerasio.load(path, format="h5")
+
+
+def test_manifest_with_future_schema(keras_bundle, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(keras_bundle, b)
+    data = json.loads((b / MANIFEST_NAME).read_text())
+    data["schema_version"] = 99
+    (b / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(kerasio.ArtifactError, match=r"schema_version 99 is not supported"):
+        kerasio.load(b)
+
+
+def test_manifest_not_json(keras_bundle, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(keras_bundle, b)
+    (b / MANIFEST_NAME).write_text("{")
+    with pytest.raises(kerasio.ArtifactError, match=r"kerasio\.json: not valid JSON"):
+        kerasio.verify(b)
