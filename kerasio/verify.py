@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import IntegrityError, KerasioError, VerificationError
+from .errors import BackendUnavailableError, IntegrityError, KerasioError, VerificationError
 from .formats import get_format
 from .fsutil import write_text_atomic
 from .manifest import read_manifest
@@ -223,6 +223,11 @@ def verify(
                 # Backend-agnostic formats run on the requested backend; SavedModel and LiteRT
                 # need TensorFlow; ONNX runs in onnxruntime beside whichever backend is up.
                 child_backend = "tensorflow" if fmt.runtime in ("tensorflow", "litert") else (backend or default)
+                if child_backend == "tensorflow" and not _importable("tensorflow"):
+                    raise BackendUnavailableError(
+                        f"verifying the {fmt.name} artifact needs tensorflow, which cannot be imported here. "
+                        "Install it (pip install tensorflow) or verify the other formats (--format keras)."
+                    )
                 if in_process and child_backend == _current_backend():
                     from .worker import run_check
 
@@ -289,6 +294,15 @@ def _resume(bundle: Path, in_process: bool, worker_for, imports) -> dict[str, An
     if not answer["ok"]:
         return {"passed": False, "detail": answer["error"]}
     return answer["result"]
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _current_backend() -> str:
