@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,7 +20,7 @@ from .errors import ArtifactError, KerasioError, UnsafeArtifactError
 from .formats import ExportContext, resolve_formats
 from .fsutil import hash_artifact, place, staging_dir
 from .manifest import (
-    REFERENCE_INPUTS, REFERENCE_OUTPUTS, Artifact, Manifest, hash_entry, library_versions,
+    REFERENCE_INPUTS, REFERENCE_ONE_ROW, REFERENCE_OUTPUTS, Artifact, Manifest, hash_entry, library_versions,
 )
 from .runtime import compile_keras, keras_backend
 
@@ -27,10 +28,12 @@ __all__ = ["export", "ExportResult"]
 
 
 class ExportResult:
-    """The manifest written plus how long each artifact took."""
+    """The manifest written, how long each artifact took, and the verification (if asked)."""
 
-    def __init__(self, bundle: Path, manifest: Manifest, seconds: dict[str, float], skipped: dict[str, str]):
+    def __init__(self, bundle: Path, manifest: Manifest, seconds: dict[str, float], skipped: dict[str, str],
+                 report=None):
         self.bundle, self.manifest, self.seconds, self.skipped = bundle, manifest, seconds, skipped
+        self.report = report  # a VerifyReport when export(..., verify=True)
 
     def table(self) -> str:
         from .trace import render_table
@@ -66,7 +69,7 @@ def export(
     training: dict[str, Any] | None = None,
     trust_pickle: bool = False,
     max_shard_size: float | None = None,
-    on_artifact=None,
+    verify: bool | str = False,
 ) -> ExportResult:
     """Export ``model`` to ``bundle_dir`` in several formats with a manifest.
 
@@ -78,8 +81,11 @@ def export(
         feature_names, class_names: recorded in the manifest (defaults ``f0..``, ``0..``).
         trust_pickle: the pickle format is written only when this is true.
         max_shard_size: shard the ``weights`` format above this many GB.
-        on_artifact: called as ``on_artifact(format_name, staged_path)`` right after
-            each artifact is written (the pipeline's verifier starts warming up).
+        verify: verify every artifact once written (``result.report``).
+            ``True`` (or ``"fresh-process"``) loads them in a fresh interpreter
+            started before the first artifact is written, so its TensorFlow
+            import overlaps the export; ``"in-process"`` loads them here
+            (faster and lighter for very large models, but weaker).
 
     Returns:
         An :class:`ExportResult` whose ``manifest`` lists every artifact's hash.
@@ -109,40 +115,44 @@ def export(
                     f"format {f.name!r} is written only with explicit trust: loading it runs arbitrary code. "
                     "Pass trust_pickle=True (CLI: --trust-pickle)."
                 )
-    reference_outputs = compile_keras(model)(x_ref)
+    forward = compile_keras(model)
+    reference_outputs = forward(x_ref)
+    reference_one_row = forward(x_ref[:1])
     class_names = list(class_names or [str(i) for i in range(reference_outputs.shape[1])])
     ctx = ExportContext(feature_names=feature_names, class_names=class_names, reference_inputs=x_ref,
                         max_shard_size=max_shard_size)
 
+    if verify not in (False, True, "fresh-process", "in-process"):
+        raise ValueError(f"verify must be True, False, 'fresh-process' or 'in-process'; received: verify={verify!r}")
+    worker = None
+    if verify and verify != "in-process":
+        from .worker import Worker
+
+        worker = Worker(None, warm=["keras"])
     bundle.mkdir(parents=True, exist_ok=True)
     stage = staging_dir(bundle)
     seconds: dict[str, float] = {}
     try:
         artifacts = []
-        for fmt in chosen:
-            rel = fmt.relpath(bundle) if hasattr(fmt, "relpath") else fmt.filename
-            dest = stage / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            start = time.perf_counter()
-            try:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", module="keras|tensorflow|tf2onnx")
-                    info = fmt.save(model, dest, ctx) or {}
-            except KerasioError:
-                raise
-            except Exception as exc:
-                raise ArtifactError(
-                    f"{bundle / rel}: exporting format {fmt.name!r} failed ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:300] if str(exc) else ''}). Nothing in {bundle} was changed; "
-                    f"drop {fmt.name!r} from --formats or fix the model."
-                ) from exc
-            digest, size, files = hash_artifact(dest)
-            seconds[fmt.name] = time.perf_counter() - start
-            artifacts.append(Artifact(format=fmt.name, path=rel, size=size, sha256=digest, files=files, info=info))
-            if on_artifact is not None:
-                on_artifact(fmt.name, dest)
+        # Hash each artifact on a second thread while the next one is written
+        # (hashlib and file reads release the GIL): for a 300 MB model this hides
+        # most of the hashing behind the SavedModel export.
+        with ThreadPoolExecutor(max_workers=1) as hasher:
+            pending = []
+            for fmt in chosen:
+                rel = fmt.relpath(bundle) if hasattr(fmt, "relpath") else fmt.filename
+                dest = stage / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                start = time.perf_counter()
+                info = _save(fmt, model, dest, ctx, bundle / rel)
+                seconds[fmt.name] = time.perf_counter() - start
+                pending.append((fmt.name, rel, info, hasher.submit(hash_artifact, dest)))
+            for name, rel, info, digest_size_files in pending:
+                digest, size, files = digest_size_files.result()
+                artifacts.append(Artifact(format=name, path=rel, size=size, sha256=digest, files=files, info=info))
         np.save(stage / REFERENCE_INPUTS, x_ref)
         np.save(stage / REFERENCE_OUTPUTS, reference_outputs)
+        np.save(stage / REFERENCE_ONE_ROW, reference_one_row)
         manifest = Manifest(
             feature_names=feature_names,
             class_names=class_names,
@@ -163,14 +173,40 @@ def export(
                 "rows": int(len(x_ref)),
                 "inputs": hash_entry(stage, REFERENCE_INPUTS),
                 "outputs": hash_entry(stage, REFERENCE_OUTPUTS),
+                "outputs_1row": hash_entry(stage, REFERENCE_ONE_ROW),
             },
             custom_objects=_custom_objects(model),
         )
-        _commit(stage, bundle, [a.path for a in artifacts] + [REFERENCE_INPUTS, REFERENCE_OUTPUTS])
+        _commit(stage, bundle, [a.path for a in artifacts] + [REFERENCE_INPUTS, REFERENCE_OUTPUTS, REFERENCE_ONE_ROW])
         manifest.write(bundle)  # last: readers only ever see a complete bundle
+        report = None
+        if verify:
+            from .verify import verify as run_verify
+
+            # The hashes were computed from these very files a moment ago.
+            report = run_verify(bundle, workers={worker.backend: worker} if worker else None,
+                                in_process=verify == "in-process", trust_pickle=trust_pickle, check_hashes=False)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return ExportResult(bundle, manifest, seconds, skipped)
+        if worker is not None:
+            worker.close()
+    return ExportResult(bundle, manifest, seconds, skipped, report)
+
+
+def _save(fmt, model, dest: Path, ctx: ExportContext, final: Path) -> dict[str, Any]:
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"(keras|tensorflow|tf2onnx)(\.|$)")
+            return fmt.save(model, dest, ctx) or {}
+    except KerasioError:
+        raise
+    except Exception as exc:
+        first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise ArtifactError(
+            f"{final}: exporting format {fmt.name!r} failed ({type(exc).__name__}: {first_line}). "
+            f"Nothing in {final.parent if fmt.name != 'savedmodel' else final.parent.parent} was changed; "
+            f"drop {fmt.name!r} from --formats or fix the model."
+        ) from exc
 
 
 def _commit(stage: Path, bundle: Path, rels: list[str]) -> None:

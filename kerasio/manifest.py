@@ -19,6 +19,9 @@ MANIFEST_NAME = "kerasio.json"
 SCHEMA_VERSION = 1
 REFERENCE_INPUTS = "reference_inputs.npy"
 REFERENCE_OUTPUTS = "reference_outputs.npy"
+# The original model's outputs for the first row alone: a 1-row batch may take a
+# different kernel (gemv, not gemm) and round differently from row 0 of the batch.
+REFERENCE_ONE_ROW = "reference_outputs_1row.npy"
 
 
 @dataclass
@@ -118,12 +121,16 @@ class Manifest:
 
     def reference_arrays(self, bundle: Path) -> tuple[np.ndarray, np.ndarray]:
         """The stored reference inputs and outputs, after checking their hashes."""
-        arrays = []
-        for key in ("inputs", "outputs"):
-            entry = self.reference[key]
-            art = Artifact(format=f"reference {key}", path=entry["path"], size=0, sha256=entry["sha256"])
-            arrays.append(np.load(art.check(Path(bundle)), allow_pickle=False))
-        return arrays[0], arrays[1]
+        return self._reference(bundle, "inputs"), self._reference(bundle, "outputs")
+
+    def reference_one_row(self, bundle: Path) -> np.ndarray:
+        """The original model's outputs for the first reference row run as a batch of one."""
+        return self._reference(bundle, "outputs_1row")
+
+    def _reference(self, bundle: Path, key: str) -> np.ndarray:
+        entry = self.reference[key]
+        art = Artifact(format=f"reference {key}", path=entry["path"], size=0, sha256=entry["sha256"])
+        return np.load(art.check(Path(bundle)), allow_pickle=False)
 
 
 def read_manifest(bundle: str | Path) -> Manifest:

@@ -9,6 +9,7 @@ artifacts exist, so that its TensorFlow import overlaps training.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -99,6 +100,8 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
                 full = np.asarray(runner.predict_proba(x))
                 one = np.asarray(runner.predict_proba(x[:1]))
                 done = time.perf_counter()
+            del runner  # free this copy of the weights before the next load
+            gc.collect()
             out = Path(request["out_dir"]) / f"{fmt.name}-{device}-{mode}.npz"
             np.savez(out, full=full, one=one)
             key = "outputs" if mode == modes[0] else "fast_outputs"

@@ -22,7 +22,7 @@ class H5Format(Format):
     description = "legacy Keras HDF5 (architecture + weights)"
 
     def save(self, model, dest: Path, ctx: ExportContext) -> dict:
-        warnings.warn(_WHY, LegacyFormatWarning, stacklevel=3)
+        warnings.warn(_WHY, LegacyFormatWarning, stacklevel=4)  # points at the caller of export()
         # Keras's legacy writer pops "optimizer" out of the model's own compile
         # config (saving_utils.model_metadata), so every later .keras save of the
         # same model would reload with a default RMSprop. Save a copy, restore it.

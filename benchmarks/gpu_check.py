@@ -1,0 +1,64 @@
+"""Verification and large-batch prediction on every device, per Keras backend.
+
+Called by ``benchmarks/gpu_check.sh`` once per backend (``KERAS_BACKEND`` set
+by the caller); prints one JSON object. Works without TensorFlow: only the
+backend-agnostic formats of the bundle are checked.
+
+    KERAS_BACKEND=jax python benchmarks/gpu_check.py BUNDLE --device all
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import kerasio
+from kerasio.runtime import device_name, device_scope, keras_backend, precision_policy, resolve_devices
+
+
+def throughput(bundle, device: str, rows: int, calls: int) -> dict:
+    """Rows per second of kerasio.predict on ``rows`` rows, pinned float32."""
+    with device_scope(device), precision_policy("highest"):
+        loaded = kerasio.load(bundle)
+        x = np.resize(kerasio.read_manifest(bundle).reference_arrays(bundle)[0], (rows, len(loaded.feature_names)))
+        kerasio.predict(loaded, x)  # compile and warm
+        start = time.perf_counter()
+        for _ in range(calls):
+            kerasio.predict(loaded, x)
+        seconds = (time.perf_counter() - start) / calls
+    return {"rows": rows, "ms_per_call": seconds * 1e3, "rows_per_s": rows / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bundle")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--calls", type=int, default=10)
+    args = parser.parse_args()
+    backend = keras_backend()
+    formats = [a.format for a in kerasio.read_manifest(args.bundle).artifacts
+               if kerasio.FORMATS[a.format].runtime == "keras" and not kerasio.FORMATS[a.format].needs_trust]
+    start = time.perf_counter()
+    report = kerasio.verify(args.bundle, formats=formats, device=args.device, in_process=True, record=False)
+    verify_s = time.perf_counter() - start
+    out = {
+        "backend": backend,
+        "verify_ok": report.ok,
+        "verify_seconds": verify_s,
+        "checks": [{k: getattr(c, k) for k in ("format", "device", "device_name", "precision", "max_abs_diff",
+                                                "argmax_agreement", "atol", "passed", "tf32_drift",
+                                                "device_drift", "seconds", "error")} for c in report.checks],
+        "throughput": {d: throughput(args.bundle, d, args.rows, args.calls)
+                       for d in resolve_devices("all" if args.device == "all" else args.device)},
+        "devices": {d: device_name(d) for d in resolve_devices("all")},
+    }
+    print(json.dumps(out))
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main()
