@@ -22,7 +22,7 @@ from .fsutil import hash_artifact, place, staging_dir
 from .manifest import (
     REFERENCE_INPUTS, REFERENCE_ONE_ROW, REFERENCE_OUTPUTS, Artifact, Manifest, hash_entry, library_versions,
 )
-from .runtime import compile_keras, keras_backend
+from .runtime import available_devices, compile_keras, device_name, keras_backend
 
 __all__ = ["export", "ExportResult"]
 
@@ -115,6 +115,7 @@ def export(
                     f"format {f.name!r} is written only with explicit trust: loading it runs arbitrary code. "
                     "Pass trust_pickle=True (CLI: --trust-pickle)."
                 )
+    device = "gpu" if "gpu" in available_devices() else "cpu"  # where Keras placed the model
     forward = compile_keras(model)
     reference_outputs = forward(x_ref)
     reference_one_row = forward(x_ref[:1])
@@ -159,7 +160,8 @@ def export(
             artifacts=artifacts,
             versions=library_versions(),
             backend=keras_backend(),
-            device="cpu",
+            device=device,
+            device_name=device_name(device),
             input={"name": "features", "dtype": "float32", "shape": [None, n_features]},
             outputs={
                 "probabilities": {"dtype": "float32", "shape": [None, len(class_names)]},

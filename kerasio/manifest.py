@@ -76,6 +76,7 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     backend: str = ""
     device: str = ""
+    device_name: str = ""
     input: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     label: str = "label"

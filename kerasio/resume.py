@@ -31,7 +31,7 @@ class ResumeResult:
         return asdict(self)
 
 
-def resume_check(bundle: str | Path, *, in_worker: bool = False) -> ResumeResult:
+def resume_check(bundle: str | Path) -> ResumeResult:
     import warnings
 
     from .data import load_dataset, split_dataset

@@ -129,8 +129,19 @@ def device_name(device: str, backend: str | None = None) -> str:
             return details.get("device_name", "GPU")
         except Exception:  # a name is informative only
             return "GPU"
+    return _cpu_name()
+
+
+def _cpu_name() -> str:
     import platform
 
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "CPU"
 
 

@@ -209,47 +209,41 @@ def verify(
         inputs = Path(tmp) / "inputs.npy"
         np.save(inputs, x_ref)
 
-        def worker_for(fmt_backend):
-            from .worker import Worker
+        def ask(child_backend: str, request: dict[str, Any]) -> dict[str, Any]:
+            """Send a request to this process (in_process, same backend) or to a fresh worker."""
+            from .worker import Worker, handle
 
-            if fmt_backend not in workers:
-                workers[fmt_backend] = stack.enter_context(
-                    Worker(fmt_backend, warm=("keras",), imports=imports))
-            return workers[fmt_backend]
+            if in_process and child_backend == _current_backend():
+                return handle(request)
+            if child_backend not in workers:
+                workers[child_backend] = stack.enter_context(Worker(child_backend, warm=("keras",), imports=imports))
+            return workers[child_backend].request(request)
 
         for art in arts:
             fmt = get_format(art.format)
             start = time.perf_counter()
-            check = Check(artifact=art.path, format=art.format, rows=len(x_ref))
+            # Backend-agnostic formats run on the requested backend; SavedModel and LiteRT
+            # need TensorFlow; ONNX runs in onnxruntime beside whichever backend is up.
+            child_backend = "tensorflow" if fmt.runtime in ("tensorflow", "litert") else (backend or default)
             try:
-                path = art.check(bundle) if check_hashes else bundle / art.path
-                request = {"format": art.format, "path": str(path), "inputs": str(inputs), "device": device,
-                           "precision": precision, "trust": trust_pickle, "imports": imports, "out_dir": tmp}
-                # Backend-agnostic formats run on the requested backend; SavedModel and LiteRT
-                # need TensorFlow; ONNX runs in onnxruntime beside whichever backend is up.
-                child_backend = "tensorflow" if fmt.runtime in ("tensorflow", "litert") else (backend or default)
                 if child_backend == "tensorflow" and not _importable("tensorflow"):
                     raise BackendUnavailableError(
                         f"verifying the {fmt.name} artifact needs tensorflow, which cannot be imported here. "
                         "Install it (pip install tensorflow) or verify the other formats (--format keras)."
                     )
-                if in_process and child_backend == _current_backend():
-                    from .worker import run_check
-
-                    answer = run_check(request)
-                else:
-                    answer = worker_for(child_backend).request(request)
+                path = art.check(bundle) if check_hashes else bundle / art.path
+                answer = ask(child_backend, {
+                    "format": art.format, "path": str(path), "inputs": str(inputs), "device": device,
+                    "precision": precision, "trust": trust_pickle, "imports": imports, "out_dir": tmp})
                 if not answer["ok"]:
                     raise KerasioError(answer["error"])
-                checks = _judge(art, answer["results"], y_ref, y_one, start)
-                report.checks.extend(checks)
-                continue
+                report.checks.extend(_judge(art, answer["results"], y_ref, y_one, start))
             except KerasioError as exc:
-                check.error = str(exc)
-            check.seconds = time.perf_counter() - start
-            report.checks.append(check)
+                report.checks.append(Check(artifact=art.path, format=art.format, rows=len(x_ref), error=str(exc),
+                                           backend=child_backend, seconds=time.perf_counter() - start))
         if resume:
-            report.resume = _resume(bundle, in_process, worker_for, imports)
+            answer = ask(backend or default, {"op": "resume", "bundle": str(bundle)})
+            report.resume = answer["result"] if answer["ok"] else {"passed": False, "detail": answer["error"]}
     if record:
         with contextlib.suppress(OSError):
             write_text_atomic(bundle / VERIFICATION_FILE, json.dumps(report.to_dict(), indent=2))
@@ -284,20 +278,6 @@ def _judge(art, results: list[dict[str, Any]], reference: np.ndarray, reference_
         for c in checks:
             c.device_drift = drift
     return checks
-
-
-def _resume(bundle: Path, in_process: bool, worker_for, imports) -> dict[str, Any]:
-    if in_process:
-        from .resume import resume_check
-
-        try:
-            return resume_check(bundle).to_dict()
-        except KerasioError as exc:
-            return {"passed": False, "detail": str(exc)}
-    answer = worker_for("tensorflow").request({"op": "resume", "bundle": str(bundle)})
-    if not answer["ok"]:
-        return {"passed": False, "detail": answer["error"]}
-    return answer["result"]
 
 
 def _importable(module: str) -> bool:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import BackendUnavailableError, KerasioError
 
-__all__ = ["run_check", "Worker"]
+__all__ = ["run_check", "handle", "Worker"]
 
 
 def _device_context(runtime: str, device: str):
@@ -81,7 +81,7 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
     path = Path(request["path"])
     x = np.load(request["inputs"], allow_pickle=False)
     runtime = fmt.runtime if fmt.runtime != "keras" else f"keras/{keras_backend()}"
-    backend = keras_backend() if fmt.runtime == "keras" else ("tensorflow" if fmt.runtime in ("tensorflow", "litert") else fmt.runtime)
+    backend = keras_backend() if fmt.runtime == "keras" else fmt.runtime  # tensorflow, onnxruntime, litert
     results = []
     for device in _devices_for(runtime, request.get("device", "auto")):
         kwargs = {"trust": bool(request.get("trust"))}
@@ -113,6 +113,30 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "results": results}
 
 
+def handle(request: dict[str, Any]) -> dict[str, Any]:
+    """Answer one request; errors become ``{"ok": False, "error": ...}``, never an exception.
+
+    The same function serves the fresh worker and ``verify(in_process=True)``,
+    so both report a broken artifact the same way and go on to the next one.
+    """
+    op = request.get("op", "check")
+    try:
+        if op == "warm":
+            for module in request.get("modules", ()):
+                with contextlib.suppress(ImportError):
+                    importlib.import_module(module)
+            return {"ok": True}
+        if op == "resume":
+            from .resume import resume_check
+
+            return {"ok": True, "result": resume_check(request["bundle"]).to_dict()}
+        return run_check(request)
+    except KerasioError as exc:
+        return {"ok": False, "error": str(exc), "type": type(exc).__name__}
+    except Exception as exc:  # report, do not die: the next artifact still gets checked
+        return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}", "type": type(exc).__name__}
+
+
 def _serve() -> None:
     """The worker loop: one JSON request per line in, one JSON answer per line out."""
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
@@ -121,26 +145,9 @@ def _serve() -> None:
         if not line.strip():
             continue
         request = json.loads(line)
-        op = request.get("op", "check")
-        try:
-            if op == "warm":
-                for module in request.get("modules", ()):
-                    with contextlib.suppress(ImportError):
-                        importlib.import_module(module)
-                answer = {"ok": True}
-            elif op == "resume":
-                from .resume import resume_check
-
-                answer = {"ok": True, "result": resume_check(request["bundle"], in_worker=True).to_dict()}
-            elif op == "exit":
-                break
-            else:
-                answer = run_check(request)
-        except KerasioError as exc:
-            answer = {"ok": False, "error": str(exc), "type": type(exc).__name__}
-        except Exception as exc:  # report, do not die: the next artifact still gets checked
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}", "type": type(exc).__name__}
-        protocol.write(json.dumps(answer) + "\n")
+        if request.get("op") == "exit":
+            break
+        protocol.write(json.dumps(handle(request)) + "\n")
 
 
 class Worker:
