@@ -130,8 +130,11 @@ def _formats(value: str):
 
 
 def _verify(args) -> int:
+    from .runtime import import_keras_quietly
     from .verify import verify
 
+    if args.in_process:
+        import_keras_quietly()
     report = verify(
         args.path, formats=args.formats, in_process=args.in_process, device=args.device, backend=args.backend,
         precision=args.precision, trust_pickle=args.trust_pickle, imports=args.imports, resume=args.resume,
@@ -149,7 +152,9 @@ def _verify(args) -> int:
 def _predict(args) -> int:
     from .loading import load
     from .predict import predict, predictions_frame
+    from .runtime import import_keras_quietly
 
+    import_keras_quietly()
     model = load(args.path, format=args.format, trust=args.trust_pickle)
     labels, probs = predict(model, args.input, probabilities=True)
     frame = predictions_frame(labels, probs, model.class_names)

@@ -91,6 +91,9 @@ def run_pipeline(
             worker = stack.enter_context(Worker(None, warm=warm))
             workers[worker.backend] = worker
 
+        from .runtime import import_keras_quietly
+
+        import_keras_quietly()  # overlaps the verifier's own import on the other core
         # 1. data
         dataset = load_dataset(data, label=label)
         say(f"[1/6] data     {'embedded default' if dataset.source == 'embedded' else dataset.source}: "

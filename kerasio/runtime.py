@@ -16,7 +16,7 @@ import numpy as np
 from .errors import BackendUnavailableError
 
 __all__ = [
-    "require", "keras_backend", "available_devices", "resolve_devices", "precision_policy",
+    "require", "import_keras_quietly", "default_backend", "keras_backend", "available_devices", "resolve_devices", "precision_policy",
     "device_scope", "compile_keras", "device_name",
 ]
 
@@ -28,7 +28,7 @@ _INSTALL = {
     "tf2onnx": "pip install 'kerasio[onnx]'",
     "jax": "pip install 'kerasio[jax]'",
     "torch": "pip install torch",
-    "tensorflow_serving": "pip install 'kerasio[serving]'",
+    "tensorflow_serving": "pip install tensorflow-serving-api",
     "ai_edge_litert": "pip install 'kerasio[litert]'",
 }
 
@@ -51,6 +51,33 @@ def keras_backend() -> str:
     import keras
 
     return keras.backend.backend()
+
+
+def import_keras_quietly() -> None:
+    """Import Keras (and TensorFlow) with TensorFlow's native start-up lines hidden.
+
+    TF 2.21 prints oneDNN and CUDA-stub notices from C++ before its logging is
+    set up, ignoring ``TF_CPP_MIN_LOG_LEVEL``. They are shown only if the import
+    fails. Python warnings are untouched.
+    """
+    import sys
+    import tempfile
+
+    if "keras" in sys.modules:
+        return
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+        except Exception:
+            os.dup2(saved, 2)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def default_backend() -> str:

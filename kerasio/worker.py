@@ -83,6 +83,7 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
     runtime = fmt.runtime if fmt.runtime != "keras" else f"keras/{keras_backend()}"
     backend = keras_backend() if fmt.runtime == "keras" else fmt.runtime  # tensorflow, onnxruntime, litert
     results = []
+    big = sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*"))) > 64 << 20
     for device in _devices_for(runtime, request.get("device", "auto")):
         kwargs = {"trust": bool(request.get("trust"))}
         if fmt.runtime == "onnxruntime":
@@ -101,7 +102,8 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
                 one = np.asarray(runner.predict_proba(x[:1]))
                 done = time.perf_counter()
             del runner  # free this copy of the weights before the next load
-            gc.collect()
+            if big:  # Keras models hold reference cycles; a full collection costs ~0.1 s, so only when it pays
+                gc.collect()
             out = Path(request["out_dir"]) / f"{fmt.name}-{device}-{mode}.npz"
             np.savez(out, full=full, one=one)
             key = "outputs" if mode == modes[0] else "fast_outputs"

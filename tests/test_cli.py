@@ -143,3 +143,9 @@ def test_own_csv_with_label(tmp_path):
     assert summary["verification"]["ok"] and summary["prediction"]["label"] in ("yes", "no")
     assert kerasio.read_manifest(tmp_path / "own").class_names == ["no", "yes"] or \
         kerasio.read_manifest(tmp_path / "own").class_names == ["yes", "no"]
+
+
+def test_inspect_json(bundle, capsys):
+    assert main(["inspect", str(bundle), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["manifest"]["schema_version"] == 1 and len(data["manifest"]["artifacts"]) == 7

@@ -157,3 +157,17 @@ def test_h5_export_does_not_strip_the_optimizer_from_later_saves(pipeline, tmp_p
     config = json.loads(zipfile.ZipFile(tmp_path / "b" / "model.keras").read("config.json"))
     assert config["compile_config"]["optimizer"]["class_name"] == "Adam"
     assert kerasio.load(tmp_path / "b").model.optimizer.__class__.__name__ == "Adam"
+
+
+@pytest.mark.parametrize("mode", [True, "in-process"])
+def test_export_can_verify_what_it_wrote(pipeline, tmp_path, mode):
+    result = kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test,
+                            formats="keras,onnx", verify=mode)
+    assert result.report.ok, result.report.table()
+    assert result.report.mode == ("in-process" if mode == "in-process" else "fresh-process")
+    assert {c.format for c in result.report.checks} == {"keras", "onnx"}
+
+
+def test_export_rejects_unknown_verify_mode(pipeline, tmp_path):
+    with pytest.raises(ValueError, match=r"verify must be True, False, 'fresh-process' or 'in-process'"):
+        kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test, verify="maybe")
