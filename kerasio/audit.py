@@ -18,7 +18,6 @@ __all__ = ["audit_keras_file", "audit_config", "read_keras_config", "MAX_UNCOMPR
 
 MAX_UNCOMPRESSED = 16 << 30  # 16 GiB: far above any classifier, far below a bomb
 MAX_RATIO = 200  # compressed -> uncompressed expansion allowed per member
-_KERAS_MEMBERS = {"config.json", "metadata.json", "model.weights.h5", "model.weights.npz", "assets"}
 _KERAS_MODULES = ("keras", "keras.src", "keras.layers", "keras.models", "keras.src.")
 
 
@@ -83,7 +82,7 @@ def audit_config(config: dict[str, Any], path: Path) -> list[str]:
                 f"{path}: the model contains a {class_name} object, which carries Python bytecode and "
                 "would run on load. kerasio refuses it; replace the Lambda by a registered custom layer."
             )
-        if not isinstance(class_name, str) or module in ("", None) and registered is None:
+        if not isinstance(class_name, str) or (not module and registered is None):
             continue  # plain config values such as {"class_name": "__tensor__"}
         if module.startswith(_KERAS_MODULES) or module in ("builtins", "numpy"):
             continue
@@ -101,3 +100,43 @@ def audit_config(config: dict[str, Any], path: Path) -> list[str]:
 def audit_keras_file(path: Path) -> list[str]:
     """Audit a ``.keras`` file; return the custom classes it uses."""
     return audit_config(read_keras_config(path), path)
+
+
+# Ops that touch the file system or run Python when a SavedModel's graph executes.
+# Keras never emits them in a classifier's forward pass; the saver's own
+# SaveV2/RestoreV2 are left alone (TF's loader needs them to restore variables).
+UNSAFE_TF_OPS = frozenset({
+    "WriteFile", "ReadFile", "MatchingFiles", "DeleteFile", "ImmutableConst",
+    "PyFunc", "PyFuncStateless", "EagerPyFunc",
+    "CreateSummaryFileWriter", "WriteSummary", "WriteRawProtoSummary", "WriteScalarSummary",
+})
+
+
+def audit_saved_model(path: Path) -> set[str]:
+    """Read ``saved_model.pb`` as a proto and refuse graphs with file-system or Python ops.
+
+    Returns the set of op types used. Runs before ``tf.saved_model.load``.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ArtifactError(f"{path / 'saved_model.pb'}: not a readable SavedModel proto ({exc}); re-export it.") from None
+    ops: set[str] = set()
+    for graph in proto.meta_graphs:
+        ops |= {node.op for node in graph.graph_def.node}
+        for fn in graph.graph_def.library.function:
+            ops |= {node.op for node in fn.node_def}
+            for node in fn.node_def:
+                stream = node.attr.get("output_stream")
+                if node.op == "PrintV2" and stream is not None and stream.s.startswith(b"file://"):
+                    raise UnsafeArtifactError(f"{path}: the graph prints to a file ({stream.s.decode()}); refusing to load.")
+    bad = sorted(ops & UNSAFE_TF_OPS)
+    if bad:
+        raise UnsafeArtifactError(
+            f"{path}: the SavedModel's graph uses {', '.join(bad)}, which touch files or run Python when served; "
+            "a Keras classifier never needs them. Refusing to load it."
+        )
+    return ops

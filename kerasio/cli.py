@@ -107,7 +107,7 @@ def _run(args) -> int:
     from .pipeline import run_pipeline
 
     result = run_pipeline(
-        args.data, label=args.label, out=args.out, epochs=args.epochs, seed=args.seed, formats=_formats(args.formats),
+        args.data, label=args.label, out=args.out, epochs=args.epochs, seed=args.seed, formats=args.formats,
         verify=not args.no_verify, in_process=args.in_process, trust_pickle=args.trust_pickle,
         max_shard_size=args.max_shard_size, echo=None if args.json else print,
     )
@@ -125,10 +125,6 @@ def _run(args) -> int:
     return 0
 
 
-def _formats(value: str):
-    return "all" if value.strip() == "all" else value
-
-
 def _verify(args) -> int:
     from .runtime import import_keras_quietly
     from .verify import verify
@@ -139,7 +135,12 @@ def _verify(args) -> int:
         args.path, formats=args.formats, in_process=args.in_process, device=args.device, backend=args.backend,
         precision=args.precision, trust_pickle=args.trust_pickle, imports=args.imports, resume=args.resume,
     )
-    print(report.to_json(indent=2) if args.json else report.table())
+    if args.json:
+        print(report.to_json(indent=2))
+    else:
+        passed = sum(c.passed for c in report.checks)
+        print(report.table())
+        print(f"{passed} of {len(report.checks)} checks passed ({report.mode}) for {args.path}")
     if not report.ok:
         if not args.json:
             bad = [c for c in report.failures()]

@@ -143,3 +143,35 @@ def test_manifest_not_json(keras_bundle, tmp_path):
     (b / MANIFEST_NAME).write_text("{")
     with pytest.raises(kerasio.ArtifactError, match=r"kerasio\.json: not valid JSON"):
         kerasio.verify(b)
+
+
+def test_savedmodel_with_file_ops_is_refused(tmp_path):
+    import tensorflow as tf
+
+    target = tmp_path / "written-by-model.txt"
+
+    class Hostile(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 10], tf.float32, name="features")])
+        def serve(self, features):
+            tf.io.write_file(str(target), "pwned")
+            return {"probabilities": tf.nn.softmax(features[:, :3]), "class_id": tf.argmax(features[:, :3], -1)}
+
+    module = Hostile()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    with pytest.raises(kerasio.UnsafeArtifactError, match=r"sm: the SavedModel's graph uses WriteFile"):
+        kerasio.load(tmp_path / "sm")
+    assert not target.exists()
+
+
+def test_onnx_with_external_data_is_refused(bundle, tmp_path):
+    import onnx
+
+    model = onnx.load(str(bundle / "model.onnx"))
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "../../../../etc/passwd"
+    onnx.save(model, str(tmp_path / "ext.onnx"))
+    with pytest.raises(kerasio.UnsafeArtifactError, match=r"reads external data from '\.\./\.\./\.\./\.\./etc/passwd'"):
+        kerasio.load(tmp_path / "ext.onnx")

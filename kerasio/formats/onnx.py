@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, UnsafeArtifactError
 from ..runtime import require
 from .base import ExportContext, Format, Runner, register
 
@@ -48,6 +48,7 @@ class OnnxFormat(Format):
 
     def load(self, path: Path, *, trust: bool = False, providers=None) -> Runner:
         ort = require("onnxruntime", "running ONNX")
+        _refuse_external_data(path)
         try:
             session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -66,6 +67,21 @@ class OnnxFormat(Format):
         onnx = require("onnx", "reading ONNX")
         graph = onnx.load(str(path), load_external_data=False).graph
         return {"inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output]}
+
+
+def _refuse_external_data(path: Path) -> None:
+    """kerasio never writes external tensor data; a file that points outside itself is refused."""
+    onnx = require("onnx", "reading ONNX")
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # onnx raises DecodeError and others for garbage
+        raise ArtifactError(f"{path}: not a readable ONNX model ({str(exc)[:200]}). Re-export it.") from None
+    for tensor in graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            where = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise UnsafeArtifactError(
+                f"{path}: initializer {tensor.name!r} reads external data from {where!r}; refusing to load."
+            )
 
 
 def _rename_io(graph, input_name: str, output_name: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..audit import audit_saved_model
 from ..errors import ArtifactError
 from ..runtime import require
 from ..serving import write_warmup
@@ -67,6 +68,7 @@ class SavedModelFormat(Format):
         tf = require("tensorflow", "loading a SavedModel")
         if not (path / "saved_model.pb").is_file():
             raise ArtifactError(f"{path}: no saved_model.pb; not a SavedModel directory.")
+        audit_saved_model(path)  # before TensorFlow builds anything from it
         try:
             loaded = tf.saved_model.load(str(path))
         except Exception as exc:  # TF raises many types for corrupt protos
