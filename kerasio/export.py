@@ -24,7 +24,7 @@ from .manifest import (
 )
 from .runtime import available_devices, compile_keras, device_name, keras_backend
 
-__all__ = ["export", "ExportResult"]
+__all__ = ["export", "ExportResult", "choose_formats"]
 
 
 class ExportResult:
@@ -103,18 +103,7 @@ def export(
             f"reference inputs have {n_features} features but the model takes {model.input_shape[-1]}."
         )
     feature_names = list(feature_names or [f"f{i}" for i in range(n_features)])
-    chosen = resolve_formats(formats)
-    skipped: dict[str, str] = {}
-    if not trust_pickle and any(f.needs_trust for f in chosen):
-        for f in [f for f in chosen if f.needs_trust]:
-            if formats == "all" or formats == ["all"]:
-                skipped[f.name] = "pass trust_pickle=True (--trust-pickle) to write it"
-                chosen.remove(f)
-            else:
-                raise UnsafeArtifactError(
-                    f"format {f.name!r} is written only with explicit trust: loading it runs arbitrary code. "
-                    "Pass trust_pickle=True (CLI: --trust-pickle)."
-                )
+    chosen, skipped = choose_formats(formats, trust_pickle=trust_pickle)
     device = "gpu" if "gpu" in available_devices() else "cpu"  # where Keras placed the model
     forward = compile_keras(model)
     reference_outputs = forward(x_ref)
@@ -122,7 +111,6 @@ def export(
     class_names = list(class_names or [str(i) for i in range(reference_outputs.shape[1])])
     ctx = ExportContext(feature_names=feature_names, class_names=class_names, reference_inputs=x_ref,
                         max_shard_size=max_shard_size)
-
     if verify not in (False, True, "fresh-process", "in-process"):
         raise ValueError(f"verify must be True, False, 'fresh-process' or 'in-process'; received: verify={verify!r}")
     worker = None
@@ -193,6 +181,25 @@ def export(
         if worker is not None:
             worker.close()
     return ExportResult(bundle, manifest, seconds, skipped, report)
+
+
+def choose_formats(formats, *, trust_pickle: bool = False):
+    """Resolve format names; return ``(formats to write, {skipped name: why})``.
+
+    A format that needs trust (pickle) is skipped from ``"all"`` without
+    ``trust_pickle``, and refused when named explicitly.
+    """
+    chosen = resolve_formats(formats)
+    skipped: dict[str, str] = {}
+    for fmt in [f for f in chosen if f.needs_trust and not trust_pickle]:
+        if formats not in ("all", ["all"]):
+            raise UnsafeArtifactError(
+                f"format {fmt.name!r} is written only with explicit trust: loading it runs arbitrary code. "
+                "Pass trust_pickle=True (CLI: --trust-pickle)."
+            )
+        skipped[fmt.name] = "pass trust_pickle=True (--trust-pickle) to write it"
+        chosen.remove(fmt)
+    return chosen, skipped
 
 
 def _save(fmt, model, dest: Path, ctx: ExportContext, final: Path) -> dict[str, Any]:

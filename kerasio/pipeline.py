@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .data import Dataset, Split, load_dataset, split_dataset
+from .export import choose_formats
 from .model import TrainConfig
 
 __all__ = ["run_pipeline", "PipelineResult", "DEFAULT_OUT"]
@@ -80,29 +81,28 @@ def run_pipeline(
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, hidden=tuple(hidden), dropout=dropout,
                       learning_rate=learning_rate, seed=seed, test_size=test_size)
     out = Path(out)
+    chosen, _ = choose_formats(formats, trust_pickle=trust_pickle)  # a bad format fails now, not after training
+    # 1. data (validated before anything heavy starts)
+    dataset = load_dataset(data, label=label)
+    say(f"[1/6] data     {'embedded default' if dataset.source == 'embedded' else dataset.source}: "
+        f"{len(dataset)} rows x {dataset.n_features} features -> label {dataset.label!r} "
+        f"({dataset.n_classes} classes: {', '.join(dataset.class_names)})")
+    # 2. split
+    split = split_dataset(dataset, test_size=test_size, seed=seed)
+    say(f"[2/6] split    stratified, seed {seed}: train x{split.x_train.shape} y{split.y_train.shape} | "
+        f"test x{split.x_test.shape} y{split.y_test.shape}")
     with contextlib.ExitStack() as stack:
         workers = {}
         if verify and not in_process:
-            # Start the verifier now: its TensorFlow import overlaps training on the other core.
-            from .formats import resolve_formats
+            # Start the verifier now: its TensorFlow import overlaps ours and training, on the other core.
             from .worker import Worker
 
-            warm = ["keras"] + (["onnxruntime"] if any(f.name == "onnx" for f in resolve_formats(formats)) else [])
+            warm = ["keras"] + (["onnxruntime"] if any(f.name == "onnx" for f in chosen) else [])
             worker = stack.enter_context(Worker(None, warm=warm))
             workers[worker.backend] = worker
-
         from .runtime import import_keras_quietly
 
-        import_keras_quietly()  # overlaps the verifier's own import on the other core
-        # 1. data
-        dataset = load_dataset(data, label=label)
-        say(f"[1/6] data     {'embedded default' if dataset.source == 'embedded' else dataset.source}: "
-            f"{len(dataset)} rows x {dataset.n_features} features -> label {dataset.label!r} "
-            f"({dataset.n_classes} classes: {', '.join(dataset.class_names)})")
-        # 2. split
-        split = split_dataset(dataset, test_size=test_size, seed=seed)
-        say(f"[2/6] split    stratified, seed {seed}: train x{split.x_train.shape} y{split.y_train.shape} | "
-            f"test x{split.x_test.shape} y{split.y_test.shape}")
+        import_keras_quietly()
         # 3. train
         from .model import build_classifier, fit, set_determinism
         from .trace import EpochTrace

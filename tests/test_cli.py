@@ -149,3 +149,11 @@ def test_inspect_json(bundle, capsys):
     assert main(["inspect", str(bundle), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["manifest"]["schema_version"] == 1 and len(data["manifest"]["artifacts"]) == 7
+
+
+def test_bad_formats_fail_before_training(tmp_path, capsys):
+    assert main(["run", "--formats", "keras,pickle", "--out", str(tmp_path / "o")]) == 2
+    assert "format 'pickle' is written only with explicit trust" in capsys.readouterr().err
+    assert main(["run", "--formats", "keras,tflite", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown format 'tflite'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
