@@ -7,7 +7,7 @@ verifier is a second process) every 10 ms to get the peak RSS. Inside each
 side, the stages are timed after the model is built, so TensorFlow's import and
 the model construction (identical on both sides) are not counted.
 
-    python benchmarks/bench_large.py [--rounds 3] [--width 4352]
+    python benchmarks/bench_large.py [--rounds 5] [--width 4352]
 """
 import argparse
 import json
@@ -97,7 +97,7 @@ def measure(name: str, width: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--width", type=int, default=4352)
     parser.add_argument("--side")
     parser.add_argument("--out")
@@ -118,6 +118,9 @@ def main() -> None:
         "median_s": total, "median_peak_rss_mb": rss,
         "ratio_fresh_process": total["kerasio"] / total["keras"],
         "ratio_in_process": total["kerasio-in-process"] / total["keras"],
+        # the same rounds compared pairwise, which cancels slow and fast phases of the machine
+        "median_round_ratio": {n: median([a["seconds"]["total"] / b["seconds"]["total"]
+                                          for a, b in zip(runs[n], runs["keras"])]) for n in names[:2]},
         "rss_ratio_fresh_process": rss["kerasio"] / rss["keras"],
         "rss_ratio_in_process": rss["kerasio-in-process"] / rss["keras"],
         "target_ratio": 1.2, "target_rss_ratio": 1.1})
