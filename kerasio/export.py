@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -95,6 +95,8 @@ def export(
         >>> [a.format for a in result.manifest.artifacts]  # doctest: +SKIP
         ['keras', 'savedmodel']
     """
+    if verify not in (False, True, "fresh-process", "in-process"):
+        raise ValueError(f"verify must be True, False, 'fresh-process' or 'in-process'; received: verify={verify!r}")
     bundle = Path(bundle_dir)
     x_ref = np.ascontiguousarray(reference_inputs, dtype=np.float32)
     n_features = int(x_ref.shape[1])
@@ -111,8 +113,6 @@ def export(
     class_names = list(class_names or [str(i) for i in range(reference_outputs.shape[1])])
     ctx = ExportContext(feature_names=feature_names, class_names=class_names, reference_inputs=x_ref,
                         max_shard_size=max_shard_size)
-    if verify not in (False, True, "fresh-process", "in-process"):
-        raise ValueError(f"verify must be True, False, 'fresh-process' or 'in-process'; received: verify={verify!r}")
     worker = None
     if verify and verify != "in-process":
         from .worker import Worker
@@ -129,7 +129,7 @@ def export(
         with ThreadPoolExecutor(max_workers=1) as hasher:
             pending = []
             for fmt in chosen:
-                rel = fmt.relpath(bundle) if hasattr(fmt, "relpath") else fmt.filename
+                rel = fmt.relpath(bundle)
                 dest = stage / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 start = time.perf_counter()

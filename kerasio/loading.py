@@ -93,8 +93,8 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False) ->
     runner = fmt.load(path, trust=trust)
     if manifest is not None:
         return LoadedModel(runner, manifest.feature_names, manifest.class_names, sha, manifest)
-    n_features, n_classes = _io_widths(runner)
-    return LoadedModel(runner, [f"f{i}" for i in range(n_features)], [str(i) for i in range(n_classes)], sha)
+    return LoadedModel(runner, [f"f{i}" for i in range(runner.n_features)],
+                       [str(i) for i in range(runner.n_classes)], sha)
 
 
 def _enclosing_manifest_check(path: Path) -> tuple[Manifest | None, str | None]:
@@ -110,19 +110,3 @@ def _enclosing_manifest_check(path: Path) -> tuple[Manifest | None, str | None]:
     from .fsutil import hash_artifact
 
     return None, hash_artifact(path)[0]
-
-
-def _io_widths(runner: Runner) -> tuple[int, int]:
-    model = runner.model
-    if hasattr(model, "input_shape"):
-        return int(model.input_shape[-1]), int(model.output_shape[-1])
-    if hasattr(model, "signatures"):
-        sig = model.signatures["serving_default"]
-        n_in = int(sig.structured_input_signature[1]["features"].shape[-1])
-        n_out = int(sig.structured_outputs["probabilities"].shape[-1])
-        return n_in, n_out
-    if hasattr(model, "get_inputs"):  # onnxruntime session
-        return int(model.get_inputs()[0].shape[-1]), int(model.get_outputs()[0].shape[-1])
-    if hasattr(model, "get_input_details"):  # LiteRT interpreter
-        return int(model.get_input_details()[0]["shape"][-1]), int(model.get_output_details()[0]["shape"][-1])
-    raise ArtifactError(f"{runner.path}: cannot tell the input width; load it from its bundle instead.")

@@ -62,7 +62,7 @@ def _wrap_keras(model):
 
     n_in, n_out = int(model.input_shape[-1]), int(model.output_shape[-1])
     runner = Runner(predict_proba=compile_keras(model), format="memory", path=Path("<memory>"), runtime="keras",
-                    model=model)
+                    n_features=n_in, n_classes=n_out, model=model)
     loaded = LoadedModel(runner, [f"f{i}" for i in range(n_in)], [str(i) for i in range(n_out)])
     model._kerasio_loaded = loaded
     return loaded

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
 from typing import Callable, Iterator
 
 import numpy as np
@@ -60,7 +61,6 @@ def import_keras_quietly() -> None:
     set up, ignoring ``TF_CPP_MIN_LOG_LEVEL``. They are shown only if the import
     fails. Python warnings are untouched.
     """
-    import sys
     import tempfile
 
     if "keras" in sys.modules:
@@ -87,7 +87,6 @@ def default_backend() -> str:
     (``KERAS_HOME`` moves it), then TensorFlow.
     """
     import json
-    import sys
 
     if "keras" in sys.modules:
         return keras_backend()
@@ -186,14 +185,13 @@ def precision_policy(mode: str = "highest", backend: str | None = None) -> Itera
         raise ValueError(f"precision must be one of {PRECISIONS}; received: precision={mode!r}")
     backend = backend or keras_backend()
     fast = mode == "fast"
-    restore: Callable[[], None] = lambda: None  # noqa: E731
     with contextlib.ExitStack() as stack:
-        if backend == "tensorflow" or _loaded("tensorflow"):
+        if backend == "tensorflow" or "tensorflow" in sys.modules:
             import tensorflow as tf
 
             before = tf.config.experimental.tensor_float_32_execution_enabled()
             tf.config.experimental.enable_tensor_float_32_execution(fast)
-            restore = lambda: tf.config.experimental.enable_tensor_float_32_execution(before)  # noqa: E731
+            stack.callback(tf.config.experimental.enable_tensor_float_32_execution, before)
         if backend == "jax":
             import jax
 
@@ -202,28 +200,18 @@ def precision_policy(mode: str = "highest", backend: str | None = None) -> Itera
             import torch
 
             before_mm, before_cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = fast
-            torch.backends.cudnn.allow_tf32 = fast
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = fast
 
             def restore_torch():
                 torch.backends.cuda.matmul.allow_tf32 = before_mm
                 torch.backends.cudnn.allow_tf32 = before_cudnn
 
             stack.callback(restore_torch)
-        try:
-            yield "float32-pinned" if not fast else "tf32-allowed"
-        finally:
-            restore()
-
-
-def _loaded(module: str) -> bool:
-    import sys
-
-    return module in sys.modules
+        yield "tf32-allowed" if fast else "float32-pinned"
 
 
 @contextlib.contextmanager
-def device_scope(device: str, backend: str | None = None):
+def device_scope(device: str):
     """Place Keras variables and ops on ``cpu`` or ``gpu`` for the active backend."""
     import keras
 
@@ -248,10 +236,14 @@ def compile_keras(model) -> Callable[[np.ndarray], np.ndarray]:
     if backend == "jax":
         import jax
 
-        trainable = [v.value for v in model.trainable_variables]
-        frozen = [v.value for v in model.non_trainable_variables]
         step = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
-        return lambda x: np.asarray(step(trainable, frozen, np.asarray(x, np.float32)))
+
+        def run(x):  # the variables' current values: the model may train on after this
+            trainable = [v.value for v in model.trainable_variables]
+            frozen = [v.value for v in model.non_trainable_variables]
+            return np.asarray(step(trainable, frozen, np.asarray(x, np.float32)))
+
+        return run
     if backend == "torch":
         import torch
 

@@ -13,8 +13,8 @@ from .base import Runner
 
 def keras_runner(model, fmt: str, path: Path, **info) -> Runner:
     return Runner(
-        predict_proba=compile_keras(model), format=fmt, path=path,
-        runtime=f"keras/{keras_backend()}", model=model, info=info,
+        predict_proba=compile_keras(model), format=fmt, path=path, runtime=f"keras/{keras_backend()}",
+        n_features=int(model.input_shape[-1]), n_classes=int(model.output_shape[-1]), model=model, info=info,
     )
 
 

@@ -37,6 +37,8 @@ class Runner:
     format: str
     path: Path
     runtime: str
+    n_features: int
+    n_classes: int
     model: Any = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -63,6 +65,10 @@ class Format:
     legacy: bool = False
     suffixes: tuple[str, ...] = ()
     description: str = ""
+
+    def relpath(self, bundle: Path) -> str:
+        """Where the next export of this format goes inside ``bundle`` (POSIX, relative)."""
+        return self.filename
 
     def save(self, model, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         """Write the artifact at ``dest``; return facts for the manifest's ``info``."""

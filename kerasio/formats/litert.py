@@ -51,6 +51,7 @@ class LiteRTFormat(Format):
             return interpreter.get_tensor(out["index"]).copy()
 
         return Runner(predict_proba=predict_proba, format=self.name, path=path, runtime="litert",
+                      n_features=int(inp["shape"][-1]), n_classes=int(out["shape"][-1]),
                       model=interpreter, info={"interpreter": f"{Interpreter.__module__}.Interpreter"})
 
     def describe(self, path: Path) -> dict:

@@ -61,6 +61,8 @@ class OnnxFormat(Format):
             return session.run([OUTPUT], {INPUT: np.asarray(x, np.float32)})[0]
 
         return Runner(predict_proba=predict_proba, format=self.name, path=path, runtime="onnxruntime",
+                      n_features=int(session.get_inputs()[0].shape[-1]),
+                      n_classes=int(session.get_outputs()[0].shape[-1]),
                       model=session, info={"providers": session.get_providers()})
 
     def describe(self, path: Path) -> dict:

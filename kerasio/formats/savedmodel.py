@@ -81,6 +81,8 @@ class SavedModelFormat(Format):
             return signature(features=tf.constant(x, tf.float32))["probabilities"].numpy()
 
         return Runner(predict_proba=predict_proba, format=self.name, path=path, runtime="tensorflow",
+                      n_features=int(signature.structured_input_signature[1]["features"].shape[-1]),
+                      n_classes=int(signature.structured_outputs["probabilities"].shape[-1]),
                       model=loaded, info={"signature": "serving_default"})
 
     def matches(self, path: Path) -> bool:
