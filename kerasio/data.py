@@ -11,9 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, InputError
 
-__all__ = ["Dataset", "Split", "load_dataset", "split_dataset", "DEFAULT_DATA", "DEFAULT_LABEL"]
+__all__ = ["Dataset", "Split", "load_dataset", "split_dataset", "read_feature_rows", "DEFAULT_DATA", "DEFAULT_LABEL"]
 
 DEFAULT_DATA = Path(__file__).with_name("datasets") / "default.csv"
 DEFAULT_LABEL = "species"
@@ -218,9 +218,28 @@ def read_feature_rows(rows, feature_names: Sequence[str], *, source: str = "rows
     DataFrames and CSVs are matched by column name, so extra columns (such as
     the label) are ignored and a missing feature column is named.
     """
-    import pandas as pd
+    if not isinstance(rows, np.ndarray):  # the hot path (an array) never touches pandas
+        rows = _rows_from_table(rows, feature_names, source)
+    array = np.asarray(rows)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != len(feature_names):
+        raise InputError(
+            f"{source}: expected rows of {len(feature_names)} features {list(feature_names)}, "
+            f"got shape {array.shape}."
+        )
+    if array.dtype.kind not in "iuf":
+        raise InputError(f"{source}: features must be numeric, got dtype {array.dtype}.")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        r, c = map(int, np.argwhere(~np.isfinite(array))[0])
+        raise InputError(f"{source}: row {r}, feature {feature_names[c]!r} is NaN or inf.")
+    return array
 
-    from .errors import InputError
+
+def _rows_from_table(rows, feature_names: Sequence[str], source: str):
+    """CSV path or DataFrame -> the feature columns by name; anything else passes through."""
+    import pandas as pd
 
     if isinstance(rows, (str, Path)):
         file = Path(rows)
@@ -242,18 +261,4 @@ def read_feature_rows(rows, feature_names: Sequence[str], *, source: str = "rows
             if not pd.api.types.is_numeric_dtype(frame[column]):
                 raise InputError(f"{source}: column {column!r} is not numeric. Convert it to numbers.")
         rows = frame.to_numpy()
-    array = np.asarray(rows)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2 or array.shape[1] != len(feature_names):
-        raise InputError(
-            f"{source}: expected rows of {len(feature_names)} features {list(feature_names)}, "
-            f"got shape {array.shape}."
-        )
-    if array.dtype.kind not in "iuf":
-        raise InputError(f"{source}: features must be numeric, got dtype {array.dtype}.")
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        r, c = map(int, np.argwhere(~np.isfinite(array))[0])
-        raise InputError(f"{source}: row {r}, feature {feature_names[c]!r} is NaN or inf.")
-    return array
+    return rows

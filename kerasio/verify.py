@@ -21,7 +21,7 @@ from .errors import BackendUnavailableError, KerasioError, VerificationError
 from .formats import get_format
 from .fsutil import write_text_atomic
 from .manifest import read_manifest
-from .runtime import default_backend
+from .runtime import default_backend, keras_backend
 from .tolerances import tolerance_for
 from .trace import render_table
 
@@ -213,7 +213,7 @@ def verify(
             """Send a request to this process (in_process, same backend) or to a fresh worker."""
             from .worker import Worker, handle
 
-            if in_process and child_backend == _current_backend():
+            if in_process and child_backend == keras_backend():
                 return handle(request)
             if child_backend not in workers:
                 workers[child_backend] = stack.enter_context(Worker(child_backend, warm=("keras",), imports=imports))
@@ -287,12 +287,6 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
-
-
-def _current_backend() -> str:
-    from .runtime import keras_backend
-
-    return keras_backend()
 
 
 def _importable_custom_modules(manifest) -> list[str]:
