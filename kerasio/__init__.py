@@ -21,7 +21,7 @@ from .export import ExportResult, export
 from .formats import REGISTRY as FORMATS
 from .loading import LoadedModel, load
 from .manifest import Artifact, Manifest, read_manifest
-from .model import TrainConfig, build_classifier, fit
+from .model import TrainConfig, build_classifier, fit, set_determinism
 from .pipeline import PipelineResult, run_pipeline
 from .predict import predict
 from .tolerances import TOLERANCES, tolerance_for
@@ -29,7 +29,7 @@ from .trace import EpochTrace
 from .verify import VerifyReport, verify
 
 __all__ = [
-    "__version__", "Dataset", "Split", "load_dataset", "split_dataset", "build_classifier", "fit",
+    "__version__", "Dataset", "Split", "load_dataset", "split_dataset", "build_classifier", "fit", "set_determinism",
     "TrainConfig", "EpochTrace", "export", "ExportResult", "FORMATS", "load", "LoadedModel", "verify",
     "VerifyReport", "predict", "run_pipeline", "PipelineResult", "Manifest", "Artifact", "read_manifest",
     "TOLERANCES", "tolerance_for", "KerasioError", "DataError", "InputError", "ArtifactError",
