@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import ArtifactError, KerasioError, UnsafeArtifactError
 from .formats import ExportContext, resolve_formats
-from .fsutil import hash_artifact, place, staging_dir
+from .fsutil import hash_artifact, interrupts_deferred, place, staging_dir
 from .manifest import (
     REFERENCE_INPUTS, REFERENCE_ONE_ROW, REFERENCE_OUTPUTS, Artifact, Manifest, hash_entry, library_versions,
 )
@@ -167,8 +167,10 @@ def export(
             },
             custom_objects=_custom_objects(model),
         )
-        _commit(stage, bundle, [a.path for a in artifacts] + [REFERENCE_INPUTS, REFERENCE_OUTPUTS, REFERENCE_ONE_ROW])
-        manifest.write(bundle)  # last: readers only ever see a complete bundle
+        with interrupts_deferred():  # the renames and the manifest land together or not at all
+            for rel in [a.path for a in artifacts] + [REFERENCE_INPUTS, REFERENCE_OUTPUTS, REFERENCE_ONE_ROW]:
+                place(stage / rel, bundle / rel)
+            manifest.write(bundle)  # last: readers only ever see a complete bundle
         report = None
         if verify:
             from .verify import verify as run_verify
@@ -216,11 +218,6 @@ def _save(fmt, model, dest: Path, ctx: ExportContext, final: Path) -> dict[str, 
             f"Nothing in {final.parent if fmt.name != 'savedmodel' else final.parent.parent} was changed; "
             f"drop {fmt.name!r} from --formats or fix the model."
         ) from exc
-
-
-def _commit(stage: Path, bundle: Path, rels: list[str]) -> None:
-    for rel in rels:
-        place(stage / rel, bundle / rel)
 
 
 def _custom_objects(model) -> list[dict[str, str]]:

@@ -1,13 +1,16 @@
 """Hashing and crash-safe placement of files and directories."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
+import threading
 import uuid
 from pathlib import Path
 
-__all__ = ["sha256_file", "hash_artifact", "place", "staging_dir", "write_text_atomic"]
+__all__ = ["sha256_file", "hash_artifact", "place", "staging_dir", "write_text_atomic", "interrupts_deferred"]
 
 _CHUNK = 4 << 20
 
@@ -78,3 +81,25 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold back Ctrl-C (SIGINT) until the block is done, then raise it.
+
+    The commit of an export is a handful of renames; an interrupt between two
+    of them would leave new artifacts beside the old manifest. Deferring it
+    for those milliseconds keeps every bundle consistent. (Only the main
+    thread can handle signals; elsewhere this is a no-op.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt

@@ -171,3 +171,33 @@ def test_export_can_verify_what_it_wrote(pipeline, tmp_path, mode):
 def test_export_rejects_unknown_verify_mode(pipeline, tmp_path):
     with pytest.raises(ValueError, match=r"verify must be True, False, 'fresh-process' or 'in-process'"):
         kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test, verify="maybe")
+
+
+def test_ctrl_c_during_commit_is_deferred_until_the_bundle_is_consistent(pipeline, keras_bundle, tmp_path,
+                                                                          monkeypatch):
+    """SIGINT between two renames would pair new artifacts with the old manifest; it waits instead."""
+    import shutil
+    import signal
+    import sys
+
+    export_module = sys.modules["kerasio.export"]  # the attribute kerasio.export is the function
+
+    out = tmp_path / "b"
+    shutil.copytree(keras_bundle, out)
+    real_place = export_module.place
+    calls = []
+
+    def place_then_interrupt(src, dest):
+        real_place(src, dest)
+        if not calls:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives after the first rename
+        calls.append(dest)
+
+    monkeypatch.setattr(export_module, "place", place_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        kerasio.export(pipeline.model, out, reference_inputs=pipeline.split.x_test, formats="keras,savedmodel")
+    assert len(calls) == 5  # every rename happened before the interrupt was raised
+    manifest = kerasio.read_manifest(out)
+    assert manifest.artifact("savedmodel").path == "serving/2"
+    for art in manifest.artifacts:
+        art.check(out)  # the manifest matches what is on disk
