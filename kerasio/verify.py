@@ -87,7 +87,9 @@ class VerifyReport:
         text = render_table(
             ["Format", "Artifact", "Backend", "Device", "Precision", "Max abs diff", "Max rel diff",
              "Argmax agree", "Tolerance", "Result"], rows)
-        notes = [f"  {c.format}: {c.error}" for c in self.checks if c.error]
+        devices = {c.device: c.device_name for c in self.checks if c.device}
+        notes = [f"  devices: {', '.join(f'{d} = {n}' for d, n in devices.items())}"] if devices else []
+        notes += [f"  {c.format}: {c.error}" for c in self.checks if c.error]
         notes += [f"  {c.format} on {c.device}: TF32 (fast-math) drift {c.tf32_drift:.2e} (information only)"
                   for c in self.checks if c.tf32_drift is not None]
         notes += [f"  {c.format}: CPU vs GPU drift {c.device_drift:.2e}" for c in self.checks if c.device_drift is not None]
