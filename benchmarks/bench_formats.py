@@ -20,7 +20,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 warnings.filterwarnings("ignore")
 
-import numpy as np  # noqa: E402
 
 import kerasio  # noqa: E402
 from _common import median, report  # noqa: E402

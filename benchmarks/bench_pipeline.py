@@ -8,7 +8,6 @@ each is a fresh process, TensorFlow import included.
 """
 import argparse
 import tempfile
-from pathlib import Path
 
 from _common import PY, ROOT, interleave, median, report, run_timed
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
 from .data import Dataset, Split, load_dataset, split_dataset
 from .export import choose_formats

@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import kerasio
-from kerasio.runtime import default_backend, precision_policy, resolve_devices
+from kerasio.runtime import precision_policy, resolve_devices
 
 HERE = Path(__file__).parent
 

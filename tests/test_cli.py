@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 import kerasio
 from kerasio.cli import main
@@ -78,7 +77,6 @@ def test_run_verify_predict_end_to_end(tmp_path):
 
 def test_same_seed_same_weights_across_runs(tmp_path):
     """Reproducible: two CLI runs with one seed write bit-identical weights."""
-    import h5py
 
     weights = []
     for name in ("a", "b"):

@@ -5,7 +5,6 @@ import json
 import shutil
 import zipfile
 
-import numpy as np
 import pytest
 
 import kerasio

@@ -1,7 +1,6 @@
 """Hostile and corrupt files: each guard has a test that builds the bad file."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
