@@ -114,12 +114,13 @@ def _run(args) -> int:
     if args.json:
         print(json.dumps({
             "bundle": str(result.bundle), "metrics": result.metrics, "trace": result.trace.records,
-            "artifacts": [a.__dict__ for a in result.export.manifest.artifacts],
+            "published": result.export is not None,
+            "artifacts": [a.__dict__ for a in result.export.manifest.artifacts] if result.export else [],
             "verification": result.report.to_dict() if result.report else None,
             "prediction": result.prediction, "seconds": result.seconds,
         }, indent=2, default=str))
     if not result.ok:
-        print(f"kerasio: verification failed: {'; '.join(c.format for c in result.report.failures())}",
+        print(f"kerasio: verification failed, nothing was published: {result.report.failure_text()}",
               file=sys.stderr)
         return EXIT_FAILED
     return 0

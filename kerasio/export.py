@@ -16,9 +16,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ArtifactError, KerasioError, UnsafeArtifactError
+from .errors import ArtifactError, KerasioError, UnsafeArtifactError, VerificationError
 from .formats import ExportContext, resolve_formats
-from .fsutil import hash_artifact, interrupts_deferred, place, staging_dir
+from .fsutil import hash_artifact, interrupts_deferred, place, staging_dir, write_text_atomic
 from .manifest import (
     REFERENCE_INPUTS, REFERENCE_ONE_ROW, REFERENCE_OUTPUTS, Artifact, Manifest, hash_entry, library_versions,
 )
@@ -70,6 +70,7 @@ def export(
     trust_pickle: bool = False,
     max_shard_size: float | None = None,
     verify: bool | str = False,
+    workers: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``bundle_dir`` in several formats with a manifest.
 
@@ -81,11 +82,14 @@ def export(
         feature_names, class_names: recorded in the manifest (defaults ``f0..``, ``0..``).
         trust_pickle: the pickle format is written only when this is true.
         max_shard_size: shard the ``weights`` format above this many GB.
-        verify: verify every artifact once written (``result.report``).
-            ``True`` (or ``"fresh-process"``) loads them in a fresh interpreter
-            started before the first artifact is written, so its TensorFlow
-            import overlaps the export; ``"in-process"`` loads them here
-            (faster and lighter for very large models, but weaker).
+        verify: verify every artifact before publishing it (``result.report``);
+            if any fails, raise :class:`VerificationError` and leave the bundle
+            as it was. ``True`` (or ``"fresh-process"``) loads them in a fresh
+            interpreter started before the first artifact is written, so its
+            TensorFlow import overlaps the export; ``"in-process"`` loads them
+            here (faster and lighter for very large models, but weaker).
+        workers: verification workers already started, by backend (the
+            pipeline starts one before training); they are not closed here.
 
     Returns:
         An :class:`ExportResult` whose ``manifest`` lists every artifact's hash.
@@ -113,11 +117,13 @@ def export(
     class_names = list(class_names or [str(i) for i in range(reference_outputs.shape[1])])
     ctx = ExportContext(feature_names=feature_names, class_names=class_names, reference_inputs=x_ref,
                         max_shard_size=max_shard_size)
-    worker = None
-    if verify and verify != "in-process":
+    workers = dict(workers or {})
+    own_worker = None
+    if verify and verify != "in-process" and not workers:
         from .worker import Worker
 
-        worker = Worker(None, warm=["keras"])
+        own_worker = Worker(None, warm=["keras"])
+        workers[own_worker.backend] = own_worker
     bundle.mkdir(parents=True, exist_ok=True)
     stage = staging_dir(bundle)
     seconds: dict[str, float] = {}
@@ -167,21 +173,33 @@ def export(
             },
             custom_objects=_custom_objects(model),
         )
+        report = None
+        if verify:
+            # Verify the staged bundle (same layout) before anything is published: an
+            # artifact that fails never replaces the one already in the bundle.
+            from .verify import VERIFICATION_FILE, verify as run_verify
+
+            manifest.write(stage)
+            report = run_verify(stage, workers=workers, record=False,
+                                in_process=verify == "in-process", trust_pickle=trust_pickle,
+                                check_hashes=False)  # hashed from these very files a moment ago
+            report.bundle = str(bundle)
+            if not report.ok:
+                error = VerificationError(
+                    f"{bundle}: nothing was published, the bundle is as it was; the new artifacts failed "
+                    f"verification: {report.failure_text()}")
+                error.report = report
+                raise error
         with interrupts_deferred():  # the renames and the manifest land together or not at all
             for rel in [a.path for a in artifacts] + [REFERENCE_INPUTS, REFERENCE_OUTPUTS, REFERENCE_ONE_ROW]:
                 place(stage / rel, bundle / rel)
             manifest.write(bundle)  # last: readers only ever see a complete bundle
-        report = None
-        if verify:
-            from .verify import verify as run_verify
-
-            # The hashes were computed from these very files a moment ago.
-            report = run_verify(bundle, workers={worker.backend: worker} if worker else None,
-                                in_process=verify == "in-process", trust_pickle=trust_pickle, check_hashes=False)
+        if report is not None:
+            write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        if worker is not None:
-            worker.close()
+        if own_worker is not None:
+            own_worker.close()
     return ExportResult(bundle, manifest, seconds, skipped, report)
 
 

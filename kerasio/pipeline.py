@@ -25,7 +25,7 @@ class PipelineResult:
     model: Any
     trace: Any
     metrics: dict[str, float]
-    export: Any
+    export: Any | None  # None when verification failed and nothing was published
     report: Any | None
     prediction: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
@@ -62,8 +62,9 @@ def run_pipeline(
         out: the bundle directory (default ``saved_models/seed``).
         epochs, seed, hidden, dropout, learning_rate, batch_size: training.
         formats: export formats (default ``keras,savedmodel``; ``"all"``).
-        verify: verify every artifact after export (in a fresh process unless
-            ``in_process``).
+        verify: verify every artifact before it is published (in a fresh
+            process unless ``in_process``); if one fails, the bundle is left
+            as it was and ``result.ok`` is false.
         echo: where the trace goes (``None`` for silence).
 
     Returns:
@@ -122,44 +123,51 @@ def run_pipeline(
         say(_indent(trace.chart()))
         say(f"         test: loss {loss:.4f}, accuracy {accuracy:.4f} on {len(split.y_test)} rows")
         timings["train"] = time.perf_counter() - clock
-        # 4. export
+        # 4-5. export, then verify the staged bundle before it is published
+        from .errors import VerificationError
         from .export import export
 
-        result = export(
-            model, out, reference_inputs=split.x_test, formats=formats, feature_names=dataset.feature_names,
-            class_names=dataset.class_names, label=dataset.label, trace=trace.records, metrics=metrics,
-            training={"config": cfg.to_dict(),
-                      "data": {"source": dataset.source, "sha256": dataset.sha256, "label": dataset.label}},
-            trust_pickle=trust_pickle, max_shard_size=max_shard_size,
-        )
-        say(f"[4/6] export   -> {out} (manifest {out / 'kerasio.json'})")
-        say(_indent(result.table()))
-        timings["export"] = time.perf_counter() - clock - timings["train"]
-        # 5. verify
-        report = None
-        if verify:
-            from .verify import verify as run_verify
-
-            report = run_verify(out, in_process=in_process, trust_pickle=trust_pickle, workers=workers)
-            say(f"[5/6] verify   {report.mode}, reference: {len(split.x_test)} test rows (+ a 1-row batch)")
+        mode = ("in-process" if in_process else "fresh-process") if verify else False
+        try:
+            result = export(
+                model, out, reference_inputs=split.x_test, formats=formats, feature_names=dataset.feature_names,
+                class_names=dataset.class_names, label=dataset.label, trace=trace.records, metrics=metrics,
+                training={"config": cfg.to_dict(),
+                          "data": {"source": dataset.source, "sha256": dataset.sha256, "label": dataset.label}},
+                trust_pickle=trust_pickle, max_shard_size=max_shard_size, verify=mode, workers=workers,
+            )
+            report = result.report
+            say(f"[4/6] export   -> {out} (manifest {out / 'kerasio.json'})")
+            say(_indent(result.table()))
+        except VerificationError as exc:
+            result, report = None, exc.report
+            say(f"[4/6] export   -> {out}: NOT published, the new artifacts failed verification; "
+                "the bundle is as it was")
+        if report is not None:
+            say(f"[5/6] verify   {report.mode}, before publishing; reference: {len(split.x_test)} test rows "
+                "(+ a 1-row batch)")
             say(_indent(report.table()))
         else:
             say("[5/6] verify   skipped (--no-verify)")
-        timings["verify"] = time.perf_counter() - clock - timings["train"] - timings["export"]
+        timings["export_and_verify"] = time.perf_counter() - clock - timings["train"]
     # 6. predict
-    from .loading import load
+    prediction: dict[str, Any] = {}
+    if result is None:
+        say("[6/6] predict  skipped: nothing was published")
+    else:
+        from .loading import load
 
-    loaded = load(out, trust=trust_pickle)
-    row = split.x_test[:1]
-    labels, probs = loaded.predict(row), loaded.predict_proba(row)
-    prediction = {"input": row[0].tolist(), "artifact": str(loaded.path), "sha256": loaded.sha256,
-                  "label": str(labels[0]), "probabilities": dict(zip(dataset.class_names, map(float, probs[0]))),
-                  "true_label": dataset.class_names[int(split.y_test[0])]}
-    sample = ", ".join(f"{n}={v:g}" for n, v in zip(dataset.feature_names, row[0]))
-    say(f"[6/6] predict  input [{sample}]")
-    say(f"         -> model loaded from {loaded.path} (sha256 {loaded.sha256[:12]})")
-    say(f"         -> predicted {str(labels[0])!r} (true {prediction['true_label']!r}); probabilities "
-        + ", ".join(f"{k} {v:.4f}" for k, v in prediction["probabilities"].items()))
+        loaded = load(out, trust=trust_pickle)
+        row = split.x_test[:1]
+        labels, probs = loaded.predict(row), loaded.predict_proba(row)
+        prediction = {"input": row[0].tolist(), "artifact": str(loaded.path), "sha256": loaded.sha256,
+                      "label": str(labels[0]), "probabilities": dict(zip(dataset.class_names, map(float, probs[0]))),
+                      "true_label": dataset.class_names[int(split.y_test[0])]}
+        sample = ", ".join(f"{n}={v:g}" for n, v in zip(dataset.feature_names, row[0]))
+        say(f"[6/6] predict  input [{sample}]")
+        say(f"         -> model loaded from {loaded.path} (sha256 {loaded.sha256[:12]})")
+        say(f"         -> predicted {str(labels[0])!r} (true {prediction['true_label']!r}); probabilities "
+            + ", ".join(f"{k} {v:.4f}" for k, v in prediction["probabilities"].items()))
     timings["total"] = time.perf_counter() - clock
     return PipelineResult(out, dataset, split, model, trace, metrics, result, report, prediction, timings)
 

@@ -112,13 +112,17 @@ class VerifyReport:
 
         return pd.DataFrame([asdict(c) | {"status": c.status} for c in self.checks])
 
+    def failure_text(self) -> str:
+        """One line naming each failing artifact with its diff and tolerance (empty when all pass)."""
+        parts = [_failure_text(c) for c in self.failures()]
+        if self.resume is not None and not self.resume.get("passed"):
+            parts.append(f"{self.bundle}: resume check failed: {self.resume.get('detail')}")
+        return "; ".join(parts)
+
     def raise_for_failure(self) -> "VerifyReport":
         """Raise :class:`VerificationError` naming each failing artifact; else return self."""
-        bad = self.failures()
-        if bad:
-            raise VerificationError("; ".join(_failure_text(c) for c in bad))
-        if self.resume is not None and not self.resume.get("passed"):
-            raise VerificationError(f"{self.bundle}: resume check failed: {self.resume.get('detail')}")
+        if not self.ok:
+            raise VerificationError(self.failure_text() or f"{self.bundle}: nothing was verified")
         return self
 
 

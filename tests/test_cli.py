@@ -155,3 +155,25 @@ def test_bad_formats_fail_before_training(tmp_path, capsys):
     assert main(["run", "--formats", "keras,tflite", "--out", str(tmp_path / "o")]) == 2
     assert "unknown format 'tflite'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_run_publishes_nothing_when_verification_fails(tmp_path, capsys, monkeypatch):
+    from kerasio.formats import REGISTRY
+
+    fmt = REGISTRY["savedmodel"]
+    real_load = fmt.load
+
+    def drifting_load(path, **kwargs):
+        runner = real_load(path, **kwargs)
+        inner = runner.predict_proba
+        runner.predict_proba = lambda x: inner(x) + 1e-3
+        return runner
+
+    monkeypatch.setattr(fmt, "load", drifting_load)
+    out = tmp_path / "seed"
+    assert main(["run", "--out", str(out), "--epochs", "1", "--in-process"]) == 1
+    captured = capsys.readouterr()
+    assert "NOT published, the new artifacts failed verification" in captured.out
+    assert "[6/6] predict  skipped: nothing was published" in captured.out
+    assert captured.err.startswith("kerasio: verification failed, nothing was published: serving/1 (savedmodel")
+    assert not (out / "kerasio.json").exists() and not (out / "model.keras").exists()

@@ -201,3 +201,31 @@ def test_ctrl_c_during_commit_is_deferred_until_the_bundle_is_consistent(pipelin
     assert manifest.artifact("savedmodel").path == "serving/2"
     for art in manifest.artifacts:
         art.check(out)  # the manifest matches what is on disk
+
+
+def test_export_verify_publishes_nothing_when_an_artifact_fails(pipeline, keras_bundle, tmp_path, monkeypatch):
+    """export(verify=...) checks the staged artifacts first; a failing one never replaces a good one."""
+    import shutil
+
+    out = tmp_path / "b"
+    shutil.copytree(keras_bundle, out)
+    before = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()}
+    fmt = REGISTRY["savedmodel"]
+    real_load = fmt.load
+
+    def drifting_load(path, **kwargs):  # a SavedModel whose outputs are off by 1e-3
+        runner = real_load(path, **kwargs)
+        inner = runner.predict_proba
+        runner.predict_proba = lambda x: inner(x) + 1e-3
+        return runner
+
+    monkeypatch.setattr(fmt, "load", drifting_load)
+    with pytest.raises(kerasio.VerificationError,
+                       match=r"nothing was published, the bundle is as it was; the new artifacts failed verification: "
+                             r"serving/2 \(savedmodel, tensorflow, cpu\): max abs diff 1\.00e-03 exceeds tolerance"
+                             r" 1\.00e-06") as info:
+        kerasio.export(pipeline.model, out, reference_inputs=pipeline.split.x_test, formats="keras,savedmodel",
+                       verify="in-process")
+    assert [c.format for c in info.value.report.failures()] == ["savedmodel"]
+    after = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()}
+    assert after == before
