@@ -226,7 +226,8 @@ def _save(fmt, model, dest: Path, ctx: ExportContext, final: Path) -> dict[str, 
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=r"(keras|tensorflow|tf2onnx)(\.|$)")
-            return fmt.save(model, dest, ctx) or {}
+            written = fmt.save(model, dest, ctx) or {}
+            return {**fmt.describe(dest), **written}
     except KerasioError:
         raise
     except Exception as exc:

@@ -71,7 +71,7 @@ class Format:
         return self.filename
 
     def save(self, model, dest: Path, ctx: ExportContext) -> dict[str, Any]:
-        """Write the artifact at ``dest``; return facts for the manifest's ``info``."""
+        """Write the artifact at ``dest``; return facts only the writer knows (merged into ``info``)."""
         raise NotImplementedError
 
     def load(self, path: Path, *, trust: bool = False) -> Runner:
@@ -79,7 +79,11 @@ class Format:
         raise NotImplementedError
 
     def describe(self, path: Path) -> dict[str, Any]:
-        """Cheap facts about an artifact (I/O names, signatures) without running it."""
+        """Facts read back from a written artifact (I/O names, signatures) without running it.
+
+        Export records them in the manifest's ``info``, which ``kerasio inspect``
+        shows without importing any ML framework.
+        """
         return {}
 
     def matches(self, path: Path) -> bool:

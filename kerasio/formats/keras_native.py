@@ -20,7 +20,7 @@ class KerasFormat(Format):
 
     def save(self, model, dest: Path, ctx: ExportContext) -> dict:
         model.save(dest)
-        return {"members": zipfile.ZipFile(dest).namelist()}
+        return {}
 
     def load(self, path: Path, *, trust: bool = False) -> Runner:
         import keras

@@ -44,7 +44,7 @@ class OnnxFormat(Format):
         _rename_io(graph_model.graph, INPUT, OUTPUT)
         onnx.checker.check_model(graph_model)
         onnx.save(graph_model, str(dest))
-        return self.describe(dest) | {"opset": OPSET}
+        return {"opset": OPSET}
 
     def load(self, path: Path, *, trust: bool = False, providers=None) -> Runner:
         ort = require("onnxruntime", "running ONNX")

@@ -62,7 +62,7 @@ class SavedModelFormat(Format):
         archive.add_endpoint("predict_labels", predict_labels, input_signature=[spec])
         archive.write_out(str(dest), verbose=False)
         records = write_warmup(dest, ctx.reference_inputs, limit=ctx.warmup_records)
-        return {"signatures": self.describe(dest)["signatures"], "warmup_records": records}
+        return {"warmup_records": records}
 
     def load(self, path: Path, *, trust: bool = False) -> Runner:
         tf = require("tensorflow", "loading a SavedModel")

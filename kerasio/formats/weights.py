@@ -28,7 +28,7 @@ class WeightsFormat(Format):
             model.save_weights(dest / SHARDED, max_shard_size=ctx.max_shard_size)
         else:
             model.save_weights(dest / WEIGHTS)
-        return {"sharded": bool(ctx.max_shard_size), "files": sorted(p.name for p in dest.iterdir())}
+        return {"sharded": bool(ctx.max_shard_size)}
 
     def load(self, path: Path, *, trust: bool = False) -> Runner:
         import keras
