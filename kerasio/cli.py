@@ -221,7 +221,7 @@ def _io_summary(info: dict) -> str:
             parts.append(f"{name}({ins})->{outs}")
         return " ".join(parts)
     if "inputs" in info:
-        return f"{info['inputs']} -> {info.get('outputs')}"
+        return f"{', '.join(info['inputs'])} -> {', '.join(info.get('outputs', []))}"
     return "features -> probabilities"
 
 
