@@ -112,11 +112,8 @@ UNSAFE_TF_OPS = frozenset({
 })
 
 
-def audit_saved_model(path: Path) -> set[str]:
-    """Read ``saved_model.pb`` as a proto and refuse graphs with file-system or Python ops.
-
-    Returns the set of op types used. Runs before ``tf.saved_model.load``.
-    """
+def read_saved_model_proto(path: Path):
+    """Parse ``<path>/saved_model.pb`` into a ``SavedModel`` proto, without building any graph."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
@@ -124,6 +121,15 @@ def audit_saved_model(path: Path) -> set[str]:
         proto.ParseFromString((path / "saved_model.pb").read_bytes())
     except Exception as exc:  # protobuf's DecodeError and friends
         raise ArtifactError(f"{path / 'saved_model.pb'}: not a readable SavedModel proto ({exc}); re-export it.") from None
+    return proto
+
+
+def audit_saved_model(path: Path) -> set[str]:
+    """Read ``saved_model.pb`` as a proto and refuse graphs with file-system or Python ops.
+
+    Returns the set of op types used. Runs before ``tf.saved_model.load``.
+    """
+    proto = read_saved_model_proto(path)
     ops: set[str] = set()
     for graph in proto.meta_graphs:
         ops |= {node.op for node in graph.graph_def.node}

@@ -144,8 +144,8 @@ def _verify(args) -> int:
         print(f"{passed} of {len(report.checks)} checks passed ({report.mode}) for {args.path}")
     if not report.ok:
         if not args.json:
-            bad = [c for c in report.failures()]
-            print(f"kerasio: verification failed for {', '.join(c.artifact for c in bad) or 'resume'}",
+            bad = ", ".join(c.artifact for c in report.failures()) or "resume"
+            print(f"kerasio: verification failed for {bad}",
                   file=sys.stderr)
         return EXIT_FAILED
     return 0

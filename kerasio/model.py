@@ -8,13 +8,12 @@ weights of ``N + 1`` uninterrupted epochs (``verify --resume`` checks this).
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 __all__ = ["build_classifier", "fit", "set_determinism", "TrainConfig"]
-
-from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -28,7 +27,6 @@ class TrainConfig:
     learning_rate: float = 0.01
     seed: int = 0
     test_size: int | float = 0.2
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -40,6 +38,16 @@ class TrainConfig:
         d = dict(d)
         d["hidden"] = tuple(d.get("hidden", ()))
         return cls(**d)
+
+    def build(self, n_features: int, n_classes: int, x_adapt: np.ndarray):
+        """Seed everything and build the classifier this config describes.
+
+        The pipeline and ``verify --resume`` both build through here, so a
+        replayed run is the same model by construction.
+        """
+        set_determinism(self.seed)
+        return build_classifier(n_features, n_classes, x_adapt=x_adapt, hidden=self.hidden, dropout=self.dropout,
+                                learning_rate=self.learning_rate, seed=self.seed)
 
 
 def set_determinism(seed: int) -> None:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-
 from .data import Dataset, Split, load_dataset, split_dataset
 from .export import choose_formats
 from .model import TrainConfig
@@ -104,12 +103,10 @@ def run_pipeline(
 
         import_keras_quietly()
         # 3. train
-        from .model import build_classifier, fit, set_determinism
+        from .model import fit
         from .trace import EpochTrace
 
-        set_determinism(seed)
-        model = build_classifier(dataset.n_features, dataset.n_classes, x_adapt=split.x_train, hidden=hidden,
-                                 dropout=dropout, learning_rate=learning_rate, seed=seed)
+        model = cfg.build(dataset.n_features, dataset.n_classes, split.x_train)
         arch = " -> ".join([f"features({dataset.n_features})", "normalize", *map(str, hidden),
                             f"softmax({dataset.n_classes})"])
         say(f"[3/6] train    Sequential {arch}; Adam lr={learning_rate}, {epochs} epochs, batch {batch_size}")

@@ -37,7 +37,7 @@ def resume_check(bundle: str | Path) -> ResumeResult:
     from .data import load_dataset, split_dataset
     from .formats import get_format
     from .manifest import read_manifest
-    from .model import TrainConfig, build_classifier, fit, set_determinism
+    from .model import TrainConfig, fit
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -58,9 +58,7 @@ def resume_check(bundle: str | Path) -> ResumeResult:
     split = split_dataset(data, test_size=cfg.test_size, seed=cfg.seed)
     n = cfg.epochs
 
-    set_determinism(cfg.seed)
-    straight = build_classifier(data.n_features, data.n_classes, x_adapt=split.x_train, hidden=cfg.hidden,
-                                dropout=cfg.dropout, learning_rate=cfg.learning_rate, seed=cfg.seed)
+    straight = cfg.build(data.n_features, data.n_classes, split.x_train)
     fit(straight, split.x_train, split.y_train, epochs=n + 1, batch_size=cfg.batch_size, seed=cfg.seed)
 
     art = manifest.artifact("keras")

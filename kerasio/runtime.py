@@ -101,10 +101,15 @@ def default_backend() -> str:
 
 
 def available_devices(backend: str | None = None) -> list[str]:
-    """``["cpu"]`` plus ``"gpu"`` when the active Keras backend sees a GPU."""
+    """``["cpu"]`` plus ``"gpu"`` when ``backend`` (a Keras backend, ``onnxruntime``
+    or ``litert``; default: the active Keras backend) sees a GPU."""
     backend = backend or keras_backend()
     gpu = False
-    if backend == "tensorflow":
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+    elif backend == "tensorflow":
         import tensorflow as tf
 
         gpu = bool(tf.config.list_physical_devices("GPU"))

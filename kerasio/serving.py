@@ -6,7 +6,6 @@ TensorFlow's tools (see ``tests/test_serving_contract.py``).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,10 @@ import numpy as np
 
 from .runtime import require
 
-__all__ = ["write_warmup", "read_warmup", "rest_body", "WARMUP_PATH", "MAX_WARMUP_RECORDS", "SIGNATURES"]
+__all__ = ["write_warmup", "read_warmup", "rest_body", "WARMUP_PATH", "MAX_WARMUP_RECORDS"]
 
 WARMUP_PATH = "assets.extra/tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's own limit on warmup records
-SIGNATURES = ("serving_default", "predict_labels")
 
 
 def write_warmup(version_dir: Path, rows: np.ndarray, *, model_name: str = "kerasio", limit: int = 100) -> int:
@@ -68,33 +66,3 @@ def rest_body(rows: np.ndarray, *, signature: str = "serving_default", columnar:
     if columnar:
         return {"signature_name": signature, "inputs": {"features": values}}
     return {"signature_name": signature, "instances": [{"features": row} for row in values]}
-
-
-def answer_rest(signature_fn, body: dict[str, Any]) -> dict[str, Any]:
-    """Answer a REST body by calling a SavedModel signature, as TF Serving does.
-
-    Row-format requests get ``{"predictions": [{output: value, ...}, ...]}``;
-    columnar ones get ``{"outputs": {output: [...]}}``.
-    """
-    import tensorflow as tf
-
-    if "instances" in body:
-        features = [inst["features"] if isinstance(inst, dict) else inst for inst in body["instances"]]
-    else:
-        features = body["inputs"]["features"] if isinstance(body["inputs"], dict) else body["inputs"]
-    result = signature_fn(features=tf.constant(features, tf.float32))
-    result = {k: _jsonable(v.numpy()) for k, v in result.items()}
-    if "instances" in body:
-        n = len(features)
-        return {"predictions": [{k: v[i] for k, v in result.items()} for i in range(n)]}
-    return {"outputs": result}
-
-
-def _jsonable(array: np.ndarray):
-    if array.dtype.kind in "SO":
-        return [v.decode() if isinstance(v, bytes) else v for v in array.tolist()]
-    return array.tolist()
-
-
-def dumps(body: dict[str, Any]) -> str:
-    return json.dumps(body)

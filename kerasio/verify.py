@@ -252,7 +252,7 @@ def verify(
             report.resume = answer["result"] if answer["ok"] else {"passed": False, "detail": answer["error"]}
     if record:
         with contextlib.suppress(OSError):
-            write_text_atomic(bundle / VERIFICATION_FILE, json.dumps(report.to_dict(), indent=2))
+            write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))
     return report
 
 

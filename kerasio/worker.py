@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import BackendUnavailableError, KerasioError
+from .errors import KerasioError
 
 __all__ = ["run_check", "handle", "Worker"]
 
@@ -40,29 +40,6 @@ def _device_context(runtime: str, device: str):
     return contextlib.nullcontext()
 
 
-def _devices_for(runtime: str, requested: str) -> list[str]:
-    """Devices a runtime can run on here, for ``auto|cpu|gpu|all``."""
-    from .runtime import resolve_devices
-
-    if runtime.startswith("keras"):
-        return resolve_devices(requested)
-    if runtime == "tensorflow":
-        return resolve_devices(requested, "tensorflow")
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        seen = ["cpu", "gpu"] if "CUDAExecutionProvider" in ort.get_available_providers() else ["cpu"]
-    else:  # litert runs on the CPU interpreter
-        seen = ["cpu"]
-    if requested == "auto":
-        return [seen[-1]]
-    if requested == "all":
-        return seen
-    if requested not in seen:
-        raise BackendUnavailableError(f"the {runtime} runtime cannot run on {requested} here; use --device auto or cpu.")
-    return [requested]
-
-
 def run_check(request: dict[str, Any]) -> dict[str, Any]:
     """Load one artifact and run the reference inputs through it on each device.
 
@@ -73,7 +50,7 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
     Returns per-device result dicts with the paths of the outputs written.
     """
     from .formats import get_format
-    from .runtime import device_name, keras_backend, precision_policy
+    from .runtime import device_name, keras_backend, precision_policy, resolve_devices
 
     for module in request.get("imports", ()):
         importlib.import_module(module)
@@ -84,7 +61,7 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
     backend = keras_backend() if fmt.runtime == "keras" else fmt.runtime  # tensorflow, onnxruntime, litert
     results = []
     big = sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*"))) > 64 << 20
-    for device in _devices_for(runtime, request.get("device", "auto")):
+    for device in resolve_devices(request.get("device", "auto"), backend):  # litert: CPU only
         kwargs = {"trust": bool(request.get("trust"))}
         if fmt.runtime == "onnxruntime":
             kwargs["providers"] = ["CUDAExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]

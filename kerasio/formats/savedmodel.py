@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..audit import audit_saved_model
+from ..audit import audit_saved_model, read_saved_model_proto
 from ..errors import ArtifactError
 from ..runtime import require
 from ..serving import write_warmup
@@ -90,11 +90,10 @@ class SavedModelFormat(Format):
 
     def describe(self, path: Path) -> dict:
         """Signature names, inputs and outputs, read from ``saved_model.pb`` without loading it."""
-        pb = require("tensorflow.core.protobuf.saved_model_pb2", "reading a SavedModel's signatures")
+        require("tensorflow", "reading a SavedModel's signatures")
         from tensorflow.python.framework import dtypes
 
-        proto = pb.SavedModel()
-        proto.ParseFromString((path / "saved_model.pb").read_bytes())
+        proto = read_saved_model_proto(path)
         signatures = {}
         for name, sig in proto.meta_graphs[0].signature_def.items():
             if name.startswith("__"):
