@@ -98,7 +98,7 @@ def main() -> None:
                 for name, fn in (steps if i % 2 == 0 else steps[::-1]):
                     fig[name].append(timed(fn))
                 steps = [
-                    ("kerasio_load", lambda: kerasio.load(bundle, format=fmt, trust=True).runner.predict_proba(x)),
+                    ("kerasio_load", lambda: kerasio.load(bundle, format=fmt, trust=True).run(x)),
                     ("keras_load", load_fn),
                 ]
                 for name, fn in (steps if i % 2 == 0 else steps[::-1]):

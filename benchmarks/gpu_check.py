@@ -15,14 +15,15 @@ import time
 import numpy as np
 
 import kerasio
-from kerasio.runtime import device_name, device_scope, keras_backend, precision_policy, resolve_devices
+from kerasio.runtime import available_devices, device_name, device_scope, keras_backend, precision_policy, resolve_devices
 
 
 def throughput(bundle, device: str, rows: int, calls: int) -> dict:
     """Rows per second of kerasio.predict on ``rows`` rows, pinned float32."""
     with device_scope(device), precision_policy("highest"):
         loaded = kerasio.load(bundle)
-        x = np.resize(kerasio.read_manifest(bundle).reference_arrays(bundle)[0], (rows, len(loaded.feature_names)))
+        x = np.resize(kerasio.read_manifest(bundle).reference_arrays(bundle)[0]["features"],
+                      (rows, len(loaded.feature_names)))
         kerasio.predict(loaded, x)  # compile and warm
         start = time.perf_counter()
         for _ in range(calls):
@@ -52,8 +53,8 @@ def main() -> None:
                                                 "argmax_agreement", "atol", "passed", "tf32_drift",
                                                 "device_drift", "seconds", "error")} for c in report.checks],
         "throughput": {d: throughput(args.bundle, d, args.rows, args.calls)
-                       for d in resolve_devices("all" if args.device == "all" else args.device)},
-        "devices": {d: device_name(d) for d in resolve_devices("all")},
+                       for d in resolve_devices("all" if args.device == "all" else args.device, available_devices())},
+        "devices": {d: device_name(d) for d in available_devices()},
     }
     print(json.dumps(out))
     sys.exit(0 if report.ok else 1)

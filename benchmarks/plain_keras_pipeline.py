@@ -16,7 +16,7 @@ import tensorflow as tf  # noqa: E402
 
 out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/plain_keras"
 os.makedirs(out, exist_ok=True)
-csv = os.path.join(os.path.dirname(__file__), "..", "kerasio", "datasets", "default.csv")
+csv = os.path.join(os.path.dirname(__file__), "..", "kerasio", "recipe", "datasets", "default.csv")
 frame = pd.read_csv(csv)
 y_names = frame.pop("species")
 classes = sorted(y_names.unique())

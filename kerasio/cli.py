@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Keras backend for .keras/.h5/weights/pickle (runs in a subprocess)")
     ver.add_argument("--precision", default="highest", choices=["highest", "fast"],
                      help="highest pins float32 matmuls (default); fast allows TF32 on GPUs")
+    ver.add_argument("--rtol", type=float, metavar="R", help="relative tolerance for every check (overrides the table)")
+    ver.add_argument("--atol", type=float, metavar="A", help="absolute tolerance for every check (overrides the table)")
     ver.add_argument("--in-process", action="store_true", help="load in this process instead of a fresh one")
     ver.add_argument("--resume", action="store_true", help="also check that model.keras resumes training exactly")
     ver.add_argument("--trust-pickle", action="store_true", help="allow loading the pickle artifact")
@@ -62,13 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="import a module first (one that registers custom layers)")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    pred = sub.add_parser("predict", help="predict labels for the rows of a CSV")
+    pred = sub.add_parser("predict", help="predict labels (classifiers) or outputs for new inputs")
     pred.add_argument("path", help="bundle directory or artifact")
-    pred.add_argument("--input", required=True, metavar="CSV", help="rows to predict (columns by feature name)")
-    pred.add_argument("--output", metavar="CSV", help="write label + per-class probabilities here")
+    pred.add_argument("--input", required=True, metavar="FILE",
+                      help="CSV or Parquet (columns matched to input or feature names), .npz (one array per input) "
+                           "or .npy (one array)")
+    pred.add_argument("--output", metavar="FILE",
+                      help="write predictions here: .csv for tabular outputs, .npz for any (default: print CSV)")
     pred.add_argument("--format", help="which artifact of the bundle to use (default: keras)")
-    pred.add_argument("--trust-pickle", action="store_true")
-    pred.add_argument("--json", action="store_true")
+    pred.add_argument("--import", action="append", dest="imports", default=[], metavar="MODULE",
+                      help="import a module first (one that registers custom layers)")
+    pred.add_argument("--trust-pickle", action="store_true", help="allow loading the pickle artifact")
+    pred.add_argument("--json", action="store_true", help="print predictions as JSON records")
 
     ins = sub.add_parser("inspect", help="show a bundle's manifest, signatures, trace and artifacts")
     ins.add_argument("path", help="bundle directory")
@@ -76,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     req = sub.add_parser("serving-request", help="print a TF Serving REST body for the rows of a CSV")
     req.add_argument("path", help="bundle directory")
-    req.add_argument("--input", required=True, metavar="CSV")
+    req.add_argument("--input", required=True, metavar="FILE", help="CSV, Parquet, .npz or .npy inputs")
     req.add_argument("--columnar", action="store_true", help="use the columnar 'inputs' format")
     req.add_argument("--signature", default="serving_default", choices=["serving_default", "predict_labels"])
     return parser
@@ -104,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from .pipeline import run_pipeline
+    from .recipe.pipeline import run_pipeline
 
     result = run_pipeline(
         args.data, label=args.label, out=args.out, epochs=args.epochs, seed=args.seed, formats=args.formats,
@@ -120,7 +127,7 @@ def _run(args) -> int:
             "prediction": result.prediction, "seconds": result.seconds,
         }, indent=2, default=str))
     if not result.ok:
-        print(f"kerasio: verification failed, nothing was published: {result.report.failure_text()}",
+        print(f"kerasio: verification failed, nothing was published: {result.report.failure_text() if result.report else ''}",
               file=sys.stderr)
         return EXIT_FAILED
     return 0
@@ -134,8 +141,13 @@ def _verify(args) -> int:
         import_keras_quietly()
     report = verify(
         args.path, formats=args.formats, in_process=args.in_process, device=args.device, backend=args.backend,
-        precision=args.precision, trust_pickle=args.trust_pickle, imports=args.imports, resume=args.resume,
+        precision=args.precision, trust_pickle=args.trust_pickle, imports=args.imports, rtol=args.rtol,
+        atol=args.atol,
     )
+    if args.resume:
+        from .recipe.resume import resume_in_fresh_process
+
+        report.resume = resume_in_fresh_process(args.path, backend=args.backend)
     if args.json:
         print(report.to_json(indent=2))
     else:
@@ -152,27 +164,44 @@ def _verify(args) -> int:
 
 
 def _predict(args) -> int:
+    import importlib
+
     from .loading import load
-    from .predict import predict, predictions_frame
     from .runtime import import_keras_quietly
+    from .tables import prediction_columns, read_input_file, write_predictions
 
     import_keras_quietly()
+    for module in args.imports:
+        importlib.import_module(module)
     model = load(args.path, format=args.format, trust=args.trust_pickle)
-    labels, probs = predict(model, args.input, probabilities=True)
-    frame = predictions_frame(labels, probs, model.class_names)
+    inputs = read_input_file(args.input)
+    outputs = model.runner.run(model.signature.coerce(inputs, source=args.input))
+    task = model.task
+    labels = task.labels(outputs) if task.is_classification else None
+    shown = {str(task.output): outputs[str(task.output)]} if task.is_classification else outputs
+    columns = prediction_columns(shown, labels=labels, class_names=task.class_names, binary=task.binary)
+    rows = len(next(iter(outputs.values())))
     if args.output:
-        frame.to_csv(args.output, index=False)
-        print(f"wrote {len(frame)} predictions to {args.output} (model {model.path}, sha256 {model.sha256[:12]})")
-    elif args.json:
-        print(frame.to_json(orient="records"))
-    else:
-        print(frame.to_csv(index=False), end="")
+        write_predictions(args.output, outputs if labels is None else {"label": labels, **outputs}, columns)
+        print(f"wrote {rows} predictions to {args.output} (model {model.path}, sha256 {(model.sha256 or '')[:12]})")
+        return 0
+    if columns is None:
+        from .errors import InputError
+
+        raise InputError(f"{args.input}: the model's outputs {model.signature.describe()} have more than 2 "
+                         "dimensions and cannot be printed as a table; pass --output FILE.npz. "
+                         "Received: no --output")
+    import pandas as pd
+
+    frame = pd.DataFrame(columns)
+    print(frame.to_json(orient="records") if args.json else frame.to_csv(index=False), end="" if not args.json else "\n")
     return 0
 
 
 def _inspect(args) -> int:
     from .manifest import read_manifest
-    from .trace import TraceRecords, render_table
+    from .recipe.trace import TraceRecords
+    from .tables import render_table
     from .verify import VERIFICATION_FILE
 
     bundle = Path(args.path)
@@ -184,17 +213,23 @@ def _inspect(args) -> int:
         print(json.dumps({"manifest": manifest.to_dict(), "last_verification": last}, indent=2))
         return 0
     v = manifest.versions
+    sig = manifest.signature
     print(f"bundle      {bundle}")
     print(f"created     {manifest.created_utc} (schema {manifest.schema_version}); backend {manifest.backend}, "
           f"device {manifest.device}")
     print("versions    " + ", ".join(f"{k} {v[k]}" for k in v))
-    print(f"input       {manifest.input.get('name')}: {manifest.input.get('dtype')} {manifest.input.get('shape')} "
-          f"columns {manifest.feature_names}")
-    print("outputs     " + ", ".join(f"{k}: {o['dtype']} {o['shape']}" for k, o in manifest.outputs.items()))
-    print(f"classes     {manifest.class_names} (label column {manifest.label!r})")
+    print(f"model       {sig.model_kind}, compute {sig.compute_dtype}, task {manifest.task.kind}")
+    for spec in sig.inputs:
+        cols = f" columns {sig.feature_names}" if sig.feature_names and len(sig.inputs) == 1 else ""
+        print(f"input       {spec.describe()}{cols}")
+    for spec in sig.outputs:
+        extra = " (probabilities)" if spec.probabilities else ""
+        print(f"output      {spec.describe()}{extra}")
+    if manifest.task.is_classification:
+        print(f"classes     {manifest.class_names} (label column {manifest.label!r})")
     if manifest.metrics:
         print("metrics     " + ", ".join(f"{k} {val:.4f}" for k, val in manifest.metrics.items()))
-    last_by = {}
+    last_by: dict[str, list[str]] = {}
     for c in (last or {}).get("checks", []):
         diff = "-" if c["max_abs_diff"] is None else f"{c['max_abs_diff']:.1e}"
         last_by.setdefault(c["artifact"], []).append(f"{c['status']} on {c['device'] or '?'} (max diff {diff})")
@@ -202,6 +237,7 @@ def _inspect(args) -> int:
     for a in manifest.artifacts:
         rows.append([a.format, a.path, str(a.size), a.sha256[:16], _io_summary(a.info),
                      "; ".join(last_by.get(a.path, ["never verified"]))])
+    rows += [[name, "-", "-", "-", f"skipped: {why}", "-"] for name, why in manifest.skipped.items()]
     print("\nartifacts")
     print(render_table(["Format", "Path", "Bytes", "sha256", "Signature / I/O", "Last verification"], rows))
     if last:
@@ -222,17 +258,19 @@ def _io_summary(info: dict) -> str:
         return " ".join(parts)
     if "inputs" in info:
         return f"{', '.join(info['inputs'])} -> {', '.join(info.get('outputs', []))}"
-    return "features -> probabilities"
+    return "the model's own I/O"
 
 
 def _serving_request(args) -> int:
-    from .data import read_feature_rows
+    from .formats._tf_common import tf_names
     from .manifest import read_manifest
     from .serving import rest_body
+    from .tables import read_input_file
 
     manifest = read_manifest(args.path)
-    rows = read_feature_rows(args.input, manifest.feature_names, source=args.input)
-    print(json.dumps(rest_body(rows, signature=args.signature, columnar=args.columnar)))
+    inputs = manifest.signature.coerce(read_input_file(args.input), source=args.input)
+    named = dict(zip(tf_names(manifest.signature), inputs.values()))
+    print(json.dumps(rest_body(named, signature=args.signature, columnar=args.columnar)))
     return 0
 
 

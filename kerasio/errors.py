@@ -12,6 +12,7 @@ __all__ = [
     "ArtifactError",
     "IntegrityError",
     "UnsafeArtifactError",
+    "UnsupportedFormatError",
     "VerificationError",
     "BackendUnavailableError",
     "LegacyFormatWarning",
@@ -40,6 +41,10 @@ class IntegrityError(ArtifactError):
 
 class UnsafeArtifactError(ArtifactError):
     """An artifact would run code or import modules that were not trusted."""
+
+
+class UnsupportedFormatError(ArtifactError):
+    """A format named explicitly cannot carry this model (the reason says why)."""
 
 
 class VerificationError(KerasioError, AssertionError):

@@ -1,4 +1,4 @@
-"""Stage 4: write a bundle (every requested format + manifest), crash-safely.
+"""Stage 4: write a bundle (every format that can carry the model + manifest), crash-safely.
 
 Everything is first written into a hidden staging directory inside the
 bundle. Only when every artifact has been written and hashed are they renamed
@@ -14,29 +14,27 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
-from .errors import ArtifactError, KerasioError, UnsafeArtifactError, VerificationError
-from .formats import ExportContext, resolve_formats
+from .errors import ArtifactError, KerasioError, UnsafeArtifactError, UnsupportedFormatError, VerificationError
+from .formats import ExportContext, Format, explicit, resolve_formats
 from .fsutil import hash_artifact, interrupts_deferred, place, staging_dir, write_text_atomic
-from .manifest import (
-    REFERENCE_INPUTS, REFERENCE_ONE_ROW, REFERENCE_OUTPUTS, Artifact, Manifest, hash_entry, library_versions,
-)
-from .runtime import available_devices, compile_keras, device_name, keras_backend
+from .manifest import REFERENCE_FILES, Artifact, Manifest, hash_entry, library_versions, save_arrays
+from .runtime import available_devices, device_name, keras_backend, keras_forward, to_numpy
+from .signature import Signature, complete_outputs, derive_signature, mark_probabilities
+from .task import resolve_task
 
 __all__ = ["export", "ExportResult", "choose_formats"]
 
 
 class ExportResult:
-    """The manifest written, how long each artifact took, and the verification (if asked)."""
+    """The manifest written, how long each artifact took, what was skipped and why, and the verification."""
 
     def __init__(self, bundle: Path, manifest: Manifest, seconds: dict[str, float], skipped: dict[str, str],
-                 report=None):
+                 report: Any = None):
         self.bundle, self.manifest, self.seconds, self.skipped = bundle, manifest, seconds, skipped
         self.report = report  # a VerifyReport when export(..., verify=True)
 
     def table(self) -> str:
-        from .trace import render_table
+        from .tables import render_table
 
         rows = [[a.format, a.path, _size(a.size), a.sha256[:12], f"{self.seconds.get(a.format, 0):.2f}"]
                 for a in self.manifest.artifacts]
@@ -47,7 +45,7 @@ class ExportResult:
         return f"ExportResult({self.bundle}, formats={[a.format for a in self.manifest.artifacts]})"
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -56,11 +54,13 @@ def _size(n: int) -> str:
 
 
 def export(
-    model,
+    model: Any,
     bundle_dir: str | Path,
     *,
-    reference_inputs: np.ndarray,
+    reference_inputs: Any,
     formats: str | Sequence[str] | None = None,
+    task: str = "auto",
+    input_signature: Any = None,
     feature_names: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     label: str = "label",
@@ -70,26 +70,36 @@ def export(
     trust_pickle: bool = False,
     max_shard_size: float | None = None,
     verify: bool | str = False,
+    rtol: float | None = None,
+    atol: float | None = None,
     workers: dict[str, Any] | None = None,
 ) -> ExportResult:
-    """Export ``model`` to ``bundle_dir`` in several formats with a manifest.
+    """Export any Keras model to ``bundle_dir`` in several formats, with a manifest.
 
     Args:
-        model: a built Keras model that takes ``[None, n_features]`` float32.
+        model: a built Keras model: Sequential, functional (any inputs and
+            outputs: images, strings, dicts, several heads) or subclassed.
         bundle_dir: the bundle directory (created if needed).
-        reference_inputs: rows whose outputs are stored as the verification reference.
+        reference_inputs: inputs whose outputs are stored as the verification
+            reference: an array, a list (one array per input), a dict keyed by
+            input name, or a DataFrame (its columns become the feature names).
         formats: names, comma-separated names or ``"all"``; default ``keras,savedmodel``.
-        feature_names, class_names: recorded in the manifest (defaults ``f0..``, ``0..``).
+            A format that cannot carry the model is skipped with its reason;
+            a format named explicitly that cannot is an error.
+        task: ``auto`` (a single softmax output or sigmoid unit is a
+            classification), ``classification``, ``regression`` or ``raw``.
+        input_signature: explicit input specs (:class:`~kerasio.TensorSpec`) for a subclassed model.
+        feature_names: column names of a single 2-D input (default ``f0, f1, ...``).
+        class_names: names of the classes of a classification (default ``0, 1, ...``).
         trust_pickle: the pickle format is written only when this is true.
         max_shard_size: shard the ``weights`` format above this many GB.
         verify: verify every artifact before publishing it (``result.report``);
             if any fails, raise :class:`VerificationError` and leave the bundle
             as it was. ``True`` (or ``"fresh-process"``) loads them in a fresh
-            interpreter started before the first artifact is written, so its
-            TensorFlow import overlaps the export; ``"in-process"`` loads them
-            here (faster and lighter for very large models, but weaker).
-        workers: verification workers already started, by backend (the
-            pipeline starts one before training); they are not closed here.
+            interpreter started before the first artifact is written;
+            ``"in-process"`` loads them here (faster, but weaker).
+        rtol, atol: override the tolerance table for that verification.
+        workers: verification workers already started, by backend (not closed here).
 
     Returns:
         An :class:`ExportResult` whose ``manifest`` lists every artifact's hash.
@@ -102,21 +112,19 @@ def export(
     if verify not in (False, True, "fresh-process", "in-process"):
         raise ValueError(f"verify must be True, False, 'fresh-process' or 'in-process'; received: verify={verify!r}")
     bundle = Path(bundle_dir)
-    x_ref = np.ascontiguousarray(reference_inputs, dtype=np.float32)
-    n_features = int(x_ref.shape[1])
-    if model.input_shape[-1] != n_features:
-        raise ArtifactError(
-            f"reference inputs have {n_features} features but the model takes {model.input_shape[-1]}."
-        )
-    feature_names = list(feature_names or [f"f{i}" for i in range(n_features)])
-    chosen, skipped = choose_formats(formats, trust_pickle=trust_pickle)
-    device = "gpu" if "gpu" in available_devices() else "cpu"  # where Keras placed the model
-    forward = compile_keras(model)
+    signature = derive_signature(model, reference_inputs, input_signature=input_signature,
+                                 feature_names=feature_names)
+    x_ref = signature.coerce(reference_inputs, source="reference_inputs")
+    if not len(next(iter(x_ref.values()))):
+        raise ArtifactError(f"{bundle}: reference_inputs has no rows; pass at least one example. Received: 0 rows")
+    forward = _reference_forward(model, signature, x_ref)
     reference_outputs = forward(x_ref)
-    reference_one_row = forward(x_ref[:1])
-    class_names = list(class_names or [str(i) for i in range(reference_outputs.shape[1])])
-    ctx = ExportContext(feature_names=feature_names, class_names=class_names, reference_inputs=x_ref,
-                        max_shard_size=max_shard_size)
+    reference_one_row = forward({k: v[:1] for k, v in x_ref.items()})
+    mark_probabilities(signature, reference_outputs)
+    resolved = resolve_task(task, signature, class_names)
+    chosen, skipped = choose_formats(formats, signature, trust_pickle=trust_pickle)
+    device = "gpu" if "gpu" in available_devices() else "cpu"  # where Keras placed the model
+    ctx = ExportContext(signature=signature, task=resolved, reference_inputs=x_ref, max_shard_size=max_shard_size)
     workers = dict(workers or {})
     own_worker = None
     if verify and verify != "in-process" and not workers:
@@ -139,59 +147,53 @@ def export(
                 dest = stage / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 start = time.perf_counter()
-                info = _save(fmt, model, dest, ctx, bundle / rel)
+                try:
+                    info = _save(fmt, model, dest, ctx, bundle / rel)
+                except ArtifactError as exc:
+                    if explicit(formats):
+                        raise
+                    skipped[fmt.name] = f"its converter failed: {exc.__cause__ or exc}"[:400]
+                    shutil.rmtree(dest, ignore_errors=True) if dest.is_dir() else dest.unlink(missing_ok=True)
+                    continue
                 seconds[fmt.name] = time.perf_counter() - start
                 pending.append((fmt.name, rel, info, hasher.submit(hash_artifact, dest)))
             for name, rel, info, digest_size_files in pending:
                 digest, size, files = digest_size_files.result()
                 artifacts.append(Artifact(format=name, path=rel, size=size, sha256=digest, files=files, info=info))
-        np.save(stage / REFERENCE_INPUTS, x_ref)
-        np.save(stage / REFERENCE_OUTPUTS, reference_outputs)
-        np.save(stage / REFERENCE_ONE_ROW, reference_one_row)
+        if not artifacts:
+            raise UnsupportedFormatError(
+                f"{bundle}: none of the formats could carry this model, so nothing was written: "
+                + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ". Received: formats=" + repr(formats))
+        save_arrays(stage / REFERENCE_FILES["inputs"], x_ref)
+        save_arrays(stage / REFERENCE_FILES["outputs"], reference_outputs)
+        save_arrays(stage / REFERENCE_FILES["outputs_1row"], reference_one_row)
         manifest = Manifest(
-            feature_names=feature_names,
-            class_names=class_names,
-            artifacts=artifacts,
-            versions=library_versions(),
-            backend=keras_backend(),
-            device=device,
-            device_name=device_name(device),
-            input={"name": "features", "dtype": "float32", "shape": [None, n_features]},
-            outputs={
-                "probabilities": {"dtype": "float32", "shape": [None, len(class_names)]},
-                "class_id": {"dtype": "int64", "shape": [None]},
-            },
-            label=label,
-            trace=list(trace),
-            metrics=dict(metrics or {}),
-            training=dict(training or {}),
-            reference={
-                "rows": int(len(x_ref)),
-                "inputs": hash_entry(stage, REFERENCE_INPUTS),
-                "outputs": hash_entry(stage, REFERENCE_OUTPUTS),
-                "outputs_1row": hash_entry(stage, REFERENCE_ONE_ROW),
-            },
+            signature=signature, task=resolved, artifacts=artifacts, skipped=skipped, versions=library_versions(),
+            backend=keras_backend(), device=device, device_name=device_name(device), label=label,
+            trace=list(trace), metrics=dict(metrics or {}), training=dict(training or {}),
+            reference={"rows": int(len(next(iter(x_ref.values())))),
+                       **{key: hash_entry(stage, name) for key, name in REFERENCE_FILES.items()}},
             custom_objects=_custom_objects(model),
         )
         report = None
         if verify:
             # Verify the staged bundle (same layout) before anything is published: an
             # artifact that fails never replaces the one already in the bundle.
-            from .verify import VERIFICATION_FILE, verify as run_verify
+            from .verify import VERIFICATION_FILE
+            from .verify import verify as run_verify
 
             manifest.write(stage)
-            report = run_verify(stage, workers=workers, record=False,
-                                in_process=verify == "in-process", trust_pickle=trust_pickle,
-                                check_hashes=False)  # hashed from these very files a moment ago
+            report = run_verify(stage, workers=workers, record=False, in_process=verify == "in-process",
+                                trust_pickle=trust_pickle, check_hashes=False, rtol=rtol, atol=atol)
             report.bundle = str(bundle)
             if not report.ok:
                 error = VerificationError(
                     f"{bundle}: nothing was published, the bundle is as it was; the new artifacts failed "
                     f"verification: {report.failure_text()}")
-                error.report = report
+                error.report = report  # type: ignore[attr-defined]
                 raise error
         with interrupts_deferred():  # the renames and the manifest land together or not at all
-            for rel in [a.path for a in artifacts] + [REFERENCE_INPUTS, REFERENCE_OUTPUTS, REFERENCE_ONE_ROW]:
+            for rel in [a.path for a in artifacts] + list(REFERENCE_FILES.values()):
                 place(stage / rel, bundle / rel)
             manifest.write(bundle)  # last: readers only ever see a complete bundle
         if report is not None:
@@ -203,26 +205,69 @@ def export(
     return ExportResult(bundle, manifest, seconds, skipped, report)
 
 
-def choose_formats(formats, *, trust_pickle: bool = False):
+def _reference_forward(model: Any, signature: Signature, x_ref: dict[str, Any]) -> Any:
+    """The compiled forward pass; a subclassed model's outputs are first named from a 2-row eager call.
+
+    Functional and Sequential models name their outputs symbolically, so they skip that call.
+    """
+    try:
+        if signature.model_kind != "subclassed":
+            return keras_forward(model, signature)
+        small = model(signature.call_structure({k: v[:2] for k, v in x_ref.items()}), training=False)
+        if isinstance(small, dict):
+            small = {k: to_numpy(v) for k, v in small.items()}
+        elif isinstance(small, (list, tuple)):
+            small = [to_numpy(v) for v in small]
+        else:
+            small = to_numpy(small)
+        complete_outputs(signature, small)
+        return keras_forward(model, signature)
+    except KerasioError:
+        raise
+    except Exception as exc:  # the model itself refused the reference inputs
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise ArtifactError(
+            f"the model could not run on the reference inputs ({type(exc).__name__}: {first}). Pass inputs the "
+            f"model accepts, or an explicit input_signature. Received: inputs {signature.describe()}"
+        ) from None
+
+
+def choose_formats(formats: str | Sequence[str] | None, signature: Signature | None = None, *,
+                   trust_pickle: bool = False) -> tuple[list[Format], dict[str, str]]:
     """Resolve format names; return ``(formats to write, {skipped name: why})``.
 
     A format that needs trust (pickle) is skipped from ``"all"`` without
-    ``trust_pickle``, and refused when named explicitly.
+    ``trust_pickle``, and refused when named explicitly. A format that cannot
+    carry this signature is skipped with its reason, or refused with
+    :class:`UnsupportedFormatError` when named explicitly.
     """
     chosen = resolve_formats(formats)
+    named = explicit(formats)
     skipped: dict[str, str] = {}
-    for fmt in [f for f in chosen if f.needs_trust and not trust_pickle]:
-        if formats not in ("all", ["all"]):
-            raise UnsafeArtifactError(
-                f"format {fmt.name!r} is written only with explicit trust: loading it runs arbitrary code. "
-                "Pass trust_pickle=True (CLI: --trust-pickle)."
-            )
-        skipped[fmt.name] = "pass trust_pickle=True (--trust-pickle) to write it"
-        chosen.remove(fmt)
+    for fmt in list(chosen):
+        if fmt.needs_trust and not trust_pickle:
+            if named:
+                raise UnsafeArtifactError(
+                    f"format {fmt.name!r} is written only with explicit trust: loading it runs arbitrary code. "
+                    f"Pass trust_pickle=True (CLI: --trust-pickle). Received: formats={formats!r}"
+                )
+            skipped[fmt.name] = "pass trust_pickle=True (--trust-pickle) to write it"
+            chosen.remove(fmt)
+            continue
+        reason = fmt.supports(signature) if signature is not None else None
+        if reason:
+            if named:
+                raise UnsupportedFormatError(
+                    f"format {fmt.name!r} cannot carry this model: {reason}. Drop it from --formats (or use "
+                    f"formats='all', which skips it and records why). Received: formats={formats!r}, "
+                    f"model {signature.describe() if signature else ''}"
+                )
+            skipped[fmt.name] = reason
+            chosen.remove(fmt)
     return chosen, skipped
 
 
-def _save(fmt, model, dest: Path, ctx: ExportContext, final: Path) -> dict[str, Any]:
+def _save(fmt: Format, model: Any, dest: Path, ctx: ExportContext, final: Path) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=r"(keras|tensorflow|tf2onnx)(\.|$)")
@@ -231,22 +276,24 @@ def _save(fmt, model, dest: Path, ctx: ExportContext, final: Path) -> dict[str, 
     except KerasioError:
         raise
     except Exception as exc:
-        first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+        first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        where = final.parent if fmt.name != "savedmodel" else final.parent.parent
         raise ArtifactError(
-            f"{final}: exporting format {fmt.name!r} failed ({type(exc).__name__}: {first_line}). "
-            f"Nothing in {final.parent if fmt.name != 'savedmodel' else final.parent.parent} was changed; "
-            f"drop {fmt.name!r} from --formats or fix the model."
+            f"{final}: exporting format {fmt.name!r} failed. Nothing in {where} was changed; "
+            f"drop {fmt.name!r} from --formats or fix the model. Received: {type(exc).__name__}: {first_line}"
         ) from exc
 
 
-def _custom_objects(model) -> list[dict[str, str]]:
-    """Classes in the model that are not Keras's own (they must be importable to reload)."""
-    seen = {}
-    for layer in getattr(model, "layers", []):
-        cls = type(layer)
-        if not cls.__module__.startswith("keras"):
-            import keras
+def _custom_objects(model: Any) -> list[dict[str, Any]]:
+    """Classes in the model that are not Keras's own (a fresh process must import them to reload)."""
+    import keras
 
+    from .signature import _all_layers
+
+    seen = {}
+    for obj in [model, *_all_layers(model)]:
+        cls = type(obj)
+        if not cls.__module__.startswith("keras"):
             seen[cls.__name__] = {
                 "class": cls.__name__, "module": cls.__module__,
                 "registered_name": keras.saving.get_registered_name(cls),

@@ -1,4 +1,4 @@
-"""Load a bundle, a ``.keras`` file or a SavedModel directory, hash-checked first."""
+"""Load a bundle, a ``.keras`` file or a SavedModel directory (any registered artifact), hash-checked first."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,9 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError
+from .errors import ArtifactError, InputError
 from .formats import REGISTRY, Runner, get_format
 from .manifest import MANIFEST_NAME, Manifest, read_manifest
+from .signature import Signature
+from .task import Task, resolve_task
 
 __all__ = ["load", "LoadedModel", "PREFERENCE"]
 
@@ -19,16 +21,16 @@ PREFERENCE = ("keras", "savedmodel", "weights", "h5", "onnx", "litert", "pickle"
 
 @dataclass
 class LoadedModel:
-    """A loaded artifact with the names it needs to turn rows into labels."""
+    """A loaded artifact, its signature and task: ``run`` for outputs, ``predict`` for labels or values."""
 
     runner: Runner
-    feature_names: list[str]
-    class_names: list[str]
+    task: Task
     sha256: str | None = None
     manifest: Manifest | None = field(default=None, repr=False)
 
-    def __post_init__(self):
-        self.label_array = np.asarray(self.class_names)
+    @property
+    def signature(self) -> Signature:
+        return self.runner.signature
 
     @property
     def format(self) -> str:
@@ -42,18 +44,51 @@ class LoadedModel:
     def model(self) -> Any:
         return self.runner.model
 
-    def predict_proba(self, rows) -> np.ndarray:
-        from .predict import predict
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.signature.feature_names or [])
 
-        return predict(self, rows, probabilities=True)[1]
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.task.class_names)
 
-    def predict(self, rows) -> np.ndarray:
-        from .predict import predict
+    def run(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Every named output for ``inputs`` (array, list, dict by input name, DataFrame, or a file path).
 
-        return predict(self, rows)
+        Example:
+            >>> kerasio.load("saved_models/seed").run(x[:2])  # doctest: +SKIP
+            {'probabilities': array([[0.2, 0.1, 0.7], [0.9, 0.05, 0.05]], dtype=float32)}
+        """
+        source = "inputs"
+        if isinstance(inputs, (str, Path)):
+            from .tables import read_input_file
+
+            source, inputs = str(inputs), read_input_file(inputs)
+        return self.runner.run(self.signature.coerce(inputs, source=source))
+
+    def predict(self, inputs: Any, *, probabilities: bool = False) -> Any:
+        """Labels for a classification (``(labels, probabilities)`` when asked); otherwise the outputs.
+
+        A regression returns its one output; a ``raw`` model returns its one
+        output, or a dict of outputs when it has several.
+        """
+        outputs = self.run(inputs)
+        if self.task.is_classification:
+            labels = self.task.labels(outputs)
+            return (labels, outputs[str(self.task.output)]) if probabilities else labels
+        if probabilities:
+            raise InputError(
+                f"probabilities=True applies to classifications; this model's task is {self.task.kind!r}, so "
+                "predict returns its outputs. Drop probabilities=True. Received: probabilities=True"
+            )
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+    def predict_proba(self, inputs: Any) -> np.ndarray:
+        """The class probabilities of a classification."""
+        return self.predict(inputs, probabilities=True)[1]
 
 
-def load(path: str | Path, *, format: str | None = None, trust: bool = False) -> LoadedModel:
+def load(path: str | Path, *, format: str | None = None, trust: bool = False, device: str = "cpu") -> LoadedModel:
     """Load a bundle or a single artifact, checking its sha256 before loading.
 
     Args:
@@ -61,6 +96,7 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False) ->
             any other registered artifact (``.h5``, ``.onnx``, ``.tflite``, ``.pkl``).
         format: which artifact of a bundle to load (default: ``keras`` if present).
         trust: allow the pickle format (it can run arbitrary code).
+        device: ``cpu`` or ``gpu``.
 
     Raises:
         IntegrityError: the bytes differ from the manifest; nothing is loaded.
@@ -73,28 +109,30 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False) ->
     """
     path = Path(path)
     if not path.exists():
-        raise ArtifactError(f"{path}: no such file or directory.")
+        raise ArtifactError(f"{path}: no such file or directory. Pass a bundle directory or an artifact. "
+                            f"Received: {path}")
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
         manifest = read_manifest(path)
         names = [a.format for a in manifest.artifacts]
         if format is None:
             format = next((f for f in PREFERENCE if f in names), names[0] if names else None)
+        if format is None:
+            raise ArtifactError(f"{path}: the manifest lists no artifacts; re-export the bundle. Received: []")
         art = manifest.artifact(format)
-        runner = get_format(format).load(art.check(path), trust=trust)
-        return LoadedModel(runner, manifest.feature_names, manifest.class_names, art.sha256, manifest)
+        runner = get_format(format).load(art.check(path), signature=manifest.signature, device=device, trust=trust)
+        return LoadedModel(runner, manifest.task, art.sha256, manifest)
 
     fmt = get_format(format) if format else next((f for f in REGISTRY.values() if f.matches(path)), None)
     if fmt is None:
         raise ArtifactError(
-            f"{path}: not a kerasio bundle, .keras file, SavedModel directory or other known artifact "
-            f"({', '.join(REGISTRY)})."
+            f"{path}: not a kerasio bundle, .keras file, SavedModel directory or other known artifact; pass one "
+            f"of those ({', '.join(REGISTRY)}). Received: {path}"
         )
-    manifest, sha = _enclosing_manifest_check(path)
-    runner = fmt.load(path, trust=trust)
-    if manifest is not None:
-        return LoadedModel(runner, manifest.feature_names, manifest.class_names, sha, manifest)
-    return LoadedModel(runner, [f"f{i}" for i in range(runner.n_features)],
-                       [str(i) for i in range(runner.n_classes)], sha)
+    enclosing, sha = _enclosing_manifest_check(path)
+    runner = fmt.load(path, signature=enclosing.signature if enclosing else None, device=device, trust=trust)
+    if enclosing is not None:
+        return LoadedModel(runner, enclosing.task, sha, enclosing)
+    return LoadedModel(runner, resolve_task("auto", runner.signature), sha)
 
 
 def _enclosing_manifest_check(path: Path) -> tuple[Manifest | None, str | None]:

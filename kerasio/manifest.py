@@ -1,27 +1,37 @@
-"""The bundle manifest ``kerasio.json``: plain JSON behind a small dataclass."""
+"""The bundle manifest ``kerasio.json``: plain JSON behind a small dataclass.
+
+Schema 2 records the model's signature (named inputs and outputs), the task,
+the formats that were skipped and why, and the reference data as named arrays
+(``.npz``, loaded with ``allow_pickle=False``). Schema-1 bundles (kerasio 0.1:
+one ``features`` input, ``probabilities`` output, ``.npy`` references) are read
+by translating them into the same objects.
+"""
 from __future__ import annotations
 
 import json
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from .errors import ArtifactError, IntegrityError
 from .fsutil import hash_artifact, write_text_atomic
+from .signature import Signature
+from .task import Task
 
-__all__ = ["Manifest", "Artifact", "MANIFEST_NAME", "SCHEMA_VERSION", "read_manifest", "library_versions"]
+__all__ = ["Manifest", "Artifact", "MANIFEST_NAME", "SCHEMA_VERSION", "read_manifest", "library_versions",
+           "REFERENCE_FILES", "save_arrays"]
 
 MANIFEST_NAME = "kerasio.json"
-SCHEMA_VERSION = 1
-REFERENCE_INPUTS = "reference_inputs.npy"
-REFERENCE_OUTPUTS = "reference_outputs.npy"
-# The original model's outputs for the first row alone: a 1-row batch may take a
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMAS = (1, 2)
+# The original model's outputs for the first row alone are stored too: a 1-row batch may take a
 # different kernel (gemv, not gemm) and round differently from row 0 of the batch.
-REFERENCE_ONE_ROW = "reference_outputs_1row.npy"
+REFERENCE_FILES = {"inputs": "reference_inputs.npz", "outputs": "reference_outputs.npz",
+                   "outputs_1row": "reference_outputs_1row.npz"}
 
 
 @dataclass
@@ -46,7 +56,7 @@ class Artifact:
         if not full.exists():
             raise ArtifactError(
                 f"{full}: artifact {self.format!r} listed in {MANIFEST_NAME} is missing. "
-                "Re-export the bundle (kerasio run / kerasio.export)."
+                f"Re-export the bundle (kerasio run / kerasio.export). Received: path={self.path!r}"
             )
         digest, _size, files = hash_artifact(full)
         if digest == self.sha256:
@@ -68,40 +78,55 @@ class Artifact:
 class Manifest:
     """What a bundle holds and the evidence needed to verify it."""
 
-    feature_names: list[str]
-    class_names: list[str]
+    signature: Signature
+    task: Task = field(default_factory=Task)
     artifacts: list[Artifact] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     created_utc: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     versions: dict[str, str] = field(default_factory=dict)
     backend: str = ""
     device: str = ""
     device_name: str = ""
-    input: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, Any] = field(default_factory=dict)
     label: str = "label"
     trace: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     reference: dict[str, Any] = field(default_factory=dict)
-    custom_objects: list[dict[str, str]] = field(default_factory=list)
+    custom_objects: list[dict[str, Any]] = field(default_factory=list)
 
     # -- conversion -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "schema_version": self.schema_version, "created_utc": self.created_utc, "versions": self.versions,
+            "backend": self.backend, "device": self.device, "device_name": self.device_name,
+            "signature": self.signature.to_dict(), "task": self.task.to_dict(),
+            "artifacts": [vars(a).copy() for a in self.artifacts], "skipped": dict(self.skipped),
+            "label": self.label, "trace": self.trace, "metrics": self.metrics, "training": self.training,
+            "reference": self.reference, "custom_objects": self.custom_objects,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: Mapping[str, Any]) -> "Manifest":
         data = dict(data)
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in SUPPORTED_SCHEMAS:
             raise ArtifactError(
                 f"{MANIFEST_NAME}: schema_version {version!r} is not supported by this kerasio "
-                f"(expects {SCHEMA_VERSION}). Upgrade kerasio or re-export the bundle."
+                f"(reads {', '.join(map(str, SUPPORTED_SCHEMAS))}). Upgrade kerasio or re-export the bundle. "
+                f"Received: schema_version={version!r}"
             )
-        data["artifacts"] = [Artifact(**a) for a in data.get("artifacts", [])]
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        if version == 1:
+            data = _from_schema_1(data)
+        try:
+            artifacts = [Artifact(**a) for a in data.get("artifacts", [])]
+        except TypeError as exc:
+            raise ArtifactError(f"{MANIFEST_NAME}: an artifact entry is malformed; re-export the bundle. "
+                                f"Received: {exc}") from None
+        known = {"schema_version", "created_utc", "versions", "backend", "device", "device_name", "skipped",
+                 "label", "trace", "metrics", "training", "reference", "custom_objects"}
+        return cls(signature=Signature.from_dict(data["signature"]), task=Task.from_dict(data.get("task")),
+                   artifacts=artifacts, **{k: v for k, v in data.items() if k in known})
 
     def write(self, bundle: Path) -> Path:
         path = Path(bundle) / MANIFEST_NAME
@@ -110,28 +135,84 @@ class Manifest:
 
     # -- queries ------------------------------------------------------------
     @property
-    def n_features(self) -> int:
-        return len(self.feature_names)
+    def feature_names(self) -> list[str]:
+        return list(self.signature.feature_names or [])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.task.class_names)
 
     def artifact(self, fmt: str) -> Artifact:
         for art in self.artifacts:
             if art.format == fmt:
                 return art
         have = [a.format for a in self.artifacts]
-        raise ArtifactError(f"this bundle has no {fmt!r} artifact; it has {have}. Export it with --formats.")
+        why = f" (skipped at export: {self.skipped[fmt]})" if fmt in self.skipped else ""
+        raise ArtifactError(f"this bundle has no {fmt!r} artifact{why}; it has {have}. Export it with --formats. "
+                            f"Received: format={fmt!r}")
 
-    def reference_arrays(self, bundle: Path) -> tuple[np.ndarray, np.ndarray]:
-        """The stored reference inputs and outputs, after checking their hashes."""
+    def reference_arrays(self, bundle: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The stored reference inputs and outputs by name, after checking their hashes."""
         return self._reference(bundle, "inputs"), self._reference(bundle, "outputs")
 
-    def reference_one_row(self, bundle: Path) -> np.ndarray:
+    def reference_one_row(self, bundle: Path) -> dict[str, np.ndarray]:
         """The original model's outputs for the first reference row run as a batch of one."""
         return self._reference(bundle, "outputs_1row")
 
-    def _reference(self, bundle: Path, key: str) -> np.ndarray:
-        entry = self.reference[key]
-        art = Artifact(format=f"reference {key}", path=entry["path"], size=0, sha256=entry["sha256"])
-        return np.load(art.check(Path(bundle)), allow_pickle=False)
+    def _reference(self, bundle: Path, key: str) -> dict[str, np.ndarray]:
+        try:
+            entry = self.reference[key]
+            art = Artifact(format=f"reference {key}", path=entry["path"], size=0, sha256=entry["sha256"])
+        except (KeyError, TypeError):
+            raise ArtifactError(f"{Path(bundle) / MANIFEST_NAME}: no reference {key} recorded; re-export the "
+                                f"bundle. Received: reference keys {sorted(self.reference)}") from None
+        path = art.check(Path(bundle))
+        names = self.signature.input_names if key == "inputs" else self.signature.output_names
+        return load_arrays(path, names)
+
+
+def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Named arrays as an uncompressed ``.npz`` (strings as unicode arrays, never pickled objects)."""
+    clean = {}
+    for name, value in arrays.items():
+        array = np.asarray(value)
+        if array.dtype.kind == "O":
+            array = array.astype(str)
+        clean[name] = array
+    with open(path, "wb") as f:
+        np.savez(f, **clean)  # type: ignore[arg-type]
+
+
+def load_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Named arrays from ``.npz`` (or a schema-1 ``.npy``, which holds the single named array)."""
+    try:
+        if path.suffix == ".npy":
+            return {names[0]: np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise ArtifactError(f"{path}: unreadable reference arrays; re-export the bundle. Received: {exc}") from None
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ArtifactError(f"{path}: no reference array for {missing}; re-export the bundle. "
+                            f"Received: {sorted(arrays)}")
+    return {n: arrays[n] for n in names}
+
+
+def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
+    """kerasio 0.1's classifier bundle in schema-2 terms: ``features`` -> ``probabilities``."""
+    features = [str(f) for f in data.get("feature_names", [])]
+    classes = [str(c) for c in data.get("class_names", [])]
+    name = (data.get("input") or {}).get("name", "features")
+    data["signature"] = {
+        "inputs": [{"name": name, "dtype": "float32", "shape": [None, len(features)]}],
+        "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [None, len(classes)],
+                     "activation": "softmax", "probabilities": True}],
+        "feature_names": features, "model_kind": "sequential",
+    }
+    data["task"] = {"kind": "classification", "output": "probabilities", "class_names": classes}
+    data["skipped"] = {}
+    return data
 
 
 def read_manifest(bundle: str | Path) -> Manifest:
@@ -140,12 +221,15 @@ def read_manifest(bundle: str | Path) -> Manifest:
     if not path.is_file():
         raise ArtifactError(
             f"{Path(bundle)}: not a kerasio bundle (no {MANIFEST_NAME}). Pass a bundle directory "
-            "written by kerasio, a .keras file or a SavedModel directory."
+            f"written by kerasio, a .keras file or a SavedModel directory. Received: {Path(bundle)}"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc}). Re-export the bundle.") from None
+        raise ArtifactError(f"{path}: not valid JSON; re-export the bundle. Received: {exc}") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: the manifest is not a JSON object; re-export the bundle. "
+                            f"Received: {type(data).__name__}")
     return Manifest.from_dict(data)
 
 

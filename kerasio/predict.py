@@ -1,4 +1,4 @@
-"""Stage 6: labels (and probabilities) for new rows, fast.
+"""Stage 6: labels or outputs for new inputs, fast.
 
 ``predict`` never goes through ``model.predict`` (about 50 ms of batching
 machinery per call): a loaded artifact runs through a compiled inference
@@ -7,72 +7,75 @@ function, well under a millisecond for one row.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from .loading import LoadedModel, load
 
-from .data import read_feature_rows
+__all__ = ["predict"]
 
-__all__ = ["predict", "predictions_frame"]
+_CACHE = "_kerasio_loaded"
 
 
-def predict(model_or_bundle, rows, *, probabilities: bool = False, trust: bool = False):
-    """Predict class names for ``rows``.
+def predict(model_or_bundle: Any, inputs: Any, *, probabilities: bool = False, trust: bool = False) -> Any:
+    """Predict for ``inputs`` with any model kerasio can load, or an in-memory Keras model.
 
     Args:
         model_or_bundle: a :class:`~kerasio.LoadedModel`, a bundle or artifact
-            path (loaded and hash-checked), or an in-memory Keras model.
-        rows: a float array ``[n, n_features]`` (or one row), a DataFrame or a
-            CSV path. DataFrame and CSV columns are selected by feature name,
-            so extra columns such as the label are ignored.
-        probabilities: also return the ``[n, n_classes]`` probabilities.
+            path (loaded and hash-checked), or a Keras model.
+        inputs: an array, a list (one array per input), a dict keyed by input
+            name, a DataFrame (columns matched by name; extra columns such as
+            the label are ignored), or a CSV/Parquet/.npz/.npy path.
+        probabilities: for a classification, also return the probabilities.
         trust: allow loading a pickle artifact.
 
     Returns:
-        An array of class names, or ``(labels, probabilities)``.
+        A classification: an array of class names, or ``(labels, probabilities)``.
+        Otherwise: the output array, or a dict of arrays for several outputs.
 
     Raises:
-        InputError: wrong feature count, a missing column, or non-numeric data.
+        InputError: inputs that do not match the signature (naming the input or column).
 
     Example:
         >>> model = kerasio.load("saved_models/seed")  # doctest: +SKIP
         >>> kerasio.predict(model, "new_flowers.csv")  # doctest: +SKIP
         array(['setosa', 'virginica'], dtype='<U10')
     """
-    from .loading import LoadedModel, load
-
     if isinstance(model_or_bundle, (str, Path)):
         model_or_bundle = load(model_or_bundle, trust=trust)
     if not isinstance(model_or_bundle, LoadedModel):
-        model_or_bundle = _wrap_keras(model_or_bundle)
-    loaded = model_or_bundle
-    x = read_feature_rows(rows, loaded.feature_names, source=str(rows) if isinstance(rows, (str, Path)) else "rows")
-    probs = loaded.runner.predict_proba(x)
-    labels = loaded.label_array[np.argmax(probs, axis=-1)]
-    return (labels, probs) if probabilities else labels
+        model_or_bundle = _wrap_keras(model_or_bundle, inputs)
+    return model_or_bundle.predict(inputs, probabilities=probabilities)
 
 
-def _wrap_keras(model):
-    """Wrap an in-memory Keras model once (cached on the model)."""
-    cached = getattr(model, "_kerasio_loaded", None)
+def _wrap_keras(model: Any, inputs: Any) -> LoadedModel:
+    """Wrap an in-memory Keras model once.
+
+    The wrapper is cached in the model's ``__dict__`` (bypassing Keras's
+    attribute tracking, so it is never saved); it references the model, a cycle
+    the garbage collector frees with it.
+    """
+    cached = vars(model).get(_CACHE) if hasattr(model, "__dict__") else None
     if cached is not None:
         return cached
     from .formats import Runner
-    from .loading import LoadedModel
-    from .runtime import compile_keras
+    from .runtime import keras_backend, keras_forward, to_numpy
+    from .signature import complete_outputs, derive_signature
+    from .task import resolve_task
 
-    n_in, n_out = int(model.input_shape[-1]), int(model.output_shape[-1])
-    runner = Runner(predict_proba=compile_keras(model), format="memory", path=Path("<memory>"), runtime="keras",
-                    n_features=n_in, n_classes=n_out, model=model)
-    loaded = LoadedModel(runner, [f"f{i}" for i in range(n_in)], [str(i) for i in range(n_out)])
-    model._kerasio_loaded = loaded
+    if isinstance(inputs, (str, Path)):
+        from .tables import read_input_file
+
+        inputs = read_input_file(inputs)
+    signature = derive_signature(model, inputs)
+    if signature.model_kind == "subclassed":  # outputs are known only from a run
+        x = signature.coerce(inputs)
+        raw = model(signature.call_structure(x), training=False)
+        complete_outputs(signature, {k: to_numpy(v) for k, v in raw.items()} if isinstance(raw, dict)
+                         else [to_numpy(v) for v in raw] if isinstance(raw, (list, tuple)) else to_numpy(raw))
+    backend = keras_backend()
+    runner = Runner(keras_forward(model, signature), format="memory", path=Path("<memory>"),
+                    runtime=f"keras/{backend}", backend=backend, signature=signature, model=model)
+    loaded = LoadedModel(runner, resolve_task("auto", signature))
+    if hasattr(model, "__dict__"):
+        vars(model)[_CACHE] = loaded
     return loaded
-
-
-def predictions_frame(labels: np.ndarray, probs: np.ndarray, class_names):
-    """The CLI's output table: a ``label`` column and one probability column per class."""
-    import pandas as pd
-
-    frame = pd.DataFrame({"label": labels})
-    for i, name in enumerate(class_names):
-        frame[f"p_{name}"] = probs[:, i]
-    return frame

@@ -10,15 +10,15 @@ import contextlib
 import importlib
 import os
 import sys
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .errors import BackendUnavailableError
 
 __all__ = [
-    "require", "import_keras_quietly", "default_backend", "keras_backend", "available_devices", "resolve_devices", "precision_policy",
-    "device_scope", "compile_keras", "device_name",
+    "require", "import_keras_quietly", "default_backend", "keras_backend", "available_devices", "resolve_devices",
+    "precision_policy", "device_scope", "keras_forward", "device_name", "backend_env", "to_numpy",
 ]
 
 PRECISIONS = ("highest", "fast")
@@ -101,15 +101,14 @@ def default_backend() -> str:
 
 
 def available_devices(backend: str | None = None) -> list[str]:
-    """``["cpu"]`` plus ``"gpu"`` when ``backend`` (a Keras backend, ``onnxruntime``
-    or ``litert``; default: the active Keras backend) sees a GPU."""
+    """``["cpu"]`` plus ``"gpu"`` when the Keras ``backend`` (default: the active one) sees a GPU.
+
+    Runtimes other than Keras's backends (onnxruntime, LiteRT) answer through
+    their format's :meth:`~kerasio.formats.Format.available_devices`.
+    """
     backend = backend or keras_backend()
     gpu = False
-    if backend == "onnxruntime":
-        import onnxruntime as ort
-
-        gpu = "CUDAExecutionProvider" in ort.get_available_providers()
-    elif backend == "tensorflow":
+    if backend == "tensorflow":
         import tensorflow as tf
 
         gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -124,19 +123,18 @@ def available_devices(backend: str | None = None) -> list[str]:
     return ["cpu", "gpu"] if gpu else ["cpu"]
 
 
-def resolve_devices(device: str, backend: str | None = None) -> list[str]:
-    """Map ``auto|cpu|gpu|all`` to the devices to run on."""
-    seen = available_devices(backend)
+def resolve_devices(device: str, seen: Sequence[str], runtime: str = "") -> list[str]:
+    """Map ``auto|cpu|gpu|all`` to the devices to run on, given the devices a runtime ``seen``."""
     if device == "auto":
         return ["gpu"] if "gpu" in seen else ["cpu"]
     if device == "all":
-        return seen
+        return list(seen)
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be auto, cpu, gpu or all; received: device={device!r}")
     if device not in seen:
         raise BackendUnavailableError(
-            f"--device {device} asked for, but the {backend or keras_backend()} backend sees no GPU here. "
-            "Use --device auto or cpu."
+            f"--device {device} asked for, but {runtime or 'this runtime'} sees no GPU here. "
+            f"Use --device auto or cpu. Received: device={device!r}"
         )
     return [device]
 
@@ -224,43 +222,85 @@ def device_scope(device: str):
         yield
 
 
-def compile_keras(model) -> Callable[[np.ndarray], np.ndarray]:
-    """A compiled inference function for a Keras model: float32 in, numpy out.
+def keras_forward(model, signature) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """A compiled inference function for a Keras model: ``{input name: array}`` in, ``{output name: array}`` out.
 
     ``model.predict`` spends ~50 ms per call on batching machinery; this traces
-    the forward pass once per backend and costs well under a millisecond for a
-    small batch.
+    the forward pass once per backend (TensorFlow: a concrete function with the
+    signature's dtypes, strings included) and costs well under a millisecond
+    for a small batch.
     """
     backend = keras_backend()
+    names = signature.input_names
     if backend == "tensorflow":
         import tensorflow as tf
 
-        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="features")
-        concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-        return lambda x: concrete(tf.constant(x, tf.float32)).numpy()
+        specs = [tf.TensorSpec([None if d is None else d for d in s.shape], _tf_dtype(tf, s.dtype), name=_tf_name(s.name, i))
+                 for i, s in enumerate(signature.inputs)]
+
+        def forward(*tensors):
+            return signature.name_outputs(model(signature.call_structure(dict(zip(names, tensors))), training=False))
+
+        # No autograph: the forward pass has no Python control flow on tensors, and transpiling it (and the
+        # signature helpers it calls) costs ~0.5 s per trace.
+        concrete = tf.function(forward, autograph=False).get_concrete_function(*specs)
+
+        def run_tf(inputs):
+            out = concrete(*[tf.constant(inputs[n]) for n in names])
+            return {k: to_numpy(v) for k, v in out.items()}
+
+        return run_tf
     if backend == "jax":
         import jax
 
         step = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
 
-        def run(x):  # the variables' current values: the model may train on after this
+        def run_jax(inputs):  # the variables' current values: the model may train on after this
             trainable = [v.value for v in model.trainable_variables]
             frozen = [v.value for v in model.non_trainable_variables]
-            return np.asarray(step(trainable, frozen, np.asarray(x, np.float32)))
+            out = signature.name_outputs(step(trainable, frozen, signature.call_structure(inputs)))
+            return {k: to_numpy(v) for k, v in out.items()}
 
-        return run
+        return run_jax
     if backend == "torch":
         import torch
-
         from keras.src.backend.torch.core import get_device
 
-        def run(x):
+        def run_torch(inputs):
             with torch.no_grad():
-                out = model(torch.as_tensor(np.asarray(x, np.float32), device=get_device()), training=False)
-            return out.detach().cpu().numpy()
+                tensors = {n: torch.as_tensor(np.asarray(inputs[n]), device=get_device()) for n in names}
+                out = signature.name_outputs(model(signature.call_structure(tensors), training=False))
+            return {k: v.detach().cpu().numpy() for k, v in out.items()}
 
-        return run
-    return lambda x: np.asarray(model(np.asarray(x, np.float32), training=False))
+        return run_torch
+
+    def run_other(inputs):
+        out = signature.name_outputs(model(signature.call_structure(inputs), training=False))
+        return {k: to_numpy(v) for k, v in out.items()}
+
+    return run_other
+
+
+def _tf_dtype(tf, name: str):
+    return tf.string if name == "string" else tf.as_dtype(name)
+
+
+def _tf_name(name: str, index: int) -> str:
+    """A TensorFlow-valid placeholder name (TF refuses spaces and most punctuation)."""
+    import re
+
+    clean = re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
+    return clean if re.match(r"[A-Za-z0-9.]", clean) else f"input_{index}"
+
+
+def to_numpy(value) -> np.ndarray:
+    """A backend tensor as numpy; TensorFlow's string tensors (bytes) become str arrays."""
+    array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+    array = np.asarray(array)
+    if array.dtype.kind in "SO":
+        array = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v), otypes=[str])(array) \
+            if array.size else array.astype(str)
+    return array
 
 
 def backend_env(backend: str | None) -> dict[str, str]:

@@ -7,7 +7,7 @@ TensorFlow's tools (see ``tests/test_serving_contract.py``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -19,25 +19,32 @@ WARMUP_PATH = "assets.extra/tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's own limit on warmup records
 
 
-def write_warmup(version_dir: Path, rows: np.ndarray, *, model_name: str = "kerasio", limit: int = 100) -> int:
+def write_warmup(version_dir: Path, inputs: Mapping[str, np.ndarray], *, model_name: str = "kerasio",
+                 limit: int = 100) -> int:
     """Write ``assets.extra/tf_serving_warmup_requests`` as TFRecord ``PredictionLog``s.
 
     One record per reference row (at most ``limit``, capped at 1,000), each a
-    ``PredictRequest`` to ``serving_default`` with the ``features`` input.
-    Returns the number of records written.
+    ``PredictRequest`` to ``serving_default`` carrying every named input of
+    that row (strings as UTF-8 bytes, numbers in their own dtype). Returns the
+    number of records written.
     """
     tf = require("tensorflow", "writing TF Serving warmup requests")
     predict_pb2 = require("tensorflow_serving.apis.predict_pb2", "writing TF Serving warmup requests")
     log_pb2 = require("tensorflow_serving.apis.prediction_log_pb2", "writing TF Serving warmup requests")
-    count = min(len(rows), limit, MAX_WARMUP_RECORDS)
+    rows = len(next(iter(inputs.values()))) if inputs else 0
+    count = min(rows, limit, MAX_WARMUP_RECORDS)
     path = Path(version_dir) / WARMUP_PATH
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for row in rows[:count]:
+        for i in range(count):
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model_name
             request.model_spec.signature_name = "serving_default"
-            request.inputs["features"].CopyFrom(tf.make_tensor_proto(row[None, :].astype(np.float32)))
+            for name, values in inputs.items():
+                row = np.asarray(values[i:i + 1])
+                if row.dtype.kind == "U":
+                    row = np.char.encode(row, "utf-8")
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(row))
             log = log_pb2.PredictionLog(predict_log=log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
     return count
@@ -55,14 +62,16 @@ def read_warmup(version_dir: Path) -> list[Any]:
     return logs
 
 
-def rest_body(rows: np.ndarray, *, signature: str = "serving_default", columnar: bool = False) -> dict[str, Any]:
-    """The JSON body of ``POST /v1/models/<name>:predict`` for ``rows``.
+def rest_body(inputs: Mapping[str, np.ndarray], *, signature: str = "serving_default",
+              columnar: bool = False) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/models/<name>:predict`` for named inputs (already coerced).
 
-    Row format: ``{"signature_name": ..., "instances": [{"features": [...]}, ...]}``.
-    Columnar format (``columnar=True``): ``{"signature_name": ..., "inputs": {"features": [[...], ...]}}``.
+    Row format: ``{"signature_name": ..., "instances": [{name: value, ...}, ...]}``.
+    Columnar format (``columnar=True``): ``{"signature_name": ..., "inputs": {name: [...], ...}}``.
     """
-    rows = np.asarray(rows, dtype=np.float32)
-    values = [[float(v) for v in row] for row in rows]
+    lists = {name: np.asarray(values).tolist() for name, values in inputs.items()}
     if columnar:
-        return {"signature_name": signature, "inputs": {"features": values}}
-    return {"signature_name": signature, "instances": [{"features": row} for row in values]}
+        return {"signature_name": signature, "inputs": lists}
+    rows = len(next(iter(lists.values()))) if lists else 0
+    return {"signature_name": signature,
+            "instances": [{name: values[i] for name, values in lists.items()} for i in range(rows)]}

@@ -1,16 +1,20 @@
-"""The one tolerance table: how far a reloaded artifact may drift, and why.
+"""The one tolerance table, and the per-output comparison it governs.
 
-A row matches a check by format, backend and device (``*`` = any); the most
-specific matching row wins. Every check also requires 100% argmax agreement.
-``atol`` bounds the max absolute difference of the softmax probabilities;
-``rtol`` is reported and bounds ``|diff| / max(|ref|, 1e-6)`` only where set.
-The README prints this table (``python -m kerasio.tolerances`` renders it).
+A row matches a check by format, backend, device, the model's compute dtype
+and the precision mode (``*`` = any); the most specific matching row wins. A
+float output passes when every element satisfies ``|a - b| <= atol + rtol * |b|``
+(``b`` the reference); integer, bool and string outputs must match exactly;
+probability outputs must also agree on the argmax of every row. The README
+prints this table (``python -m kerasio.tolerances`` renders it).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
-__all__ = ["Tolerance", "TOLERANCES", "tolerance_for", "markdown_table"]
+import numpy as np
+
+__all__ = ["Tolerance", "TOLERANCES", "tolerance_for", "markdown_table", "OutputComparison", "compare_output"]
 
 
 @dataclass(frozen=True)
@@ -18,48 +22,116 @@ class Tolerance:
     format: str
     backend: str
     device: str
+    compute: str
+    precision: str
     atol: float
+    rtol: float
     reason: str
 
     def specificity(self) -> int:
-        return sum(v != "*" for v in (self.format, self.backend, self.device))
+        return sum(v != "*" for v in (self.format, self.backend, self.device, self.compute, self.precision))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-# Backends: "tensorflow" is the exporting backend; a row for jax/torch covers
-# backend-agnostic formats reloaded under another Keras backend.
+_BIT = "same file, same kernels, same machine: identical weights and graph, so bit-identical"
+# Backends: "tensorflow" is the exporting backend; jax/torch rows cover backend-agnostic formats reloaded under
+# another Keras backend; onnxruntime and litert are the converted formats' own runtimes.
 TOLERANCES: tuple[Tolerance, ...] = (
-    Tolerance("keras", "tensorflow", "cpu", 0.0,
-              "same file, same kernels, same machine: the weights and graph are identical, so bit-identical"),
-    Tolerance("h5", "tensorflow", "cpu", 0.0, "legacy HDF5 stores the same float32 weights: bit-identical"),
-    Tolerance("weights", "tensorflow", "cpu", 0.0, "same weights into the same architecture: bit-identical"),
-    Tolerance("pickle", "tensorflow", "cpu", 0.0, "a pickle wraps the .keras bytes: bit-identical"),
-    Tolerance("savedmodel", "*", "cpu", 1e-6,
+    Tolerance("keras", "tensorflow", "cpu", "*", "*", 0.0, 0.0, _BIT),
+    Tolerance("h5", "tensorflow", "cpu", "*", "*", 0.0, 0.0, "legacy HDF5 stores the same weights: bit-identical"),
+    Tolerance("weights", "tensorflow", "cpu", "*", "*", 0.0, 0.0,
+              "same weights into the same architecture: bit-identical"),
+    Tolerance("pickle", "tensorflow", "cpu", "*", "*", 0.0, 0.0, "a pickle wraps the .keras bytes: bit-identical"),
+    Tolerance("savedmodel", "*", "cpu", "float32", "*", 1e-6, 1e-6,
               "TensorFlow may fuse ops differently in the serving graph (Grappler); float32 rounding only"),
-    Tolerance("onnx", "*", "*", 1e-5, "onnxruntime has its own kernels and summation order"),
-    Tolerance("litert", "*", "*", 1e-5, "LiteRT's own CPU kernels (XNNPACK) sum in another order"),
-    Tolerance("*", "jax", "cpu", 1e-6, "XLA's CPU matmuls order sums differently from TensorFlow's"),
-    Tolerance("*", "torch", "cpu", 1e-6, "PyTorch's CPU matmuls order sums differently from TensorFlow's"),
-    Tolerance("*", "*", "gpu", 1e-5,
-              "GPU float32 (TF32 pinned off) reorders reductions; TF32 drift (~1e-3) is reported, not accepted"),
-    Tolerance("*", "*", "*", 1e-6, "default for any other case: float32 rounding only"),
+    Tolerance("onnx", "*", "*", "float32", "*", 1e-5, 1e-5, "onnxruntime has its own kernels and summation order"),
+    Tolerance("litert", "*", "*", "float32", "*", 1e-5, 1e-5, "LiteRT's CPU kernels (XNNPACK) sum in another order"),
+    Tolerance("*", "jax", "cpu", "float32", "*", 1e-6, 1e-6, "XLA's CPU matmuls order sums differently from TF's"),
+    Tolerance("*", "torch", "cpu", "float32", "*", 1e-6, 1e-6, "PyTorch's CPU matmuls order sums differently"),
+    Tolerance("*", "*", "gpu", "float32", "float32-pinned", 1e-5, 1e-5,
+              "GPU float32 (TF32 pinned off) reorders reductions"),
+    Tolerance("*", "*", "gpu", "*", "tf32-allowed", 1e-2, 1e-2,
+              "TF32 matmuls keep 10 mantissa bits (~1e-3 relative per product); only with --precision fast"),
+    Tolerance("*", "*", "*", "float16", "*", 1e-3, 1e-3,
+              "mixed_float16: float16 keeps ~3 decimal digits, and another runtime may round each op differently"),
+    Tolerance("*", "*", "*", "bfloat16", "*", 1e-2, 1e-2, "mixed_bfloat16: bfloat16 keeps ~2 decimal digits"),
+    Tolerance("*", "*", "*", "float32", "*", 1e-6, 1e-6, "default for any other case: float32 rounding only"),
 )
 
 
-def tolerance_for(fmt: str, backend: str, device: str) -> Tolerance:
-    """The most specific row that matches ``(format, backend, device)``."""
-    rows = [
-        t for t in TOLERANCES
-        if t.format in ("*", fmt) and t.backend in ("*", backend) and t.device in ("*", device)
-    ]
+def tolerance_for(fmt: str, backend: str, device: str, compute: str = "float32",
+                  precision: str = "float32-pinned") -> Tolerance:
+    """The most specific row that matches the check."""
+    key = (fmt, backend, device, compute, precision)
+    rows = [t for t in TOLERANCES
+            if all(v in ("*", k) for v, k in zip((t.format, t.backend, t.device, t.compute, t.precision), key))]
+    if not rows:  # a compute dtype the table does not know (float64, ...): the float32 default
+        return TOLERANCES[-1]
     return max(rows, key=Tolerance.specificity)
 
 
 def markdown_table() -> str:
-    lines = ["| format | backend | device | max abs diff | why |", "|---|---|---|---|---|"]
+    lines = ["| format | backend | device | compute | precision | atol | rtol | why |",
+             "|---|---|---|---|---|---|---|---|"]
     for t in TOLERANCES:
-        atol = "0 (bit-identical)" if t.atol == 0 else f"{t.atol:g}"
-        lines.append(f"| {t.format} | {t.backend} | {t.device} | {atol} | {t.reason} |")
+        atol = "0 (bit-identical)" if t.atol == 0 and t.rtol == 0 else f"{t.atol:g}"
+        lines.append(f"| {t.format} | {t.backend} | {t.device} | {t.compute} | {t.precision} | {atol} | "
+                     f"{t.rtol:g} | {t.reason} |")
     return "\n".join(lines)
+
+
+@dataclass
+class OutputComparison:
+    """How one named output of a reloaded artifact compares with the reference."""
+
+    name: str
+    dtype: str
+    exact: bool  # integer, bool and string outputs must match exactly
+    passed: bool
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    mismatches: int = 0  # elements outside the tolerance (or different, when exact)
+    argmax_agreement: float | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, *, atol: float, rtol: float,
+                   probabilities: bool = False) -> OutputComparison:
+    """Compare one output; floats within ``atol + rtol * |reference|``, everything else exactly."""
+    reference, actual = np.asarray(reference), np.asarray(actual)
+    kind = reference.dtype.kind
+    dtype = "string" if kind in "USO" else reference.dtype.name
+    if reference.shape != actual.shape:
+        return OutputComparison(name, dtype, kind not in "fc", False, mismatches=int(reference.size),
+                                detail=f"shape {tuple(actual.shape)} differs from the reference {tuple(reference.shape)}")
+    if kind not in "fc":
+        ref = reference.astype(str) if kind in "USO" else reference
+        act = actual.astype(str) if actual.dtype.kind in "USO" else actual
+        if kind in "USO" and actual.dtype.kind not in "USO":
+            act = actual.astype(str)
+        bad = int(np.count_nonzero(np.asarray(ref != act)))
+        return OutputComparison(name, dtype, True, bad == 0, mismatches=bad,
+                                detail="" if bad == 0 else f"{bad} of {reference.size} values differ")
+    ref64, act64 = reference.astype(np.float64), actual.astype(np.float64)
+    diff = np.abs(act64 - ref64)
+    nan_mismatch = np.isnan(ref64) != np.isnan(act64)
+    diff = np.where(np.isnan(ref64) & np.isnan(act64), 0.0, diff)
+    bad = int(np.count_nonzero((diff > atol + rtol * np.abs(ref64)) | nan_mismatch | np.isnan(diff)))
+    rel = diff / np.maximum(np.abs(ref64), 1e-12)
+    agreement = None
+    if probabilities and reference.ndim >= 2:
+        agreement = float(np.mean(actual.argmax(-1) == reference.argmax(-1)))
+    passed = bad == 0 and (agreement is None or agreement == 1.0)
+    return OutputComparison(
+        name, dtype, False, passed, max_abs_diff=float(np.nanmax(diff, initial=0.0)) if diff.size else 0.0,
+        max_rel_diff=float(np.nanmax(rel, initial=0.0)) if rel.size else 0.0, mismatches=bad,
+        argmax_agreement=agreement,
+    )
 
 
 if __name__ == "__main__":

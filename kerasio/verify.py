@@ -2,13 +2,14 @@
 
 For each artifact in the manifest: check its sha256, load it with the runtime
 that would really consume it (in a fresh interpreter by default), run the
-stored reference inputs (the full batch and a single row) and compare with the
-stored reference outputs against the tolerance table.
+stored reference inputs (the full batch and a single row) and compare every
+named output with the stored reference outputs against the tolerance table.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,22 +18,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import BackendUnavailableError, KerasioError, VerificationError
+from .errors import BackendUnavailableError, InputError, KerasioError, VerificationError
 from .formats import get_format
 from .fsutil import write_text_atomic
-from .manifest import read_manifest
+from .manifest import Artifact, Manifest, load_arrays, read_manifest, save_arrays
 from .runtime import default_backend, keras_backend
-from .tolerances import tolerance_for
-from .trace import render_table
+from .tables import render_table
+from .tolerances import OutputComparison, compare_output, tolerance_for
 
-__all__ = ["verify", "VerifyReport", "Check", "compare", "VERIFICATION_FILE"]
+__all__ = ["verify", "VerifyReport", "Check", "VERIFICATION_FILE"]
 
 VERIFICATION_FILE = "verification.json"
+_BACKEND_MODULE = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
 @dataclass
 class Check:
-    """The outcome of verifying one artifact on one device."""
+    """The outcome of verifying one artifact on one device, with one comparison per named output."""
 
     artifact: str
     format: str
@@ -44,9 +46,12 @@ class Check:
     rows: int = 0
     max_abs_diff: float | None = None
     max_rel_diff: float | None = None
-    argmax_agreement: float | None = None
+    argmax_agreement: float | None = None  # over the probability outputs only; None when there are none
     atol: float | None = None
+    rtol: float | None = None
+    tolerance_source: str = "table"  # or "override" (verify(rtol=, atol=) / --rtol --atol)
     tolerance_reason: str = ""
+    outputs: list[dict[str, Any]] = field(default_factory=list)
     passed: bool = False
     seconds: float = 0.0
     error: str = ""
@@ -78,18 +83,22 @@ class VerifyReport:
     def table(self) -> str:
         rows = []
         for c in self.checks:
+            tol = "bit-identical" if c.atol == 0 and c.rtol == 0 else f"{_sci(c.atol)}/{_sci(c.rtol)}"
             rows.append([
-                c.format, c.artifact, c.backend, c.device, c.precision,
-                _sci(c.max_abs_diff), _sci(c.max_rel_diff),
+                c.format, c.artifact, c.backend, c.device, c.precision, _sci(c.max_abs_diff), _sci(c.max_rel_diff),
                 "-" if c.argmax_agreement is None else f"{c.argmax_agreement:.1%}",
-                "bit-identical" if c.atol == 0 else _sci(c.atol), c.status,
+                tol + ("*" if c.tolerance_source == "override" else ""), c.status,
             ])
         text = render_table(
             ["Format", "Artifact", "Backend", "Device", "Precision", "Max abs diff", "Max rel diff",
-             "Argmax agree", "Tolerance", "Result"], rows)
+             "Argmax agree", "atol/rtol", "Result"], rows)
         devices = {c.device: c.device_name for c in self.checks if c.device}
         notes = [f"  devices: {', '.join(f'{d} = {n}' for d, n in devices.items())}"] if devices else []
+        if any(c.tolerance_source == "override" for c in self.checks):
+            notes.append("  * tolerance given by the caller (rtol/atol), not the table")
         notes += [f"  {c.format}: {c.error}" for c in self.checks if c.error]
+        notes += [f"  {c.format}: output {o['name']!r}: {_output_text(o)}" for c in self.checks for o in c.outputs
+                  if not o["passed"]]
         notes += [f"  {c.format} on {c.device}: TF32 (fast-math) drift {c.tf32_drift:.2e} (information only)"
                   for c in self.checks if c.tf32_drift is not None]
         notes += [f"  {c.format}: CPU vs GPU drift {c.device_drift:.2e}" for c in self.checks if c.device_drift is not None]
@@ -104,16 +113,16 @@ class VerifyReport:
         return {"bundle": self.bundle, "ok": self.ok, "mode": self.mode,
                 "checks": [asdict(c) | {"status": c.status} for c in self.checks], "resume": self.resume}
 
-    def to_json(self, **kwargs) -> str:
+    def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
-    def to_frame(self):
+    def to_frame(self) -> Any:
         import pandas as pd
 
         return pd.DataFrame([asdict(c) | {"status": c.status} for c in self.checks])
 
     def failure_text(self) -> str:
-        """One line naming each failing artifact with its diff and tolerance (empty when all pass)."""
+        """One line naming each failing artifact and output with its diff and tolerance (empty when all pass)."""
         parts = [_failure_text(c) for c in self.failures()]
         if self.resume is not None and not self.resume.get("passed"):
             parts.append(f"{self.bundle}: resume check failed: {self.resume.get('detail')}")
@@ -126,27 +135,26 @@ class VerifyReport:
         return self
 
 
+def _output_text(o: dict[str, Any]) -> str:
+    if o.get("detail"):
+        return o["detail"]
+    text = f"{o['mismatches']} values outside the tolerance, max abs diff {_sci(o['max_abs_diff'])}"
+    if o.get("argmax_agreement") is not None:
+        text += f", argmax agreement {o['argmax_agreement']:.1%}"
+    return text
+
+
 def _failure_text(c: Check) -> str:
     if c.error:
         return f"{c.artifact} ({c.format}): {c.error}"
-    return (f"{c.artifact} ({c.format}, {c.backend}, {c.device}): max abs diff {_sci(c.max_abs_diff)} exceeds "
-            f"tolerance {_sci(c.atol)}, argmax agreement {c.argmax_agreement:.1%}")
+    bad = [o for o in c.outputs if not o["passed"]]
+    where = ", ".join(f"output {o['name']!r} {_output_text(o)}" for o in bad)
+    return (f"{c.artifact} ({c.format}, {c.backend}, {c.device}): {where}; tolerance atol {_sci(c.atol)}, "
+            f"rtol {_sci(c.rtol)}")
 
 
 def _sci(v: float | None) -> str:
     return "-" if v is None else ("0" if v == 0 else f"{v:.2e}")
-
-
-def compare(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float, float]:
-    """``(max abs diff, max rel diff, argmax agreement)`` of two probability arrays."""
-    reference = np.asarray(reference, np.float64)
-    actual = np.asarray(actual, np.float64)
-    if reference.shape != actual.shape:
-        raise VerificationError(f"output shape {actual.shape} differs from the reference {reference.shape}")
-    diff = np.abs(actual - reference)
-    rel = diff / np.maximum(np.abs(reference), 1e-6)
-    agree = float(np.mean(actual.argmax(-1) == reference.argmax(-1)))
-    return float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), agree
 
 
 def verify(
@@ -157,30 +165,32 @@ def verify(
     device: str = "auto",
     backend: str | None = None,
     precision: str = "highest",
+    rtol: float | None = None,
+    atol: float | None = None,
     trust_pickle: bool = False,
     imports: Sequence[str] = (),
-    resume: bool = False,
-    workers: dict[str | None, Any] | None = None,
+    workers: dict[str, Any] | None = None,
     record: bool = True,
     check_hashes: bool = True,
 ) -> VerifyReport:
-    """Reload every artifact of a bundle and compare its outputs with the reference.
+    """Reload every artifact of a bundle and compare each of its outputs with the reference.
 
     Args:
         bundle: a bundle directory written by :func:`kerasio.export`.
         formats: only these formats (default: every artifact in the manifest).
         in_process: load in this interpreter instead of a fresh one (faster,
             but a custom class registered here could hide a broken artifact).
-        device: ``auto`` (GPU when the backend sees one), ``cpu``, ``gpu`` or
+        device: ``auto`` (GPU when the runtime sees one), ``cpu``, ``gpu`` or
             ``all`` (every device, plus the CPU-vs-GPU drift).
         backend: Keras backend for the backend-agnostic formats (``keras``,
             ``h5``, ``weights``, ``pickle``): ``tensorflow``, ``jax`` or ``torch``.
-            SavedModel and LiteRT always run in TensorFlow, ONNX in onnxruntime.
+            Each format says what it needs (SavedModel: TensorFlow).
         precision: ``highest`` pins float32 matmuls (the default policy);
             ``fast`` allows TF32 on GPUs.
+        rtol, atol: override the tolerance table (both default to the table's row);
+            the report records what was used.
         trust_pickle: allow loading the pickle artifact.
         imports: modules to import before loading (custom layers).
-        resume: also check that ``model.keras`` resumes training bit-exactly.
         workers: already-started :class:`~kerasio.worker.Worker` objects by
             backend (the pipeline starts one early); they are not closed.
         record: write the report to ``<bundle>/verification.json``.
@@ -196,6 +206,9 @@ def verify(
         >>> report.ok  # doctest: +SKIP
         True
     """
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and not (isinstance(value, (int, float)) and value >= 0):
+            raise InputError(f"{name} must be a number >= 0; pass e.g. {name}=1e-5. Received: {name}={value!r}")
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     x_ref, y_ref = manifest.reference_arrays(bundle)
@@ -209,11 +222,12 @@ def verify(
     arts = [a for a in manifest.artifacts if wanted is None or a.format in wanted]
     imports = list(imports) + _importable_custom_modules(manifest)
     report = VerifyReport(bundle=str(bundle), mode="in-process" if in_process else "fresh-process")
-    default = default_backend()
+    requested = backend or default_backend()
     workers = dict(workers or {})
+    rows = len(next(iter(x_ref.values())))
     with tempfile.TemporaryDirectory(prefix="kerasio-ref-") as tmp, contextlib.ExitStack() as stack:
-        inputs = Path(tmp) / "inputs.npy"
-        np.save(inputs, x_ref)
+        inputs = Path(tmp) / "inputs.npz"
+        save_arrays(inputs, x_ref)
 
         def ask(child_backend: str, request: dict[str, Any]) -> dict[str, Any]:
             """Send a request to this process (in_process, same backend) or to a fresh worker."""
@@ -228,62 +242,95 @@ def verify(
         for art in arts:
             fmt = get_format(art.format)
             start = time.perf_counter()
-            # Backend-agnostic formats run on the requested backend; SavedModel and LiteRT
-            # need TensorFlow; ONNX runs in onnxruntime beside whichever backend is up.
-            child_backend = "tensorflow" if fmt.runtime in ("tensorflow", "litert") else (backend or default)
+            child_backend = fmt.worker_backend(requested)
             try:
-                if child_backend == "tensorflow" and not _importable("tensorflow"):
+                module = _BACKEND_MODULE.get(child_backend, child_backend)
+                if not _importable(module):
                     raise BackendUnavailableError(
-                        f"verifying the {fmt.name} artifact needs tensorflow, which cannot be imported here. "
-                        "Install it (pip install tensorflow) or verify the other formats (--format keras)."
+                        f"verifying the {fmt.name} artifact needs {module}, which cannot be imported here. "
+                        f"Install it (pip install {module}) or verify the other formats (--format keras). "
+                        f"Received: backend={child_backend!r}"
                     )
+                if fmt.runtime == "keras" and not in_process:
+                    _refuse_main_classes(manifest, art)
                 path = art.check(bundle) if check_hashes else bundle / art.path
                 answer = ask(child_backend, {
-                    "format": art.format, "path": str(path), "inputs": str(inputs), "device": device,
-                    "precision": precision, "trust": trust_pickle, "imports": imports, "out_dir": tmp})
+                    "format": art.format, "path": str(path), "signature": manifest.signature.to_dict(),
+                    "inputs": str(inputs), "device": device, "precision": precision, "trust": trust_pickle,
+                    "imports": imports, "out_dir": tmp})
                 if not answer["ok"]:
                     raise KerasioError(answer["error"])
-                report.checks.extend(_judge(art, answer["results"], y_ref, y_one, start))
+                report.checks.extend(_judge(manifest, art, answer["results"], y_ref, y_one, start, rtol, atol))
             except KerasioError as exc:
-                report.checks.append(Check(artifact=art.path, format=art.format, rows=len(x_ref), error=str(exc),
+                report.checks.append(Check(artifact=art.path, format=art.format, rows=rows, error=str(exc),
                                            backend=child_backend, seconds=time.perf_counter() - start))
-        if resume:
-            answer = ask(backend or default, {"op": "resume", "bundle": str(bundle)})
-            report.resume = answer["result"] if answer["ok"] else {"passed": False, "detail": answer["error"]}
     if record:
         with contextlib.suppress(OSError):
             write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))
     return report
 
 
-def _judge(art, results: list[dict[str, Any]], reference: np.ndarray, reference_one: np.ndarray,
-           start: float) -> list[Check]:
+def _judge(manifest: Manifest, art: Artifact, results: list[dict[str, Any]], reference: dict[str, np.ndarray],
+           reference_one: dict[str, np.ndarray], start: float, rtol: float | None,
+           atol: float | None) -> list[Check]:
+    signature = manifest.signature
     checks = []
-    outputs = {}
+    outputs: dict[str, dict[str, np.ndarray]] = {}
     for res in results:
-        with np.load(res["outputs"]) as data:
-            full, one = data["full"], data["one"]
+        full = load_arrays(Path(res["outputs"] + "-full.npz"), signature.output_names)
+        one = load_arrays(Path(res["outputs"] + "-one.npz"), signature.output_names)
         outputs[res["device"]] = full
-        abs_full, rel_full, agree = compare(reference, full)
-        abs_one, rel_one, agree_one = compare(reference_one, one)
-        tol = tolerance_for(art.format, res["backend"], res["device"])
+        tol = tolerance_for(art.format, res["backend"], res["device"], signature.compute_dtype, res["precision"])
+        use_atol = tol.atol if atol is None else float(atol)
+        use_rtol = tol.rtol if rtol is None else float(rtol)
+        per_output = [_merge(compare_output(s.name, reference[s.name], full[s.name], atol=use_atol, rtol=use_rtol,
+                                            probabilities=s.probabilities),
+                             compare_output(s.name, reference_one[s.name], one[s.name], atol=use_atol,
+                                            rtol=use_rtol, probabilities=s.probabilities))
+                      for s in signature.outputs]
+        floats = [o for o in per_output if o.max_abs_diff is not None]
+        agreements = [o.argmax_agreement for o in per_output if o.argmax_agreement is not None]
         check = Check(
             artifact=art.path, format=art.format, runtime=res["runtime"], backend=res["backend"],
             device=res["device"], device_name=res["device_name"], precision=res["precision"],
-            rows=len(reference), max_abs_diff=max(abs_full, abs_one), max_rel_diff=max(rel_full, rel_one),
-            argmax_agreement=min(agree, agree_one), atol=tol.atol, tolerance_reason=tol.reason,
+            rows=len(next(iter(reference.values()))),
+            max_abs_diff=max((o.max_abs_diff or 0.0 for o in floats), default=None),
+            max_rel_diff=max((o.max_rel_diff or 0.0 for o in floats), default=None),
+            argmax_agreement=min(agreements) if agreements else None, atol=use_atol, rtol=use_rtol,
+            tolerance_source="table" if rtol is None and atol is None else "override",
+            tolerance_reason=tol.reason if rtol is None and atol is None else "given by the caller",
+            outputs=[o.to_dict() for o in per_output], passed=all(o.passed for o in per_output),
             seconds=time.perf_counter() - start,
         )
-        check.passed = check.max_abs_diff <= tol.atol and check.argmax_agreement == 1.0
         if "fast_outputs" in res:
-            with np.load(res["fast_outputs"]) as data:
-                check.tf32_drift = compare(reference, data["full"])[0]
+            fast = load_arrays(Path(res["fast_outputs"] + "-full.npz"), signature.output_names)
+            check.tf32_drift = _max_float_diff(reference, fast)
         checks.append(check)
     if "cpu" in outputs and "gpu" in outputs:
-        drift = compare(outputs["cpu"], outputs["gpu"])[0]
+        drift = _max_float_diff(outputs["cpu"], outputs["gpu"])
         for c in checks:
             c.device_drift = drift
     return checks
+
+
+def _merge(full: OutputComparison, one: OutputComparison) -> OutputComparison:
+    """The full batch and the 1-row batch as one comparison: the worse of each figure."""
+    def worst(a: float | None, b: float | None) -> float | None:
+        return None if a is None and b is None else max(a or 0.0, b or 0.0)
+
+    agree = [v for v in (full.argmax_agreement, one.argmax_agreement) if v is not None]
+    return OutputComparison(
+        full.name, full.dtype, full.exact, full.passed and one.passed, worst(full.max_abs_diff, one.max_abs_diff),
+        worst(full.max_rel_diff, one.max_rel_diff), full.mismatches + one.mismatches,
+        min(agree) if agree else None, "; ".join(d for d in (full.detail, one.detail and f"1-row batch: {one.detail}")
+                                                 if d),
+    )
+
+
+def _max_float_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    diffs = [float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)), initial=0.0))
+             for k in a if a[k].dtype.kind == "f" and a[k].shape == b[k].shape]
+    return max(diffs, default=0.0)
 
 
 def _importable(module: str) -> bool:
@@ -295,13 +342,23 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _importable_custom_modules(manifest) -> list[str]:
+def _refuse_main_classes(manifest: Manifest, art: Artifact) -> None:
+    """A class defined in ``__main__`` (a script or notebook) cannot be imported by a fresh process."""
+    local = [c["class"] for c in manifest.custom_objects if c.get("module") == "__main__"]
+    if local:
+        raise KerasioError(
+            f"{art.path}: custom class(es) {local} were defined in __main__ (a script or a notebook cell), which "
+            "a fresh verifying process cannot import, so it cannot rebuild the model. Move them to a module and "
+            "pass imports=['that_module'] (CLI: --import MODULE), or verify in this process with "
+            f"in_process=True (CLI: --in-process). Received: module='__main__' for {local}"
+        )
+
+
+def _importable_custom_modules(manifest: Manifest) -> list[str]:
     """Modules of custom classes that this process has already imported (the exporter's).
 
     A fresh verifier imports only these, never a module merely named in a
     file: the manifest is data, not an instruction to run code.
     """
-    import sys
-
     return sorted({c["module"] for c in manifest.custom_objects
                    if c.get("module") in sys.modules and c["module"] != "__main__"})

@@ -21,71 +21,59 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from .errors import KerasioError
 
 __all__ = ["run_check", "handle", "Worker"]
 
 
-def _device_context(runtime: str, device: str):
-    if runtime.startswith("keras"):
-        from .runtime import device_scope
-
-        return device_scope(device)
-    if runtime == "tensorflow":
-        import tensorflow as tf
-
-        return tf.device("/GPU:0" if device == "gpu" else "/CPU:0")
-    return contextlib.nullcontext()
-
-
 def run_check(request: dict[str, Any]) -> dict[str, Any]:
     """Load one artifact and run the reference inputs through it on each device.
 
-    Request keys: ``format``, ``path``, ``inputs`` (an ``.npy`` path), ``out_dir``,
-    ``device`` (``auto|cpu|gpu|all``), ``precision`` (``highest|fast``),
-    ``trust``, ``imports`` (modules to import first, e.g. custom layers),
-    ``fast_math`` (also run with TF32 allowed on a GPU, for the drift report).
-    Returns per-device result dicts with the paths of the outputs written.
+    Request keys: ``format``, ``path``, ``signature`` (the manifest's, as a
+    dict), ``inputs`` (an ``.npz`` of named arrays), ``out_dir``, ``device``
+    (``auto|cpu|gpu|all``), ``precision`` (``highest|fast``), ``trust``,
+    ``imports`` (modules to import first, e.g. custom layers), ``fast_math``
+    (also run with TF32 allowed on a GPU, for the drift report). Returns
+    per-device result dicts with the paths of the outputs written. The format
+    owns its runtime and devices; nothing here names one.
     """
     from .formats import get_format
+    from .manifest import load_arrays, save_arrays
     from .runtime import device_name, keras_backend, precision_policy, resolve_devices
+    from .signature import Signature
 
     for module in request.get("imports", ()):
         importlib.import_module(module)
     fmt = get_format(request["format"])
+    signature = Signature.from_dict(request["signature"])
     path = Path(request["path"])
-    x = np.load(request["inputs"], allow_pickle=False)
-    runtime = fmt.runtime if fmt.runtime != "keras" else f"keras/{keras_backend()}"
-    backend = keras_backend() if fmt.runtime == "keras" else fmt.runtime  # tensorflow, onnxruntime, litert
+    x = load_arrays(Path(request["inputs"]), signature.input_names)
+    first = {k: v[:1] for k, v in x.items()}
+    backend = keras_backend()
     results = []
     big = sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*"))) > 64 << 20
-    for device in resolve_devices(request.get("device", "auto"), backend):  # litert: CPU only
-        kwargs = {"trust": bool(request.get("trust"))}
-        if fmt.runtime == "onnxruntime":
-            kwargs["providers"] = ["CUDAExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
+    devices = resolve_devices(request.get("device", "auto"), fmt.available_devices(backend), runtime=fmt.runtime)
+    for device in devices:
         modes = [request.get("precision", "highest")]
         if device == "gpu" and request.get("fast_math", True) and "fast" not in modes:
             modes.append("fast")
-        entry: dict[str, Any] = {"device": device, "runtime": runtime, "backend": backend,
+        start = time.perf_counter()
+        runner = fmt.load(path, signature=signature, device=device, trust=bool(request.get("trust")))
+        entry: dict[str, Any] = {"device": device, "runtime": runner.runtime, "backend": runner.backend,
                                  "device_name": device_name(device, backend),
-                                 "precision": "float32-pinned" if modes[0] == "highest" else "tf32-allowed"}
-        with _device_context(runtime, device):
-            start = time.perf_counter()
-            runner = fmt.load(path, **kwargs)
-            entry["load_seconds"] = time.perf_counter() - start
-            for mode in modes:  # the policy applies when the graph runs (JAX: when it is traced)
-                with precision_policy(mode, backend):
-                    start = time.perf_counter()
-                    full = np.asarray(runner.predict_proba(x))
-                    one = np.asarray(runner.predict_proba(x[:1]))
-                out = Path(request["out_dir"]) / f"{fmt.name}-{device}-{mode}.npz"
-                np.savez(out, full=full, one=one)
-                if mode == modes[0]:
-                    entry.update(outputs=str(out), run_seconds=time.perf_counter() - start)
-                else:
-                    entry["fast_outputs"] = str(out)
+                                 "precision": "float32-pinned" if modes[0] == "highest" else "tf32-allowed",
+                                 "load_seconds": time.perf_counter() - start}
+        for mode in modes:  # the policy applies when the graph runs (JAX: when it is traced)
+            with precision_policy(mode, backend):
+                start = time.perf_counter()
+                full, one = runner.run(x), runner.run(first)
+            stem = Path(request["out_dir"]) / f"{fmt.name}-{device}-{mode}"
+            save_arrays(stem.with_name(stem.name + "-full.npz"), full)
+            save_arrays(stem.with_name(stem.name + "-one.npz"), one)
+            if mode == modes[0]:
+                entry.update(outputs=str(stem), run_seconds=time.perf_counter() - start)
+            else:
+                entry["fast_outputs"] = str(stem)
         del runner  # free this copy of the weights before the next load
         if big:  # Keras models hold reference cycles; a full collection costs ~0.1 s, so only when it pays
             gc.collect()
@@ -106,10 +94,12 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
                 with contextlib.suppress(ImportError):
                     importlib.import_module(module)
             return {"ok": True}
-        if op == "resume":
-            from .resume import resume_check
-
-            return {"ok": True, "result": resume_check(request["bundle"]).to_dict()}
+        if op == "call":  # a kerasio function run in this fresh process (e.g. the training replay of --resume)
+            module, _, name = str(request["target"]).partition(":")
+            if not module.startswith("kerasio."):
+                raise ValueError(f"the worker only calls kerasio functions; received: target={request['target']!r}")
+            result = getattr(importlib.import_module(module), name)(*request.get("args", ()))
+            return {"ok": True, "result": result.to_dict() if hasattr(result, "to_dict") else result}
         return run_check(request)
     except KerasioError as exc:
         return {"ok": False, "error": str(exc), "type": type(exc).__name__}
@@ -155,16 +145,17 @@ class Worker:
             [sys.executable, "-m", "kerasio.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr, env=env, text=True, bufsize=1,
         )
-        self._send({"op": "warm", "modules": [*imports, *warm]}, wait=False)
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
+        self._in, self._out = self.proc.stdin, self.proc.stdout
+        self._send({"op": "warm", "modules": [*imports, *warm]})
         self._pending = 1
 
-    def _send(self, message: dict[str, Any], *, wait: bool = True) -> dict[str, Any] | None:
-        self.proc.stdin.write(json.dumps(message) + "\n")
-        self.proc.stdin.flush()
-        return self._receive() if wait else None
+    def _send(self, message: dict[str, Any]) -> None:
+        self._in.write(json.dumps(message) + "\n")
+        self._in.flush()
 
     def _receive(self) -> dict[str, Any]:
-        line = self.proc.stdout.readline()
+        line = self._out.readline()
         if not line:
             self._stderr.seek(0)
             tail = self._stderr.read()[-2000:]
@@ -176,7 +167,8 @@ class Worker:
             self._receive()
             self._pending -= 1
         message.setdefault("out_dir", self.tmp.name)
-        return self._send(message)
+        self._send(message)
+        return self._receive()
 
     def close(self) -> None:
         """Tell the worker to exit and return at once.
@@ -186,8 +178,8 @@ class Worker:
         """
         if self.proc.poll() is None:
             with contextlib.suppress(OSError, ValueError):
-                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
-                self.proc.stdin.close()
+                self._in.write(json.dumps({"op": "exit"}) + "\n")
+                self._in.close()
         threading.Thread(target=self._reap, daemon=True).start()
         self._stderr.close()
         self.tmp.cleanup()  # the worker no longer reads or writes there

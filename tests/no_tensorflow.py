@@ -26,7 +26,7 @@ bundle = sys.argv[1]
 keras_report = kerasio.verify(bundle, formats=["keras", "h5", "weights"], in_process=True, record=False)
 savedmodel_report = kerasio.verify(bundle, formats="savedmodel", in_process=True, record=False)
 loaded = kerasio.load(bundle)
-x = kerasio.read_manifest(bundle).reference_arrays(bundle)[0]
+x = kerasio.read_manifest(bundle).reference_arrays(bundle)[0]["features"]
 print(json.dumps({
     "keras_ok": keras_report.ok,
     "backends": sorted({c.backend for c in keras_report.checks}),

@@ -46,8 +46,10 @@ from tensorflow_serving.apis import prediction_log_pb2  # noqa: E402
 
 bundle, body_path, kerasio_probs_path = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 cli = str(Path(sys.executable).with_name("saved_model_cli"))
-x_ref = np.load(bundle / "reference_inputs.npy")
-y_ref = np.load(bundle / "reference_outputs.npy")
+with np.load(bundle / "reference_inputs.npz", allow_pickle=False) as z:
+    x_ref = z["features"]
+with np.load(bundle / "reference_outputs.npz", allow_pickle=False) as z:
+    y_ref = z["probabilities"]
 findings = {"versions": []}
 
 versions = sorted((p for p in (bundle / "serving").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))

@@ -87,10 +87,14 @@ def test_precision_policy_for_jax():
 
 
 def test_devices_on_a_cpu_machine(bundle):
-    assert resolve_devices("auto", "tensorflow") == ["cpu"]
-    assert resolve_devices("all", "tensorflow") == ["cpu"]
+    from kerasio.formats import REGISTRY
+
+    seen = REGISTRY["keras"].available_devices("tensorflow")
+    assert seen == ["cpu"] and REGISTRY["litert"].available_devices("tensorflow") == ["cpu"]
+    assert resolve_devices("auto", seen) == ["cpu"] and resolve_devices("all", seen) == ["cpu"]
+    assert resolve_devices("auto", ["cpu", "gpu"]) == ["gpu"]
     with pytest.raises(kerasio.BackendUnavailableError, match="sees no GPU here. Use --device auto or cpu"):
-        resolve_devices("gpu", "tensorflow")
+        resolve_devices("gpu", seen, runtime="keras")
     report = kerasio.verify(bundle, formats="keras", device="all", in_process=True, record=False)
     assert [c.device for c in report.checks] == ["cpu"] and report.checks[0].device_drift is None
     gpu = kerasio.verify(bundle, formats="keras", device="gpu", in_process=True, record=False)

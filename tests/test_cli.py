@@ -64,7 +64,7 @@ def test_run_verify_predict_end_to_end(tmp_path):
     assert report["ok"] and {c["format"] for c in report["checks"]} == {"keras", "savedmodel"}
 
     manifest = kerasio.read_manifest(out)
-    rows = pd.DataFrame(np.load(out / "reference_inputs.npy")[:4], columns=manifest.feature_names)
+    rows = pd.DataFrame(np.load(out / "reference_inputs.npz")["features"][:4], columns=manifest.feature_names)
     rows["species"] = "?"
     rows.to_csv(tmp_path / "new.csv", index=False)
     res = run_cli("predict", str(out), "--input", str(tmp_path / "new.csv"), "--output", str(tmp_path / "p.csv"))
@@ -146,7 +146,7 @@ def test_own_csv_with_label(tmp_path):
 def test_inspect_json(bundle, capsys):
     assert main(["inspect", str(bundle), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["manifest"]["schema_version"] == 1 and len(data["manifest"]["artifacts"]) == 7
+    assert data["manifest"]["schema_version"] == 2 and len(data["manifest"]["artifacts"]) == 7
 
 
 def test_bad_formats_fail_before_training(tmp_path, capsys):
@@ -165,8 +165,8 @@ def test_run_publishes_nothing_when_verification_fails(tmp_path, capsys, monkeyp
 
     def drifting_load(path, **kwargs):
         runner = real_load(path, **kwargs)
-        inner = runner.predict_proba
-        runner.predict_proba = lambda x: inner(x) + 1e-3
+        inner = runner._fn
+        runner._fn = lambda x: {k: v + 1e-3 if k == "probabilities" else v for k, v in inner(x).items()}
         return runner
 
     monkeypatch.setattr(fmt, "load", drifting_load)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from kerasio import DataError, load_dataset, split_dataset
-from kerasio.data import DEFAULT_DATA
-from kerasio.datasets.generate import generate
+from kerasio.recipe.data import DEFAULT_DATA
+from kerasio.recipe.datasets.generate import generate
 
 
 def test_embedded_default_shape_and_classes():

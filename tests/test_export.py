@@ -21,11 +21,17 @@ def test_manifest_fields(bundle, pipeline):
     for lib in ("kerasio", "keras", "tensorflow", "numpy", "python"):
         assert data["versions"][lib], lib
     assert data["backend"] == "tensorflow" and data["device"] == "cpu"
-    assert data["input"] == {"name": "features", "dtype": "float32", "shape": [None, 10]}
-    assert data["outputs"]["probabilities"] == {"dtype": "float32", "shape": [None, 3]}
-    assert data["outputs"]["class_id"] == {"dtype": "int64", "shape": [None]}
-    assert data["class_names"] == list(pipeline.dataset.class_names)
-    assert data["feature_names"] == list(pipeline.dataset.feature_names)
+    sig = data["signature"]
+    assert sig["inputs"] == [{"name": "features", "dtype": "float32", "shape": [None, 10], "activation": None,
+                              "probabilities": False}]
+    assert sig["outputs"] == [{"name": "probabilities", "dtype": "float32", "shape": [None, 3],
+                               "activation": "softmax", "probabilities": True}]
+    assert sig["model_kind"] == "sequential" and sig["compute_dtype"] == "float32"
+    assert "Normalization" in sig["layers"] and "Dense" in sig["layers"]
+    assert data["task"] == {"kind": "classification", "output": "probabilities",
+                            "class_names": list(pipeline.dataset.class_names), "binary": False}
+    assert sig["feature_names"] == list(pipeline.dataset.feature_names)
+    assert data["skipped"] == {}
     assert len(data["trace"]) == 3 and data["trace"][0]["observation"]
     assert 0.8 < data["metrics"]["test_accuracy"] <= 1.0
     assert data["training"]["config"]["epochs"] == 3 and data["training"]["data"]["source"] == "embedded"
@@ -44,9 +50,11 @@ def test_every_format_recorded_with_size_and_hash(bundle):
 def test_reference_arrays_are_the_models_outputs(bundle, pipeline):
     manifest = kerasio.read_manifest(bundle)
     x, y = manifest.reference_arrays(bundle)
-    assert np.array_equal(x, pipeline.split.x_test)
-    assert y.shape == (200, 3) and np.allclose(y.sum(1), 1, atol=1e-5)
-    assert manifest.reference["inputs"]["sha256"] == sha256_file(bundle / "reference_inputs.npy")
+    assert np.array_equal(x["features"], pipeline.split.x_test)
+    assert y["probabilities"].shape == (200, 3) and np.allclose(y["probabilities"].sum(1), 1, atol=1e-5)
+    assert manifest.reference["inputs"]["sha256"] == sha256_file(bundle / "reference_inputs.npz")
+    with np.load(bundle / "reference_inputs.npz", allow_pickle=False) as z:  # named arrays, no pickle
+        assert z.files == ["features"]
 
 
 def test_keras_zip_members(bundle):
@@ -94,8 +102,8 @@ def test_failed_export_leaves_existing_bundle_untouched(keras_bundle, pipeline, 
         raise RuntimeError("converter crashed halfway")
 
     monkeypatch.setattr(fmt, "save", crash)
-    with pytest.raises(kerasio.ArtifactError, match=r"exporting format 'onnx' failed .*converter crashed halfway.*"
-                                                    r"Nothing in .* was changed"):
+    with pytest.raises(kerasio.ArtifactError, match=r"exporting format 'onnx' failed\. Nothing in .* was changed.*"
+                                                    r"Received: RuntimeError: converter crashed halfway"):
         kerasio.export(pipeline.model, out, reference_inputs=pipeline.split.x_test, formats="keras,onnx")
     after = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()}
     assert after == before
@@ -136,8 +144,8 @@ def test_weights_can_be_sharded(pipeline, tmp_path):
     assert "model.weights.json" in files and sum(f.endswith(".weights.h5") for f in files) > 1
     assert result.manifest.artifact("weights").info["sharded"] is True
     loaded = kerasio.load(tmp_path / "b", format="weights")
-    ref = kerasio.read_manifest(tmp_path / "b").reference_arrays(tmp_path / "b")
-    assert np.array_equal(loaded.runner.predict_proba(ref[0]), ref[1])
+    x, y = kerasio.read_manifest(tmp_path / "b").reference_arrays(tmp_path / "b")
+    assert np.array_equal(loaded.run(x)["probabilities"], y["probabilities"])
 
 
 def test_onnx_io_names(bundle):
@@ -215,15 +223,16 @@ def test_export_verify_publishes_nothing_when_an_artifact_fails(pipeline, keras_
 
     def drifting_load(path, **kwargs):  # a SavedModel whose outputs are off by 1e-3
         runner = real_load(path, **kwargs)
-        inner = runner.predict_proba
-        runner.predict_proba = lambda x: inner(x) + 1e-3
+        inner = runner._fn
+        runner._fn = lambda x: {k: v + 1e-3 if k == "probabilities" else v for k, v in inner(x).items()}
         return runner
 
     monkeypatch.setattr(fmt, "load", drifting_load)
     with pytest.raises(kerasio.VerificationError,
                        match=r"nothing was published, the bundle is as it was; the new artifacts failed verification: "
-                             r"serving/2 \(savedmodel, tensorflow, cpu\): max abs diff 1\.00e-03 exceeds tolerance"
-                             r" 1\.00e-06") as info:
+                             r"serving/2 \(savedmodel, tensorflow, cpu\): output 'probabilities' \d+ values outside "
+                             r"the tolerance, max abs diff 1\.00e-03, argmax agreement 100\.0%; tolerance atol "
+                             r"1\.00e-06, rtol 1\.00e-06") as info:
         kerasio.export(pipeline.model, out, reference_inputs=pipeline.split.x_test, formats="keras,savedmodel",
                        verify="in-process")
     assert [c.format for c in info.value.report.failures()] == ["savedmodel"]

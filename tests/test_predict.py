@@ -15,7 +15,8 @@ def loaded(keras_bundle):
 
 @pytest.fixture(scope="module")
 def reference(keras_bundle):
-    return kerasio.read_manifest(keras_bundle).reference_arrays(keras_bundle)
+    x, y = kerasio.read_manifest(keras_bundle).reference_arrays(keras_bundle)
+    return x["features"], y["probabilities"]
 
 
 def test_load_detects_what_it_is_given(keras_bundle):
@@ -32,7 +33,7 @@ def test_bare_artifact_outside_a_bundle(keras_bundle, tmp_path, reference):
     shutil.copy(keras_bundle / "model.keras", tmp_path / "m.keras")
     m = kerasio.load(tmp_path / "m.keras")
     assert m.feature_names[:2] == ["f0", "f1"] and m.class_names == ["0", "1", "2"] and m.manifest is None
-    assert np.array_equal(m.runner.predict_proba(reference[0]), reference[1])
+    assert np.array_equal(m.run(reference[0])["probabilities"], reference[1])
 
 
 def test_load_rejects_unknown_paths(tmp_path):
@@ -73,10 +74,10 @@ def test_savedmodel_predictions_match_keras(keras_bundle, reference):
 
 
 @pytest.mark.parametrize("rows, match", [
-    (np.zeros((2, 9), np.float32), r"expected rows of 10 features .* got shape \(2, 9\)"),
-    (np.zeros((2, 11), np.float32), r"expected rows of 10 features .* got shape \(2, 11\)"),
-    (np.array([["a"] * 10]), r"features must be numeric, got dtype <U1"),
-    (np.full((1, 10), np.nan, np.float32), r"row 0, feature 'sepal_length' is NaN or inf"),
+    (np.zeros((2, 9), np.float32), r"input 'features' must have shape \[None, 10\] .*Received: shape=\(2, 9\)"),
+    (np.zeros((2, 11), np.float32), r"input 'features' must have shape \[None, 10\] .*Received: shape=\(2, 11\)"),
+    (np.array([["a"] * 10]), r"input 'features' takes float32 numbers.*Received: dtype=<U1"),
+    (np.full((1, 10), np.nan, np.float32), r"input 'features', row 0 holds NaN or inf"),
 ])
 def test_predict_input_errors(loaded, rows, match):
     with pytest.raises(kerasio.InputError, match=match):

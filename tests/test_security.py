@@ -98,7 +98,7 @@ def test_pickle_accepted_with_trust(bundle):
     with pytest.raises(kerasio.UnsafeArtifactError, match="refusing to load a pickle"):
         kerasio.load(bundle, format="pickle")
     loaded = kerasio.load(bundle, format="pickle", trust=True)
-    assert np.array_equal(loaded.runner.predict_proba(x), y)
+    assert np.array_equal(loaded.run(x)["probabilities"], y["probabilities"])
 
 
 def test_verify_refuses_pickle_without_trust(bundle):

@@ -51,14 +51,14 @@ def test_contract_in_a_process_without_kerasio_or_keras(pipeline, tmp_path, caps
 
 def test_rest_bodies():
     rows = np.array([[1.0, 2.5], [3.0, 4.0]], np.float32)
-    assert rest_body(rows) == {"signature_name": "serving_default",
+    assert rest_body({"features": rows}) == {"signature_name": "serving_default",
                                "instances": [{"features": [1.0, 2.5]}, {"features": [3.0, 4.0]}]}
-    assert rest_body(rows, columnar=True, signature="predict_labels") == {
+    assert rest_body({"features": rows}, columnar=True, signature="predict_labels") == {
         "signature_name": "predict_labels", "inputs": {"features": [[1.0, 2.5], [3.0, 4.0]]}}
 
 
 def test_serving_request_cli_columnar(keras_bundle, tmp_path, capsys):
-    x = kerasio.read_manifest(keras_bundle).reference_arrays(keras_bundle)[0][:2]
+    x = kerasio.read_manifest(keras_bundle).reference_arrays(keras_bundle)[0]["features"][:2]
     import pandas as pd
 
     names = kerasio.read_manifest(keras_bundle).feature_names
@@ -74,13 +74,13 @@ def test_warmup_records_parse_in_process(keras_bundle):
     request = logs[0].predict_log.request
     import tensorflow as tf
 
-    x = kerasio.read_manifest(keras_bundle).reference_arrays(keras_bundle)[0]
+    x = kerasio.read_manifest(keras_bundle).reference_arrays(keras_bundle)[0]["features"]
     assert np.array_equal(tf.make_ndarray(request.inputs["features"]), x[:1])
 
 
 def test_predict_labels_signature_returns_class_names(keras_bundle):
     loaded = kerasio.load(keras_bundle, format="savedmodel")
-    x = kerasio.read_manifest(keras_bundle).reference_arrays(keras_bundle)[0][:5]
+    x = kerasio.read_manifest(keras_bundle).reference_arrays(keras_bundle)[0]["features"][:5]
     import tensorflow as tf
 
     out = loaded.model.signatures["predict_labels"](features=tf.constant(x))

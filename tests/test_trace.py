@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import kerasio
-from kerasio.trace import TRACE_KEYS, ascii_chart, observe, trace_table
+from kerasio.recipe.trace import TRACE_KEYS, ascii_chart, observe, trace_table
 
 
 def test_classifier_structure(pipeline):
@@ -33,7 +33,7 @@ def test_same_seed_same_weights(tmp_path):
     split = kerasio.split_dataset(ds, seed=3)
     weights = []
     for _ in range(2):
-        from kerasio.model import set_determinism
+        from kerasio.recipe.model import set_determinism
 
         set_determinism(3)
         model = kerasio.build_classifier(10, 3, x_adapt=split.x_train, seed=3)

@@ -1,10 +1,13 @@
 """The format registry: one module per format, each registering itself.
 
 ``REGISTRY`` maps a name to its :class:`~kerasio.formats.base.Format`; export,
-load, verify, the CLI and the tests all iterate over it. Importing this
-package imports no ML framework.
+load, verify, the worker, the CLI and the tests all iterate over it. Importing
+this package imports no ML framework.
 """
-from .base import REGISTRY, ExportContext, Format, Runner, get_format, register, resolve_formats
-from . import keras_native, savedmodel, h5, weights, onnx, litert, pickle_format  # noqa: F401  (registration)
+# ruff: noqa: I001  (registration order matters; see below)
+from .base import REGISTRY, ExportContext, Format, Runner, explicit, get_format, register, resolve_formats
 
-__all__ = ["REGISTRY", "ExportContext", "Format", "Runner", "get_format", "register", "resolve_formats"]
+# Registration order is the order of --formats all and of every table: keep it (no import sorting here).
+from . import keras_native, savedmodel, h5, weights, onnx, litert, pickle_format  # noqa: F401
+
+__all__ = ["REGISTRY", "ExportContext", "Format", "Runner", "explicit", "get_format", "register", "resolve_formats"]

@@ -4,38 +4,52 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import ArtifactError, UnsafeArtifactError
-from ..runtime import compile_keras, keras_backend
+from ..signature import Signature, derive_signature
 from .base import Runner
 
 
-def keras_runner(model, fmt: str, path: Path, **info) -> Runner:
-    return Runner(
-        predict_proba=compile_keras(model), format=fmt, path=path, runtime=f"keras/{keras_backend()}",
-        n_features=int(model.input_shape[-1]), n_classes=int(model.output_shape[-1]), model=model, info=info,
-    )
+def keras_runner(model: Any, fmt: str, path: Path, signature: Signature | None, device: str, **info: Any) -> Runner:
+    """A :class:`Runner` over a reloaded Keras model, on ``device``, named by ``signature``."""
+    from ..runtime import available_devices, device_scope, keras_backend, keras_forward
+
+    if signature is None:  # a bare file: a functional model names its own inputs and outputs
+        signature = derive_signature(model)
+    backend = keras_backend()
+    with device_scope(device):
+        forward = keras_forward(model, signature)
+    # Where the CPU is the only device, every op runs there anyway: skip entering a scope per call (~0.1 ms).
+    scoped = device == "gpu" or "gpu" in available_devices(backend)
+    return Runner(forward, format=fmt, path=path, runtime=f"keras/{backend}", backend=backend, signature=signature,
+                  device=device, model=model, info=info, context=(lambda: device_scope(device)) if scoped else None)
 
 
-def guarded_load(path: Path, load: Callable[[], object]):
-    """Run a Keras loader, turning its errors into kerasio errors that name the file."""
+def guarded_load(path: Path, device: str, load: Callable[[], Any]) -> Any:
+    """Run a Keras loader on ``device``, turning its errors into kerasio errors that name the file."""
+    from ..runtime import device_scope
+
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), device_scope(device):
             warnings.filterwarnings("ignore", message=".*legacy.*")
             warnings.filterwarnings("ignore", message=".*[Cc]ompiled the loaded model.*")
             return load()
     except (TypeError, ValueError) as exc:
         text = str(exc)
-        missing = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
+        missing = re.search(r"Could not locate (?:class|function) '([^']+)'", text) or \
+            re.search(r"Unknown (?:layer|object|class): '([^']+)'", text)
         if missing:
             raise UnsafeArtifactError(
                 f"{path}: custom class {missing.group(1)!r} is not registered in this process. Decorate it "
                 "with @keras.saving.register_keras_serializable() and import its module before loading "
-                "(CLI: --import MODULE)."
+                f"(CLI: --import MODULE). Received: {text.splitlines()[0][:200]}"
             ) from None
         if "safe_mode" in text or "lambda" in text.lower():
-            raise UnsafeArtifactError(f"{path}: refused by Keras safe mode: {text.splitlines()[0]}") from None
-        raise ArtifactError(f"{path}: Keras could not load it ({text.splitlines()[0][:300]}). Re-export it.") from None
+            raise UnsafeArtifactError(f"{path}: refused by Keras safe mode; replace the Lambda by a registered "
+                                      f"custom layer. Received: {text.splitlines()[0][:300]}") from None
+        raise ArtifactError(f"{path}: Keras could not load it; re-export it. "
+                            f"Received: {type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}") from None
     except OSError as exc:
-        raise ArtifactError(f"{path}: unreadable ({exc}). The file is corrupt or truncated; re-export it.") from None
+        raise ArtifactError(f"{path}: unreadable; the file is corrupt or truncated, re-export it. "
+                            f"Received: {exc}") from None

@@ -1,46 +1,92 @@
 """The format protocol and the registry every part of kerasio iterates over.
 
-A format is an object with three verbs (``save``, ``load``, ``describe``) and a
-few facts (its file name in a bundle, the runtime that consumes it). Each
-format module builds one and calls :func:`register`; adding a format means
-adding one module to :mod:`kerasio.formats`.
+A format is an object with a few verbs (``supports``, ``save``, ``load``,
+``describe``, ``available_devices``) and a few facts (its path in a bundle, the
+runtime that consumes it). Each format module builds one and calls
+:func:`register`; adding a format means adding one module to
+:mod:`kerasio.formats`. Export, load, verify, the worker and the CLI never name
+a runtime: they ask the format.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, KerasioError
+from ..signature import Signature
+from ..task import Task
 
-__all__ = ["Format", "Runner", "ExportContext", "REGISTRY", "register", "get_format", "resolve_formats"]
+__all__ = ["Format", "Runner", "ExportContext", "REGISTRY", "register", "get_format", "resolve_formats", "explicit"]
 
 
 @dataclass
 class ExportContext:
     """What a format's ``save`` may need besides the model."""
 
-    feature_names: Sequence[str]
-    class_names: Sequence[str]
-    reference_inputs: np.ndarray
+    signature: Signature
+    task: Task
+    reference_inputs: dict[str, np.ndarray]
     max_shard_size: float | None = None  # GB, for the weights format
     warmup_records: int = 100
 
 
-@dataclass
 class Runner:
-    """A loaded artifact: ``predict_proba(x)`` maps float32 rows to probabilities."""
+    """A loaded artifact: ``run({input name: array}) -> {output name: array}``.
 
-    predict_proba: Callable[[np.ndarray], np.ndarray]
-    format: str
-    path: Path
-    runtime: str
-    n_features: int
-    n_classes: int
-    model: Any = None
-    info: dict[str, Any] = field(default_factory=dict)
+    Attributes:
+        format: the format's registry name.
+        path: the artifact on disk.
+        runtime: what runs it (``keras/tensorflow``, ``tensorflow``, ``onnxruntime``, ``litert``).
+        backend: the tolerance table's backend column (``tensorflow``, ``jax``, ``torch``,
+            ``onnxruntime``, ``litert``).
+        device: ``cpu`` or ``gpu``.
+        signature: the names and specs the artifact is called with.
+        model: the underlying object (a Keras model, a ``tf.Module``, an ``InferenceSession``, ...).
+    """
+
+    def __init__(self, fn: Callable[[Mapping[str, np.ndarray]], Mapping[str, Any]], *, format: str, path: Path,
+                 runtime: str, backend: str, signature: Signature, device: str = "cpu", model: Any = None,
+                 info: dict[str, Any] | None = None, context: Callable[[], ContextManager[Any]] | None = None):
+        self._fn = fn
+        self.format, self.path, self.runtime, self.backend = format, Path(path), runtime, backend
+        self.signature, self.device, self.model = signature, device, model
+        self.info: dict[str, Any] = dict(info or {})
+        self._context = context or contextlib.nullcontext
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run already-coerced inputs (see :meth:`Signature.coerce`); outputs keyed by the signature's names.
+
+        Raises:
+            ArtifactError: the runtime failed on these inputs (its message is kept).
+        """
+        from ..runtime import to_numpy
+
+        try:
+            with self._context():
+                out = self._fn(inputs)
+        except KerasioError:
+            raise
+        except Exception as exc:  # each runtime raises its own types; the user gets one kerasio error
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise ArtifactError(
+                f"{self.path}: {self.runtime} failed to run the {self.format} artifact ({type(exc).__name__}: "
+                f"{first}). Check the inputs against the signature {self.signature.describe()}, or re-export it. "
+                f"Received: inputs {({k: tuple(np.shape(v)) for k, v in inputs.items()})}"
+            ) from None
+        missing = [n for n in self.signature.output_names if n not in out]
+        if missing:
+            raise ArtifactError(
+                f"{self.path}: the {self.format} artifact returned no output {missing}; it returns "
+                f"{sorted(out)}. Re-export it. Received: outputs={sorted(out)}"
+            )
+        return {name: to_numpy(out[name]) for name in self.signature.output_names}
+
+    def __repr__(self) -> str:
+        return f"<Runner {self.format} {self.path} via {self.runtime} on {self.device}>"
 
 
 class Format:
@@ -49,7 +95,7 @@ class Format:
     Attributes:
         name: registry key (``--formats NAME``).
         filename: where the artifact lives inside a bundle.
-        runtime: ``keras`` (runs on any Keras backend), ``tensorflow``,
+        runtime: what consumes it: ``keras`` (any Keras backend), ``tensorflow``,
             ``onnxruntime`` or ``litert``.
         default: written by ``export`` when no formats are named.
         needs_trust: loading can run arbitrary code (pickle).
@@ -70,12 +116,21 @@ class Format:
         """Where the next export of this format goes inside ``bundle`` (POSIX, relative)."""
         return self.filename
 
-    def save(self, model, dest: Path, ctx: ExportContext) -> dict[str, Any]:
+    def supports(self, signature: Signature) -> str | None:
+        """``None`` when this format can carry a model of this signature, else the reason it cannot."""
+        return None
+
+    def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         """Write the artifact at ``dest``; return facts only the writer knows (merged into ``info``)."""
         raise NotImplementedError
 
-    def load(self, path: Path, *, trust: bool = False) -> Runner:
-        """Load the artifact at ``path`` and return a :class:`Runner`."""
+    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+             trust: bool = False) -> Runner:
+        """Load the artifact at ``path`` onto ``device`` and return a :class:`Runner`.
+
+        ``signature`` is the manifest's; without one (a bare file) the format
+        reads the names off the artifact itself.
+        """
         raise NotImplementedError
 
     def describe(self, path: Path) -> dict[str, Any]:
@@ -85,6 +140,16 @@ class Format:
         shows without importing any ML framework.
         """
         return {}
+
+    def available_devices(self, backend: str) -> list[str]:
+        """The devices this format's runtime can use here (``backend``: the worker's Keras backend)."""
+        from ..runtime import available_devices
+
+        return available_devices(backend)
+
+    def worker_backend(self, requested: str) -> str:
+        """The Keras backend a verifying process needs for this format (``requested`` unless it needs TF)."""
+        return requested
 
     def matches(self, path: Path) -> bool:
         """Whether a path outside a bundle is an artifact of this format."""
@@ -110,7 +175,7 @@ def get_format(name: str) -> Format:
         return REGISTRY[name]
     except KeyError:
         raise ArtifactError(
-            f"unknown format {name!r}; known formats are {', '.join(REGISTRY)}."
+            f"unknown format {name!r}; known formats are {', '.join(REGISTRY)}. Received: format={name!r}"
         ) from None
 
 
@@ -122,11 +187,20 @@ def resolve_formats(formats: str | Sequence[str] | None) -> list[Format]:
         formats = [s.strip() for s in formats.split(",") if s.strip()]
     if list(formats) == ["all"]:
         return list(REGISTRY.values())
-    out = []
+    out: list[Format] = []
     for name in formats:
         fmt = get_format(name)
         if fmt not in out:
             out.append(fmt)
     if not out:
-        raise ArtifactError("no formats named; pass e.g. --formats keras,savedmodel (or all).")
+        raise ArtifactError("no formats named; pass e.g. --formats keras,savedmodel (or all). Received: formats=[]")
     return out
+
+
+def explicit(formats: str | Sequence[str] | None) -> bool:
+    """Whether the user named formats (a skip is then an error) rather than taking defaults or ``all``."""
+    if formats is None:
+        return False
+    names = [s.strip() for s in formats.split(",")] if isinstance(formats, str) else list(formats)
+    return names != ["all"]
+

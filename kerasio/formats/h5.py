@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 from ..audit import audit_config
 from ..errors import ArtifactError, LegacyFormatWarning, UnsafeArtifactError
-from .base import ExportContext, Format, Runner, register
+from ..signature import Signature
 from ._keras_common import guarded_load, keras_runner
+from .base import ExportContext, Format, Runner, register
 
 _WHY = "HDF5 (.h5) is Keras's legacy format; prefer .keras for round trips."
 
@@ -21,7 +23,16 @@ class H5Format(Format):
     suffixes = (".h5",)
     description = "legacy Keras HDF5 (architecture + weights)"
 
-    def save(self, model, dest: Path, ctx: ExportContext) -> dict:
+    def supports(self, signature: Signature) -> str | None:
+        if signature.model_kind == "subclassed":
+            return ("HDF5 (.h5) cannot rebuild a subclassed model: Keras's legacy loader looks classes up by bare "
+                    "name (\"Unknown layer\"); use .keras")
+        if signature.lookup_layers():
+            return (f"HDF5 (.h5) does not keep the vocabulary of {', '.join(signature.lookup_layers())}: the "
+                    "reloaded lookup table is empty; use .keras or the SavedModel")
+        return None
+
+    def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         warnings.warn(_WHY, LegacyFormatWarning, stacklevel=4)  # points at the caller of export()
         # Keras's legacy writer pops "optimizer" out of the model's own compile
         # config (saving_utils.model_metadata), so every later .keras save of the
@@ -37,22 +48,25 @@ class H5Format(Format):
                 compile_config.config = snapshot
         return {"legacy": True}
 
-    def load(self, path: Path, *, trust: bool = False) -> Runner:
+    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+             trust: bool = False) -> Runner:
         import keras
 
         warnings.warn(_WHY, LegacyFormatWarning, stacklevel=3)
         audit_config(_h5_config(path), path)
-        model = guarded_load(path, lambda: keras.saving.load_model(path, safe_mode=True))
-        return keras_runner(model, self.name, path, legacy=True)
+        # compile=False: an inference reload needs no optimizer, and Keras 3 cannot rebuild a legacy
+        # compile config that names metrics by string ("Could not locate function 'mse'").
+        model = guarded_load(path, device, lambda: keras.saving.load_model(path, safe_mode=True, compile=False))
+        return keras_runner(model, self.name, path, signature, device, legacy=True)
 
     def matches(self, path: Path) -> bool:
         return path.is_file() and path.name.endswith(".h5") and not path.name.endswith(".weights.h5")
 
-    def describe(self, path: Path) -> dict:
-        return {"legacy": True, "inputs": ["features"], "outputs": ["probabilities"]}
+    def describe(self, path: Path) -> dict[str, Any]:
+        return {"legacy": True}
 
 
-def _h5_config(path: Path) -> dict:
+def _h5_config(path: Path) -> dict[str, Any]:
     import h5py
 
     try:
@@ -60,20 +74,25 @@ def _h5_config(path: Path) -> dict:
             _refuse_external_links(f, path)
             raw = f.attrs.get("model_config")
     except OSError as exc:
-        raise ArtifactError(f"{path}: not a readable HDF5 file ({exc}); re-export it.") from None
+        raise ArtifactError(f"{path}: not a readable HDF5 file; re-export it. Received: {exc}") from None
     if raw is None:
-        raise ArtifactError(f"{path}: HDF5 file has no model_config; it holds weights only, not a model.")
-    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        raise ArtifactError(f"{path}: HDF5 file has no model_config; it holds weights only, not a model. "
+                            "Load it with its architecture (the weights format). Received: no 'model_config'")
+    try:
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: the HDF5 model_config is not JSON; re-export it. Received: {exc}") from None
 
 
-def _refuse_external_links(f, path: Path) -> None:
+def _refuse_external_links(f: Any, path: Path) -> None:
     import h5py
 
-    links = []
+    links: list[str] = []
     # Collect, then raise: an exception inside h5py's visitor corrupts its lock.
     f.visititems_links(lambda name, link: links.append(name) if isinstance(link, h5py.ExternalLink) else None)
     if links:
-        raise UnsafeArtifactError(f"{path}: HDF5 object {links[0]!r} is an external link; refusing to follow it.")
+        raise UnsafeArtifactError(f"{path}: HDF5 object {links[0]!r} is an external link; refusing to follow it. "
+                                  "Re-export the model. Received: an ExternalLink")
 
 
 FORMAT = register(H5Format())

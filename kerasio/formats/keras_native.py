@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from ..audit import audit_keras_file
-from .base import ExportContext, Format, Runner, register
+from ..signature import Signature
 from ._keras_common import guarded_load, keras_runner
+from .base import ExportContext, Format, Runner, register
 
 
 class KerasFormat(Format):
@@ -18,22 +20,22 @@ class KerasFormat(Format):
     suffixes = (".keras",)
     description = "native Keras v3 zip: architecture, weights, optimizer state"
 
-    def save(self, model, dest: Path, ctx: ExportContext) -> dict:
+    def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         model.save(dest)
         return {}
 
-    def load(self, path: Path, *, trust: bool = False) -> Runner:
+    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+             trust: bool = False) -> Runner:
         import keras
 
         custom = audit_keras_file(path)  # before any object is constructed
-        model = guarded_load(path, lambda: keras.saving.load_model(path, safe_mode=True))
-        return keras_runner(model, self.name, path, custom_objects=custom)
+        model = guarded_load(path, device, lambda: keras.saving.load_model(path, safe_mode=True))
+        return keras_runner(model, self.name, path, signature, device, custom_objects=custom)
 
-    def describe(self, path: Path) -> dict:
+    def describe(self, path: Path) -> dict[str, Any]:
         with zipfile.ZipFile(path) as z:
             meta = json.loads(z.read("metadata.json")) if "metadata.json" in z.namelist() else {}
-            return {"members": z.namelist(), "keras_version": meta.get("keras_version"), "inputs": ["features"],
-                    "outputs": ["probabilities"]}
+            return {"members": z.namelist(), "keras_version": meta.get("keras_version")}
 
 
 FORMAT = register(KerasFormat())

@@ -1,16 +1,20 @@
-"""``litert``: a ``.tflite`` flatbuffer, verified in the LiteRT (TFLite) interpreter."""
+"""``litert``: a ``.tflite`` flatbuffer with a named ``serving_default`` signature, run by the LiteRT interpreter."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailableError
 from ..runtime import require
+from ..signature import Signature, TensorSpec, dtype_name
+from ._tf_common import endpoint, forward_function, tf_names
 from .base import ExportContext, Format, Runner, register
 
 
-def _interpreter_class():
+def _interpreter_class() -> Any:
     try:
         return require("ai_edge_litert.interpreter", "running LiteRT").Interpreter
     except BackendUnavailableError:
@@ -24,40 +28,82 @@ class LiteRTFormat(Format):
     suffixes = (".tflite",)
     description = "LiteRT flatbuffer (.tflite), verified in the LiteRT interpreter"
 
-    def save(self, model, dest: Path, ctx: ExportContext) -> dict:
-        require("tensorflow", "exporting LiteRT")
-        model(ctx.reference_inputs[:1], training=False)
-        model.export(str(dest), format="litert", verbose=False)
+    def supports(self, signature: Signature) -> str | None:
+        if signature.has_string_inputs() or signature.lookup_layers():
+            return "LiteRT has no string tensors or lookup-table ops among its builtins (they need TF Select/Flex)"
+        if signature.recurrent_layers():
+            return (f"LiteRT cannot lower Keras 3's recurrent loop ({', '.join(signature.recurrent_layers())}): "
+                    "its TensorList needs a static element shape")
+        if signature.compute_dtype != "float32":
+            return (f"LiteRT has no {signature.compute_dtype} MatMul/BiasAdd builtins for a mixed precision model "
+                    "(they need TF Select/Flex ops, which the LiteRT runtime does not ship)")
+        return None
+
+    def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
+        """Convert through a temporary SavedModel, which keeps the signature's input and output names.
+
+        ``TFLiteConverter.from_concrete_functions`` leaves Keras 3's resource
+        variables uninitialised (the interpreter returns garbage); the
+        SavedModel path converts them to constants.
+        """
+        tf = require("tensorflow", "exporting LiteRT")
+        import keras
+
+        with tempfile.TemporaryDirectory(prefix=".litert-", dir=dest.parent) as tmp:
+            archive = keras.export.ExportArchive()
+            archive.track(model)
+            archive.add_endpoint("serving_default", endpoint(forward_function(model, ctx.signature), ctx.signature))
+            archive.write_out(tmp, verbose=False)
+            data = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+        dest.write_bytes(data)
         return {}
 
-    def load(self, path: Path, *, trust: bool = False) -> Runner:
+    def available_devices(self, backend: str) -> list[str]:
+        return ["cpu"]  # the Python interpreter runs on the CPU (XNNPACK); GPU delegates are mobile-only
+
+    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+             trust: bool = False) -> Runner:
         Interpreter = _interpreter_class()
         try:
             interpreter = Interpreter(model_path=str(path))
+            runner = interpreter.get_signature_runner("serving_default")
         except (ValueError, RuntimeError) as exc:
-            raise ArtifactError(f"{path}: the LiteRT interpreter could not load it ({exc}). Re-export it.") from None
-        inp = interpreter.get_input_details()[0]
-        out = interpreter.get_output_details()[0]
-        state = {"batch": None}
+            raise ArtifactError(f"{path}: the LiteRT interpreter could not load it (or it has no serving_default "
+                                f"signature); re-export it. Received: {exc}") from None
+        in_details, out_details = runner.get_input_details(), runner.get_output_details()
+        if signature is None:
+            signature = Signature(
+                inputs=[_spec(k, d) for k, d in sorted(in_details.items())],
+                outputs=[_spec(k, d) for k, d in sorted(out_details.items())],
+                input_structure="dict", output_structure="dict")
+        keys = tf_names(signature)
+        if not set(keys) <= set(in_details):
+            if len(in_details) == 1 and len(keys) == 1:  # bundles from kerasio 0.1 kept the converter's name
+                keys = list(in_details)
+            else:
+                raise ArtifactError(f"{path}: the LiteRT signature takes {sorted(in_details)}, not the manifest's "
+                                    f"{signature.input_names}. Re-export it. Received: {sorted(in_details)}")
+        outs = signature.output_names
+        out_keys = outs if set(outs) <= set(out_details) else list(out_details)
+        pairs = list(zip(keys, signature.input_names))
 
-        def predict_proba(x):
-            x = np.asarray(x, np.float32)
-            if state["batch"] != len(x):  # resize the batch dimension, then re-allocate
-                interpreter.resize_tensor_input(inp["index"], [len(x), x.shape[1]], strict=False)
-                interpreter.allocate_tensors()
-                state["batch"] = len(x)
-            interpreter.set_tensor(inp["index"], x)
-            interpreter.invoke()
-            return interpreter.get_tensor(out["index"]).copy()
+        def run(inputs: Any) -> dict[str, Any]:
+            result = runner(**{key: np.asarray(inputs[name]) for key, name in pairs})
+            return {name: np.array(result[key]) for name, key in zip(outs, out_keys)}  # copies: buffers are reused
 
-        return Runner(predict_proba=predict_proba, format=self.name, path=path, runtime="litert",
-                      n_features=int(inp["shape"][-1]), n_classes=int(out["shape"][-1]),
-                      model=interpreter, info={"interpreter": f"{Interpreter.__module__}.Interpreter"})
+        Interp = type(interpreter)
+        return Runner(run, format=self.name, path=path, runtime="litert", backend="litert", signature=signature,
+                      device=device, model=interpreter, info={"interpreter": f"{Interp.__module__}.{Interp.__name__}"})
 
-    def describe(self, path: Path) -> dict:
+    def describe(self, path: Path) -> dict[str, Any]:
         interpreter = _interpreter_class()(model_path=str(path))
-        return {"inputs": [d["name"] for d in interpreter.get_input_details()],
-                "outputs": [d["name"] for d in interpreter.get_output_details()]}
+        listing = interpreter.get_signature_list().get("serving_default", {})
+        return {"inputs": list(listing.get("inputs", [])), "outputs": list(listing.get("outputs", []))}
+
+
+def _spec(name: str, detail: dict[str, Any]) -> TensorSpec:
+    shape = tuple(None if int(d) < 0 else int(d) for d in detail.get("shape_signature", detail["shape"]))
+    return TensorSpec(name, dtype_name(np.dtype(detail["dtype"])), (None, *shape[1:]))
 
 
 FORMAT = register(LiteRTFormat())

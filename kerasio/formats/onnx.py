@@ -1,16 +1,21 @@
-"""``onnx``: Keras's ONNX export, renamed to ``features`` -> ``probabilities``, run by onnxruntime."""
+"""``onnx``: the frozen forward pass converted by tf2onnx, with the model's own I/O names, run by onnxruntime."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import ArtifactError, UnsafeArtifactError
 from ..runtime import require
+from ..signature import Signature, TensorSpec
+from ._tf_common import endpoint, forward_function, tf_names
 from .base import ExportContext, Format, Runner, register
 
-INPUT, OUTPUT = "features", "probabilities"
 OPSET = 17
+_ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+                "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+                "tensor(bool)": "bool", "tensor(string)": "string"}
 
 
 class OnnxFormat(Format):
@@ -20,55 +25,87 @@ class OnnxFormat(Format):
     suffixes = (".onnx",)
     description = "ONNX graph (tf2onnx), verified in onnxruntime"
 
-    def save(self, model, dest: Path, ctx: ExportContext) -> dict:
-        """Freeze the forward pass, convert it with tf2onnx and name its I/O.
+    def supports(self, signature: Signature) -> str | None:
+        if signature.has_string_inputs() or signature.lookup_layers():
+            return ("tf2onnx cannot convert TensorFlow's string and lookup-table ops (StringSplitV2, "
+                    "StaticRegexReplace, LookupTableFindV2) that text preprocessing uses")
+        if signature.recurrent_layers():
+            return (f"tf2onnx cannot convert Keras 3's recurrent loop ({', '.join(signature.recurrent_layers())}: "
+                    "TensorList ops); onnxruntime rejects the result (\"Invalid tensor data type 0\")")
+        return None
+
+    def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
+        """Freeze the forward pass, convert it with tf2onnx and give the graph the signature's names.
 
         ``model.export(format="onnx")`` hands tf2onnx a function whose captured
         constants (an adapted ``Normalization``'s mean and variance) become
         unbound graph *inputs*: onnxruntime then refuses to run it without them.
         Freezing every capture into a constant first gives a self-contained
-        graph with exactly one input.
+        graph whose inputs are exactly the model's.
         """
         onnx = require("onnx", "exporting ONNX")
         tf2onnx = require("tf2onnx", "exporting ONNX")
-        tf = require("tensorflow", "exporting ONNX")
+        require("tensorflow", "exporting ONNX")
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-        spec = tf.TensorSpec([None, len(ctx.feature_names)], tf.float32, name=INPUT)
-        concrete = tf.function(lambda features: model(features, training=False)).get_concrete_function(spec)
+        signature = ctx.signature
+        concrete = endpoint(forward_function(model, signature), signature).get_concrete_function()
         frozen = convert_variables_to_constants_v2(concrete)
         graph_model, _ = tf2onnx.convert.from_graph_def(
             frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
             output_names=[t.name for t in frozen.outputs], opset=OPSET,
         )
-        _rename_io(graph_model.graph, INPUT, OUTPUT)
+        renames = {f"{tf_name}:0": spec.name for tf_name, spec in zip(tf_names(signature), signature.inputs)}
+        # A dict's outputs flatten in sorted-key order (tf.nest), which is the order of frozen.outputs.
+        flat = sorted(signature.output_names)
+        renames.update({t.name: name for t, name in zip(frozen.outputs, flat)})
+        _rename_io(graph_model.graph, renames)
         onnx.checker.check_model(graph_model)
         onnx.save(graph_model, str(dest))
         return {"opset": OPSET}
 
-    def load(self, path: Path, *, trust: bool = False, providers=None) -> Runner:
+    def available_devices(self, backend: str) -> list[str]:
+        ort = require("onnxruntime", "running ONNX")
+        return ["cpu", "gpu"] if "CUDAExecutionProvider" in ort.get_available_providers() else ["cpu"]
+
+    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+             trust: bool = False) -> Runner:
         ort = require("onnxruntime", "running ONNX")
         _refuse_external_data(path)
+        providers = ["CUDAExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
         try:
-            session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ArtifactError(f"{path}: onnxruntime could not load it ({str(exc)[:300]}). Re-export it.") from None
-        names = [i.name for i in session.get_inputs()]
-        if names != [INPUT]:
-            raise ArtifactError(f"{path}: ONNX inputs are {names}, expected ['{INPUT}'].")
+            raise ArtifactError(f"{path}: onnxruntime could not load it; re-export it. "
+                                f"Received: {str(exc)[:300]}") from None
+        ins = [i.name for i in session.get_inputs()]
+        outs = [o.name for o in session.get_outputs()]
+        if signature is None:
+            signature = Signature(inputs=[_spec(i) for i in session.get_inputs()],
+                                  outputs=[_spec(o) for o in session.get_outputs()],
+                                  input_structure="dict", output_structure="dict")
+        if sorted(ins) != sorted(signature.input_names) or not set(signature.output_names) <= set(outs):
+            raise ArtifactError(
+                f"{path}: the ONNX graph's inputs {ins} and outputs {outs} do not match the manifest's signature "
+                f"{signature.describe()}. Re-export the bundle. Received: inputs={ins}, outputs={outs}"
+            )
+        wanted = signature.output_names
 
-        def predict_proba(x):
-            return session.run([OUTPUT], {INPUT: np.asarray(x, np.float32)})[0]
+        def run(inputs: Any) -> dict[str, Any]:
+            return dict(zip(wanted, session.run(wanted, {n: np.asarray(inputs[n]) for n in ins})))
 
-        return Runner(predict_proba=predict_proba, format=self.name, path=path, runtime="onnxruntime",
-                      n_features=int(session.get_inputs()[0].shape[-1]),
-                      n_classes=int(session.get_outputs()[0].shape[-1]),
-                      model=session, info={"providers": session.get_providers()})
+        return Runner(run, format=self.name, path=path, runtime="onnxruntime", backend="onnxruntime",
+                      signature=signature, device=device, model=session, info={"providers": session.get_providers()})
 
-    def describe(self, path: Path) -> dict:
+    def describe(self, path: Path) -> dict[str, Any]:
         onnx = require("onnx", "reading ONNX")
         graph = onnx.load(str(path), load_external_data=False).graph
         return {"inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output]}
+
+
+def _spec(node: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else None for d in node.shape)
+    return TensorSpec(node.name, _ONNX_DTYPES.get(node.type, "float32"), shape)
 
 
 def _refuse_external_data(path: Path) -> None:
@@ -77,25 +114,23 @@ def _refuse_external_data(path: Path) -> None:
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as exc:  # onnx raises DecodeError and others for garbage
-        raise ArtifactError(f"{path}: not a readable ONNX model ({str(exc)[:200]}). Re-export it.") from None
+        raise ArtifactError(f"{path}: not a readable ONNX model; re-export it. Received: {str(exc)[:200]}") from None
     for tensor in graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             where = next((e.value for e in tensor.external_data if e.key == "location"), "?")
             raise UnsafeArtifactError(
-                f"{path}: initializer {tensor.name!r} reads external data from {where!r}; refusing to load."
+                f"{path}: initializer {tensor.name!r} reads external data from {where!r}; refusing to load. "
+                f"Re-export it without external data. Received: location={where!r}"
             )
 
 
-def _rename_io(graph, input_name: str, output_name: str) -> None:
-    """Give the graph's single input and output stable names (the converter says ``Identity:0``)."""
-    if len(graph.input) != 1 or len(graph.output) != 1:
-        raise ArtifactError(f"ONNX graph has {len(graph.input)} inputs / {len(graph.output)} outputs; expected 1 / 1.")
-    renames = {graph.input[0].name: input_name, graph.output[0].name: output_name}
+def _rename_io(graph: Any, renames: dict[str, str]) -> None:
+    """Give the graph's inputs and outputs the signature's names (the converter says ``Identity:0``)."""
     for node in graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
-    graph.input[0].name = input_name
-    graph.output[0].name = output_name
+    for value in list(graph.input) + list(graph.output):
+        value.name = renames.get(value.name, value.name)
 
 
 FORMAT = register(OnnxFormat())

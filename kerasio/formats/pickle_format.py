@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 from ..errors import ArtifactError, UnsafeArtifactError
+from ..signature import Signature
+from ._keras_common import guarded_load, keras_runner
 from .base import ExportContext, Format, Runner, register
-from ._keras_common import keras_runner
 
 WHY = (
     "unpickling runs arbitrary code from the file. Pass trust=True (CLI: --trust-pickle) only for a "
@@ -27,23 +29,27 @@ class PickleFormat(Format):
     suffixes = (".pkl", ".pickle")
     description = "Python pickle of the Keras model (needs --trust-pickle to load)"
 
-    def save(self, model, dest: Path, ctx: ExportContext) -> dict:
+    def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         with open(dest, "wb") as f:
             pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
         return {"protocol": pickle.HIGHEST_PROTOCOL, "needs_trust": True}
 
-    def load(self, path: Path, *, trust: bool = False) -> Runner:
+    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+             trust: bool = False) -> Runner:
         if not trust:
-            raise UnsafeArtifactError(f"{path}: refusing to load a pickle: {WHY}")
-        try:
-            with open(path, "rb") as f:
-                model = pickle.load(f)  # noqa: S301 - explicit trust was given
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as exc:
-            raise ArtifactError(f"{path}: not a loadable pickle ({exc}). Re-export it.") from None
-        return keras_runner(model, self.name, path, trusted=True)
+            raise UnsafeArtifactError(f"{path}: refusing to load a pickle: {WHY} Received: trust=False")
 
-    def describe(self, path: Path) -> dict:
-        return {"needs_trust": True, "inputs": ["features"], "outputs": ["probabilities"]}
+        def unpickle() -> Any:
+            try:
+                with open(path, "rb") as f:
+                    return pickle.load(f)  # noqa: S301 - explicit trust was given
+            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+                raise ArtifactError(f"{path}: not a loadable pickle; re-export it. Received: {exc}") from None
+
+        return keras_runner(guarded_load(path, device, unpickle), self.name, path, signature, device, trusted=True)
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        return {"needs_trust": True}
 
 
 FORMAT = register(PickleFormat())

@@ -1,9 +1,10 @@
 """``savedmodel``: a TF SavedModel laid out for TF Serving at ``serving/<version>``.
 
-* ``serving_default``: ``features`` float32 ``[None, n]`` -> ``probabilities``
-  float32 ``[None, classes]`` and ``class_id`` int64 ``[None]`` (not ``output_0``).
-* ``predict_labels``: the same input -> ``labels`` (class names, strings) and
-  ``probabilities``.
+* ``serving_default``: the model's own input names and dtypes (a string input
+  stays a string, an int stays an int) -> its own output names (not
+  ``output_0``); a classification also returns ``class_id`` (int64).
+* ``predict_labels`` (classifications only): the same inputs -> ``labels``
+  (class names, strings) and the probabilities.
 * ``assets.extra/tf_serving_warmup_requests``: TFRecord ``PredictionLog``s.
 
 Reload with ``tf.saved_model.load``; it is an inference artifact, not a Keras
@@ -12,11 +13,14 @@ model. Versions are never overwritten: each export takes the next integer.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..audit import audit_saved_model, read_saved_model_proto
 from ..errors import ArtifactError
 from ..runtime import require
 from ..serving import write_warmup
+from ..signature import Signature, TensorSpec, dtype_name
+from ._tf_common import endpoint, forward_function, tf_names
 from .base import ExportContext, Format, Runner, register
 
 SERVING_DIR = "serving"
@@ -34,61 +38,81 @@ class SavedModelFormat(Format):
     filename = SERVING_DIR
     runtime = "tensorflow"
     default = True
-    description = "TF SavedModel for TF Serving (serving/<version>, named outputs, warmup)"
+    description = "TF SavedModel for TF Serving (serving/<version>, the model's own I/O names and dtypes, warmup)"
 
     def relpath(self, bundle: Path) -> str:
         return f"{SERVING_DIR}/{next_version(bundle)}"
 
-    def save(self, model, dest: Path, ctx: ExportContext) -> dict:
+    def worker_backend(self, requested: str) -> str:
+        return "tensorflow"
+
+    def available_devices(self, backend: str) -> list[str]:
+        from ..runtime import available_devices
+
+        return available_devices("tensorflow")
+
+    def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         tf = require("tensorflow", "exporting a SavedModel")
         import keras
 
-        n_features = len(ctx.feature_names)
-        class_names = tf.constant(list(ctx.class_names))
-        spec = tf.TensorSpec([None, n_features], tf.float32, name="features")
-
-        def serving_default(features):
-            probabilities = model(features, training=False)
-            return {"probabilities": probabilities, "class_id": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
-
-        def predict_labels(features):
-            probabilities = model(features, training=False)
-            labels = tf.gather(class_names, tf.argmax(probabilities, axis=-1))
-            return {"labels": labels, "probabilities": probabilities}
-
+        task = ctx.task
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint("serving_default", serving_default, input_signature=[spec])
-        archive.add_endpoint("predict_labels", predict_labels, input_signature=[spec])
+        archive.add_endpoint("serving_default", endpoint(forward_function(model, ctx.signature, task), ctx.signature))
+        if task.is_classification:
+            class_names = tf.constant(list(task.class_names))
+            forward = forward_function(model, ctx.signature, task)
+
+            def predict_labels(*tensors: Any) -> dict[str, Any]:
+                outputs = forward(*tensors)
+                return {"labels": tf.gather(class_names, outputs["class_id"]),
+                        str(task.output): outputs[str(task.output)]}
+
+            archive.add_endpoint("predict_labels", endpoint(predict_labels, ctx.signature))
         archive.write_out(str(dest), verbose=False)
-        records = write_warmup(dest, ctx.reference_inputs, limit=ctx.warmup_records)
+        rows = {name: ctx.reference_inputs[spec.name]
+                for name, spec in zip(tf_names(ctx.signature), ctx.signature.inputs)}
+        records = write_warmup(dest, rows, limit=ctx.warmup_records)
         return {"warmup_records": records}
 
-    def load(self, path: Path, *, trust: bool = False) -> Runner:
+    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+             trust: bool = False) -> Runner:
         tf = require("tensorflow", "loading a SavedModel")
         if not (path / "saved_model.pb").is_file():
-            raise ArtifactError(f"{path}: no saved_model.pb; not a SavedModel directory.")
+            raise ArtifactError(f"{path}: no saved_model.pb; not a SavedModel directory. Pass the version "
+                                f"directory (serving/<n>). Received: {path}")
         audit_saved_model(path)  # before TensorFlow builds anything from it
+        where = tf.device("/GPU:0" if device == "gpu" else "/CPU:0")
         try:
-            loaded = tf.saved_model.load(str(path))
+            with where:
+                loaded = tf.saved_model.load(str(path))
         except Exception as exc:  # TF raises many types for corrupt protos
-            raise ArtifactError(f"{path}: TensorFlow could not load the SavedModel ({str(exc)[:300]}).") from None
+            raise ArtifactError(f"{path}: TensorFlow could not load the SavedModel; re-export it. "
+                                f"Received: {type(exc).__name__}: {str(exc)[:300]}") from None
         if "serving_default" not in loaded.signatures:
-            raise ArtifactError(f"{path}: SavedModel has no serving_default signature.")
-        signature = loaded.signatures["serving_default"]
+            raise ArtifactError(f"{path}: SavedModel has no serving_default signature; re-export it with kerasio. "
+                                f"Received: signatures={list(loaded.signatures)}")
+        endpoint = loaded.signatures["serving_default"]
+        accepted = endpoint.structured_input_signature[1]
+        if signature is None:
+            signature = _signature_of(endpoint)
+        names = tf_names(signature) if all(n in accepted for n in tf_names(signature)) else list(accepted)
+        if len(names) != len(signature.inputs):
+            raise ArtifactError(f"{path}: serving_default takes {sorted(accepted)}, but the manifest's signature "
+                                f"has inputs {signature.input_names}. Re-export the bundle. Received: {sorted(accepted)}")
+        order = list(zip(names, signature.input_names))
 
-        def predict_proba(x):
-            return signature(features=tf.constant(x, tf.float32))["probabilities"].numpy()
+        def run(inputs: Any) -> dict[str, Any]:
+            return endpoint(**{key: tf.constant(inputs[name]) for key, name in order})
 
-        return Runner(predict_proba=predict_proba, format=self.name, path=path, runtime="tensorflow",
-                      n_features=int(signature.structured_input_signature[1]["features"].shape[-1]),
-                      n_classes=int(signature.structured_outputs["probabilities"].shape[-1]),
-                      model=loaded, info={"signature": "serving_default"})
+        return Runner(run, format=self.name, path=path, runtime="tensorflow", backend="tensorflow",
+                      signature=signature, device=device, model=loaded, info={"signature": "serving_default"},
+                      context=lambda: tf.device("/GPU:0" if device == "gpu" else "/CPU:0"))
 
     def matches(self, path: Path) -> bool:
         return path.is_dir() and (path / "saved_model.pb").is_file()
 
-    def describe(self, path: Path) -> dict:
+    def describe(self, path: Path) -> dict[str, Any]:
         """Signature names, inputs and outputs, read from ``saved_model.pb`` without loading it."""
         require("tensorflow", "reading a SavedModel's signatures")
         from tensorflow.python.framework import dtypes
@@ -107,6 +131,17 @@ class SavedModelFormat(Format):
                 }
             signatures[name] = io
         return {"signatures": signatures}
+
+
+def _signature_of(endpoint: Any) -> Signature:
+    """A bare SavedModel's signature, read from its ``serving_default``."""
+    def spec(name: str, t: Any) -> TensorSpec:
+        shape = t.shape.as_list() if t.shape.rank is not None else [None]
+        return TensorSpec(name, dtype_name(t.dtype), tuple(shape))
+
+    inputs = [spec(k, t) for k, t in sorted(endpoint.structured_input_signature[1].items())]
+    outputs = [spec(k, t) for k, t in sorted(endpoint.structured_outputs.items())]
+    return Signature(inputs=inputs, outputs=outputs, input_structure="dict", output_structure="dict")
 
 
 FORMAT = register(SavedModelFormat())

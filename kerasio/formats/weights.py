@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 from ..audit import audit_config
 from ..errors import ArtifactError
-from .base import ExportContext, Format, Runner, register
+from ..signature import Signature
 from ._keras_common import guarded_load, keras_runner
+from .base import ExportContext, Format, Runner, register
 
 ARCHITECTURE = "architecture.json"
 WEIGHTS = "model.weights.h5"
@@ -21,7 +23,13 @@ class WeightsFormat(Format):
     runtime = "keras"
     description = "weights (.weights.h5, sharded over max_shard_size GB) + architecture JSON"
 
-    def save(self, model, dest: Path, ctx: ExportContext) -> dict:
+    def supports(self, signature: Signature) -> str | None:
+        if signature.lookup_layers():
+            return (f"a .weights.h5 file does not hold the vocabulary of {', '.join(signature.lookup_layers())} "
+                    "(Keras keeps it as an asset of .keras): the reloaded lookup table is empty")
+        return None
+
+    def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         dest.mkdir(parents=True)
         (dest / ARCHITECTURE).write_text(model.to_json(), encoding="utf-8")
         if ctx.max_shard_size:
@@ -30,20 +38,22 @@ class WeightsFormat(Format):
             model.save_weights(dest / WEIGHTS)
         return {"sharded": bool(ctx.max_shard_size)}
 
-    def load(self, path: Path, *, trust: bool = False) -> Runner:
+    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+             trust: bool = False) -> Runner:
         import keras
 
         arch = path / ARCHITECTURE
         if not arch.is_file():
-            raise ArtifactError(f"{path}: no {ARCHITECTURE}; a weights artifact needs its architecture.")
+            raise ArtifactError(f"{path}: no {ARCHITECTURE}; a weights artifact needs its architecture. "
+                                f"Re-export it. Received: {sorted(p.name for p in path.iterdir())[:10]}")
         try:
             config = json.loads(arch.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"{arch}: unreadable architecture JSON ({exc}).") from None
+            raise ArtifactError(f"{arch}: unreadable architecture JSON; re-export it. Received: {exc}") from None
         audit_config(config, arch)
         weights = path / SHARDED if (path / SHARDED).is_file() else path / WEIGHTS
 
-        def build():
+        def build() -> Any:
             model = keras.models.model_from_json(json.dumps(config))
             with warnings.catch_warnings():
                 # save_weights also stores optimizer slots; an inference reload has no use for them.
@@ -51,13 +61,13 @@ class WeightsFormat(Format):
                 model.load_weights(weights)
             return model
 
-        return keras_runner(guarded_load(weights, build), self.name, path)
+        return keras_runner(guarded_load(weights, device, build), self.name, path, signature, device)
 
     def matches(self, path: Path) -> bool:
         return path.is_dir() and (path / ARCHITECTURE).is_file()
 
-    def describe(self, path: Path) -> dict:
-        return {"files": sorted(p.name for p in path.iterdir()), "inputs": ["features"], "outputs": ["probabilities"]}
+    def describe(self, path: Path) -> dict[str, Any]:
+        return {"files": sorted(p.name for p in path.iterdir())}
 
 
 FORMAT = register(WeightsFormat())

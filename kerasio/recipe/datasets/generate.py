@@ -1,6 +1,6 @@
 """Regenerate the embedded default dataset exactly.
 
-Run ``python -m kerasio.datasets.generate`` to rewrite ``default.csv``; the
+Run ``python -m kerasio.recipe.datasets.generate`` to rewrite ``default.csv``; the
 test suite checks that the shipped file equals this script's output byte for
 byte.
 

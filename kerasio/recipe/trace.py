@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..tables import render_table
+
 __all__ = ["EpochTrace", "observe", "trace_table", "ascii_chart", "TRACE_KEYS"]
 
 TRACE_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds", "observation")
@@ -199,14 +201,6 @@ def trace_table(records: list[dict[str, Any]]) -> str:
         row += [f"{r.get('seconds', 0):.2f}", r.get("observation", "")]
         rows.append(row)
     return render_table(head, rows)
-
-
-def render_table(head: list[str], rows: list[list[str]]) -> str:
-    """A plain ``|``-separated text table (also used by the verify report)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(head), sep, *(line(r) for r in rows)])
 
 
 def _fmt(value) -> str:

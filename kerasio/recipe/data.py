@@ -7,13 +7,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .errors import DataError, InputError
+from ..errors import DataError
 
-__all__ = ["Dataset", "Split", "load_dataset", "split_dataset", "read_feature_rows", "DEFAULT_DATA", "DEFAULT_LABEL"]
+__all__ = ["Dataset", "Split", "load_dataset", "split_dataset", "DEFAULT_DATA", "DEFAULT_LABEL"]
 
 DEFAULT_DATA = Path(__file__).with_name("datasets") / "default.csv"
 DEFAULT_LABEL = "species"
@@ -90,7 +89,7 @@ def load_dataset(path: str | Path | None = None, *, label: str | None = None) ->
     import pandas as pd
 
     embedded = path is None
-    file = DEFAULT_DATA if embedded else Path(path)
+    file = DEFAULT_DATA if path is None else Path(path)
     label = label or (DEFAULT_LABEL if embedded else "label")
     if not file.is_file():
         raise DataError(f"{file}: no such file. Pass the path of a CSV file with a header row.")
@@ -210,55 +209,3 @@ def split_dataset(data: Dataset, *, test_size: int | float = 0.2, seed: int = 0)
         x_train=data.x[train], y_train=data.y[train], x_test=data.x[test], y_test=data.y[test],
         train_index=train, test_index=test,
     )
-
-
-def read_feature_rows(rows, feature_names: Sequence[str], *, source: str = "rows") -> np.ndarray:
-    """Turn an array, DataFrame or CSV path into float32 ``[n, n_features]``.
-
-    DataFrames and CSVs are matched by column name, so extra columns (such as
-    the label) are ignored and a missing feature column is named.
-    """
-    if not isinstance(rows, np.ndarray):  # the hot path (an array) never touches pandas
-        rows = _rows_from_table(rows, feature_names, source)
-    array = np.asarray(rows)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2 or array.shape[1] != len(feature_names):
-        raise InputError(
-            f"{source}: expected rows of {len(feature_names)} features {list(feature_names)}, "
-            f"got shape {array.shape}."
-        )
-    if array.dtype.kind not in "iuf":
-        raise InputError(f"{source}: features must be numeric, got dtype {array.dtype}.")
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        r, c = map(int, np.argwhere(~np.isfinite(array))[0])
-        raise InputError(f"{source}: row {r}, feature {feature_names[c]!r} is NaN or inf.")
-    return array
-
-
-def _rows_from_table(rows, feature_names: Sequence[str], source: str):
-    """CSV path or DataFrame -> the feature columns by name; anything else passes through."""
-    import pandas as pd
-
-    if isinstance(rows, (str, Path)):
-        file = Path(rows)
-        if not file.is_file():
-            raise InputError(f"{file}: no such file. Pass a CSV with the columns {list(feature_names)}.")
-        try:
-            rows = pd.read_csv(file)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise InputError(f"{file}: not a readable CSV ({exc}).") from None
-        source = str(file)
-    if isinstance(rows, pd.DataFrame):
-        missing = [c for c in feature_names if c not in rows.columns]
-        if missing:
-            raise InputError(
-                f"{source}: missing feature column(s) {missing}; the model expects {list(feature_names)}."
-            )
-        frame = rows[list(feature_names)]
-        for column in frame.columns:
-            if not pd.api.types.is_numeric_dtype(frame[column]):
-                raise InputError(f"{source}: column {column!r} is not numeric. Convert it to numbers.")
-        rows = frame.to_numpy()
-    return rows

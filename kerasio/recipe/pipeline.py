@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..export import choose_formats
 from .data import Dataset, Split, load_dataset, split_dataset
-from .export import choose_formats
 from .model import TrainConfig
 
 __all__ = ["run_pipeline", "PipelineResult", "DEFAULT_OUT"]
@@ -94,12 +94,12 @@ def run_pipeline(
         workers = {}
         if verify and not in_process:
             # Start the verifier now: its TensorFlow import overlaps ours and training, on the other core.
-            from .worker import Worker
+            from ..worker import Worker
 
             warm = ["keras"] + (["onnxruntime"] if any(f.name == "onnx" for f in chosen) else [])
             worker = stack.enter_context(Worker(None, warm=warm))
             workers[worker.backend] = worker
-        from .runtime import import_keras_quietly
+        from ..runtime import import_keras_quietly
 
         import_keras_quietly()
         # 3. train
@@ -121,8 +121,8 @@ def run_pipeline(
         say(f"         test: loss {loss:.4f}, accuracy {accuracy:.4f} on {len(split.y_test)} rows")
         timings["train"] = time.perf_counter() - clock
         # 4-5. export, then verify the staged bundle before it is published
-        from .errors import VerificationError
-        from .export import export
+        from ..errors import VerificationError
+        from ..export import export
 
         mode = ("in-process" if in_process else "fresh-process") if verify else False
         try:
@@ -137,7 +137,7 @@ def run_pipeline(
             say(f"[4/6] export   -> {out} (manifest {out / 'kerasio.json'})")
             say(_indent(result.table()))
         except VerificationError as exc:
-            result, report = None, exc.report
+            result, report = None, getattr(exc, "report", None)
             say(f"[4/6] export   -> {out}: NOT published, the new artifacts failed verification; "
                 "the bundle is as it was")
         if report is not None:
@@ -152,7 +152,7 @@ def run_pipeline(
     if result is None:
         say("[6/6] predict  skipped: nothing was published")
     else:
-        from .loading import load
+        from ..loading import load
 
         loaded = load(out, trust=trust_pickle)
         row = split.x_test[:1]
@@ -162,7 +162,7 @@ def run_pipeline(
                       "true_label": dataset.class_names[int(split.y_test[0])]}
         sample = ", ".join(f"{n}={v:g}" for n, v in zip(dataset.feature_names, row[0]))
         say(f"[6/6] predict  input [{sample}]")
-        say(f"         -> model loaded from {loaded.path} (sha256 {loaded.sha256[:12]})")
+        say(f"         -> model loaded from {loaded.path} (sha256 {(loaded.sha256 or '')[:12]})")
         say(f"         -> predicted {str(labels[0])!r} (true {prediction['true_label']!r}); probabilities "
             + ", ".join(f"{k} {v:.4f}" for k, v in prediction["probabilities"].items()))
     timings["total"] = time.perf_counter() - clock

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError
+from ..errors import ArtifactError
 
-__all__ = ["resume_check", "ResumeResult"]
+__all__ = ["resume_check", "resume_in_fresh_process", "ResumeResult"]
 
 
 @dataclass
@@ -34,9 +34,9 @@ class ResumeResult:
 def resume_check(bundle: str | Path) -> ResumeResult:
     import warnings
 
+    from ..formats import get_format
+    from ..manifest import read_manifest
     from .data import load_dataset, split_dataset
-    from .formats import get_format
-    from .manifest import read_manifest
     from .model import TrainConfig, fit
 
     bundle = Path(bundle)
@@ -64,7 +64,7 @@ def resume_check(bundle: str | Path) -> ResumeResult:
     art = manifest.artifact("keras")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resumed = get_format("keras").load(art.check(bundle)).model
+        resumed = get_format("keras").load(art.check(bundle), signature=manifest.signature).model
     fit(resumed, split.x_train, split.y_train, epochs=n + 1, initial_epoch=n, batch_size=cfg.batch_size,
         seed=cfg.seed)
 
@@ -89,3 +89,16 @@ def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     diffs = [float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0))
              if np.shape(x) == np.shape(y) else float("inf") for x, y in zip(a, b)]
     return max(diffs, default=0.0)
+
+
+def resume_in_fresh_process(bundle: str | Path, *, backend: str | None = None) -> dict[str, Any]:
+    """Run :func:`resume_check` in a fresh interpreter (nothing of this process can help it).
+
+    Returns the result as a dict; a failure to run becomes ``{"passed": False, "detail": ...}``.
+    """
+    from ..worker import Worker
+
+    with Worker(backend, warm=("keras",)) as worker:
+        answer = worker.request({"op": "call", "target": "kerasio.recipe.resume:resume_check",
+                                 "args": [str(bundle)]})
+    return answer["result"] if answer["ok"] else {"passed": False, "detail": answer["error"]}
