@@ -11,7 +11,7 @@ from .errors import ArtifactError, InputError
 from .formats import REGISTRY, Runner, get_format
 from .manifest import MANIFEST_NAME, Manifest, read_manifest
 from .signature import Signature
-from .task import Task, resolve_task
+from .task import NamedColumns, Task, resolve_task
 
 __all__ = ["load", "LoadedModel", "PREFERENCE"]
 
@@ -20,7 +20,7 @@ PREFERENCE = ("keras", "savedmodel", "weights", "h5", "onnx", "litert", "pickle"
 
 
 @dataclass
-class LoadedModel:
+class LoadedModel(NamedColumns):
     """A loaded artifact, its signature and task: ``run`` for outputs, ``predict`` for labels or values."""
 
     runner: Runner
@@ -43,14 +43,6 @@ class LoadedModel:
     @property
     def model(self) -> Any:
         return self.runner.model
-
-    @property
-    def feature_names(self) -> list[str]:
-        return list(self.signature.feature_names or [])
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.task.class_names)
 
     def run(self, inputs: Any) -> dict[str, np.ndarray]:
         """Every named output for ``inputs`` (array, list, dict by input name, DataFrame, or a file path).

@@ -20,7 +20,7 @@ import numpy as np
 from .errors import ArtifactError, IntegrityError
 from .fsutil import hash_artifact, write_text_atomic
 from .signature import Signature
-from .task import Task
+from .task import NamedColumns, Task
 
 __all__ = ["Manifest", "Artifact", "MANIFEST_NAME", "SCHEMA_VERSION", "read_manifest", "library_versions",
            "REFERENCE_FILES", "save_arrays"]
@@ -75,7 +75,7 @@ class Artifact:
 
 
 @dataclass
-class Manifest:
+class Manifest(NamedColumns):
     """What a bundle holds and the evidence needed to verify it."""
 
     signature: Signature
@@ -134,14 +134,6 @@ class Manifest:
         return path
 
     # -- queries ------------------------------------------------------------
-    @property
-    def feature_names(self) -> list[str]:
-        return list(self.signature.feature_names or [])
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.task.class_names)
-
     def artifact(self, fmt: str) -> Artifact:
         for art in self.artifacts:
             if art.format == fmt:

@@ -9,14 +9,14 @@ the ``predict_labels`` signature and a ``label`` column in ``predict``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from .errors import InputError
 from .signature import Signature
 
-__all__ = ["Task", "resolve_task", "TASKS"]
+__all__ = ["Task", "resolve_task", "TASKS", "NamedColumns"]
 
 TASKS = ("auto", "classification", "regression", "raw")
 
@@ -48,6 +48,26 @@ class Task:
         data = dict(data or {})
         return cls(kind=str(data.get("kind", "raw")), output=data.get("output"),
                    class_names=[str(c) for c in data.get("class_names", [])], binary=bool(data.get("binary")))
+
+
+class _Described(Protocol):
+    @property
+    def signature(self) -> Signature: ...
+
+    @property
+    def task(self) -> Task: ...
+
+
+class NamedColumns:
+    """``feature_names`` and ``class_names`` for anything with a ``signature`` and a ``task`` (manifest, loaded model)."""
+
+    @property
+    def feature_names(self: _Described) -> list[str]:
+        return list(self.signature.feature_names or [])
+
+    @property
+    def class_names(self: _Described) -> list[str]:
+        return list(self.task.class_names)
 
 
 def resolve_task(task: str, signature: Signature, class_names: Sequence[str] | None = None) -> Task:

@@ -135,6 +135,9 @@ def test_predict_through_the_cli(exported, tmp_path, capsys):
     assert len(rows) == len(next(iter(arrays.values())))
     if loaded.task.is_classification:
         assert "label" in rows[0]
+    assert main(["verify", str(out), "--in-process", "--trust-pickle", "--json"]) == 0
+    verified = json.loads(capsys.readouterr().out)
+    assert verified["ok"] and len(verified["checks"]) == len(kerasio.read_manifest(out).artifacts)
 
 
 def test_inspect_shows_signature_task_and_skips(exported, capsys):
