@@ -135,7 +135,12 @@ def export(
     bundle.mkdir(parents=True, exist_ok=True)
     stage = staging_dir(bundle)
     seconds: dict[str, float] = {}
+    custom = _custom_objects(model)
+    submitted: dict[str, Any] = {}
     try:
+        save_arrays(stage / REFERENCE_FILES["inputs"], x_ref)
+        save_arrays(stage / REFERENCE_FILES["outputs"], reference_outputs)
+        save_arrays(stage / REFERENCE_FILES["outputs_1row"], reference_one_row)
         artifacts = []
         # Hash each artifact on a second thread while the next one is written
         # (hashlib and file reads release the GIL): for a 300 MB model this hides
@@ -157,6 +162,8 @@ def export(
                     continue
                 seconds[fmt.name] = time.perf_counter() - start
                 pending.append((fmt.name, rel, info, hasher.submit(hash_artifact, dest)))
+                if verify and verify != "in-process":  # the worker checks it while the next one is written
+                    _submit_check(fmt, dest, stage, signature, custom, workers, submitted, trust_pickle)
             for name, rel, info, digest_size_files in pending:
                 digest, size, files = digest_size_files.result()
                 artifacts.append(Artifact(format=name, path=rel, size=size, sha256=digest, files=files, info=info))
@@ -164,16 +171,13 @@ def export(
             raise UnsupportedFormatError(
                 f"{bundle}: none of the formats could carry this model, so nothing was written: "
                 + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ". Received: formats=" + repr(formats))
-        save_arrays(stage / REFERENCE_FILES["inputs"], x_ref)
-        save_arrays(stage / REFERENCE_FILES["outputs"], reference_outputs)
-        save_arrays(stage / REFERENCE_FILES["outputs_1row"], reference_one_row)
         manifest = Manifest(
             signature=signature, task=resolved, artifacts=artifacts, skipped=skipped, versions=library_versions(),
             backend=keras_backend(), device=device, device_name=device_name(device), label=label,
             trace=list(trace), metrics=dict(metrics or {}), training=dict(training or {}),
             reference={"rows": int(len(next(iter(x_ref.values())))),
                        **{key: hash_entry(stage, name) for key, name in REFERENCE_FILES.items()}},
-            custom_objects=_custom_objects(model),
+            custom_objects=custom,
         )
         report = None
         if verify:
@@ -184,7 +188,8 @@ def export(
 
             manifest.write(stage)
             report = run_verify(stage, workers=workers, record=False, in_process=verify == "in-process",
-                                trust_pickle=trust_pickle, check_hashes=False, rtol=rtol, atol=atol)
+                                trust_pickle=trust_pickle, check_hashes=False, rtol=rtol, atol=atol,
+                                submitted=submitted)
             report.bundle = str(bundle)
             if not report.ok:
                 error = VerificationError(
@@ -230,6 +235,22 @@ def _reference_forward(model: Any, signature: Signature, x_ref: dict[str, Any]) 
             f"the model could not run on the reference inputs ({type(exc).__name__}: {first}). Pass inputs the "
             f"model accepts, or an explicit input_signature. Received: inputs {signature.describe()}"
         ) from None
+
+
+def _submit_check(fmt: Format, dest: Path, stage: Path, signature: Signature, custom: list[dict[str, Any]],
+                  workers: dict[str, Any], submitted: dict[str, Any], trust: bool) -> None:
+    """Send ``dest``'s check to a worker already running for its backend (else verify starts one later)."""
+    from functools import partial
+
+    from .runtime import default_backend
+    from .verify import check_request, importable_custom_modules
+
+    worker = workers.get(fmt.worker_backend(default_backend()))
+    if worker is None or any(c.get("module") == "__main__" for c in custom):
+        return  # verify reports a __main__ class with its own clear message
+    ticket = worker.submit(check_request(fmt.name, dest, signature.to_dict(), stage / REFERENCE_FILES["inputs"],
+                                         trust=trust, imports=importable_custom_modules(custom)))
+    submitted[fmt.name] = partial(worker.collect, ticket)
 
 
 def choose_formats(formats: str | Sequence[str] | None, signature: Signature | None = None, *,

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from .runtime import default_backend, keras_backend
 from .tables import render_table
 from .tolerances import OutputComparison, compare_output, tolerance_for
 
-__all__ = ["verify", "VerifyReport", "Check", "VERIFICATION_FILE"]
+__all__ = ["verify", "VerifyReport", "Check", "VERIFICATION_FILE", "check_request"]
 
 VERIFICATION_FILE = "verification.json"
 _BACKEND_MODULE = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
@@ -172,6 +172,7 @@ def verify(
     workers: dict[str, Any] | None = None,
     record: bool = True,
     check_hashes: bool = True,
+    submitted: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
 ) -> VerifyReport:
     """Reload every artifact of a bundle and compare each of its outputs with the reference.
 
@@ -197,6 +198,8 @@ def verify(
         check_hashes: check each artifact's sha256 before loading it. Only
             ``export(verify=True)``, which hashed the files a moment earlier,
             turns this off.
+        submitted: checks already sent to a worker, by format (each returns its
+            answer); export sends one as soon as an artifact is written.
 
     Returns:
         A :class:`VerifyReport`; call ``.raise_for_failure()`` to assert.
@@ -220,7 +223,7 @@ def verify(
         for name in wanted:
             manifest.artifact(name)  # clear error for a format the bundle lacks
     arts = [a for a in manifest.artifacts if wanted is None or a.format in wanted]
-    imports = list(imports) + _importable_custom_modules(manifest)
+    imports = list(imports) + importable_custom_modules(manifest.custom_objects)
     report = VerifyReport(bundle=str(bundle), mode="in-process" if in_process else "fresh-process")
     requested = backend or default_backend()
     workers = dict(workers or {})
@@ -234,7 +237,7 @@ def verify(
             from .worker import Worker, handle
 
             if in_process and child_backend == keras_backend():
-                return handle(request)
+                return handle({**request, "out_dir": tmp})
             if child_backend not in workers:
                 workers[child_backend] = stack.enter_context(Worker(child_backend, warm=("keras",), imports=imports))
             return workers[child_backend].request(request)
@@ -253,11 +256,13 @@ def verify(
                     )
                 if fmt.runtime == "keras" and not in_process:
                     _refuse_main_classes(manifest, art)
-                path = art.check(bundle) if check_hashes else bundle / art.path
-                answer = ask(child_backend, {
-                    "format": art.format, "path": str(path), "signature": manifest.signature.to_dict(),
-                    "inputs": str(inputs), "device": device, "precision": precision, "trust": trust_pickle,
-                    "imports": imports, "out_dir": tmp})
+                if submitted and art.format in submitted:
+                    answer = submitted[art.format]()
+                else:
+                    path = art.check(bundle) if check_hashes else bundle / art.path
+                    answer = ask(child_backend, check_request(
+                        art.format, path, manifest.signature.to_dict(), inputs, device=device, precision=precision,
+                        trust=trust_pickle, imports=imports))
                 if not answer["ok"]:
                     raise KerasioError(answer["error"])
                 report.checks.extend(_judge(manifest, art, answer["results"], y_ref, y_one, start, rtol, atol))
@@ -268,6 +273,13 @@ def verify(
         with contextlib.suppress(OSError):
             write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))
     return report
+
+
+def check_request(fmt: str, path: Path, signature: dict[str, Any], inputs: Path, *, device: str = "auto",
+                  precision: str = "highest", trust: bool = False, imports: Sequence[str] = ()) -> dict[str, Any]:
+    """The worker request that checks one artifact (see :func:`kerasio.worker.run_check`)."""
+    return {"format": fmt, "path": str(path), "signature": signature, "inputs": str(inputs), "device": device,
+            "precision": precision, "trust": trust, "imports": list(imports)}
 
 
 def _judge(manifest: Manifest, art: Artifact, results: list[dict[str, Any]], reference: dict[str, np.ndarray],
@@ -354,11 +366,11 @@ def _refuse_main_classes(manifest: Manifest, art: Artifact) -> None:
         )
 
 
-def _importable_custom_modules(manifest: Manifest) -> list[str]:
+def importable_custom_modules(custom_objects: Sequence[Mapping[str, Any]]) -> list[str]:
     """Modules of custom classes that this process has already imported (the exporter's).
 
     A fresh verifier imports only these, never a module merely named in a
     file: the manifest is data, not an instruction to run code.
     """
-    return sorted({c["module"] for c in manifest.custom_objects
+    return sorted({c["module"] for c in custom_objects
                    if c.get("module") in sys.modules and c["module"] != "__main__"})
