@@ -27,11 +27,58 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
 
 
-def run_timed(cmd: list[str], env: dict | None = None) -> float:
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (Linux /proc): a command's children keep its session when re-parented."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+LEFT_BEHIND: dict[str, int] = {}  # command -> runs whose process group outlived the command's own process
+
+
+def run_group(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> tuple[float, float, subprocess.Popen]:
+    """Start ``cmd`` as a session leader; return (when it started, when its whole session had exited, the process).
+
+    The clock stops only when every process the command started has exited: a
+    child left tearing down after the command returned is counted, and noted in
+    :data:`LEFT_BEHIND`.
+    """
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}, cwd=ROOT)
-    return time.perf_counter() - start
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}, cwd=cwd)
+    proc.wait()
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    if session_processes(proc.pid):
+        LEFT_BEHIND[" ".join(map(str, cmd[:4]))] = LEFT_BEHIND.get(" ".join(map(str, cmd[:4])), 0) + 1
+        while session_processes(proc.pid):
+            time.sleep(0.002)
+    return start, time.perf_counter(), proc
+
+
+def run_timed(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> float:
+    """Wall time of ``cmd`` as a whole process group (see :func:`run_group`)."""
+    start, end, _ = run_group(cmd, env, cwd)
+    return end - start
 
 
 def interleave(cases: dict[str, callable], runs: int) -> dict[str, list[float]]:

@@ -45,7 +45,7 @@ from .predict import predict
 from .signature import Signature, TensorSpec, derive_signature
 from .task import Task
 from .tolerances import TOLERANCES, tolerance_for
-from .verify import VerifyReport, verify
+from .verify import VerifyReport, verifier, verify
 
 # The training recipe, imported on first use (PEP 562), so that the core never loads it.
 _LAZY = {
@@ -59,7 +59,7 @@ _LAZY = {
 __all__ = [  # written out so that linters and type checkers see the public names
     "__version__", "TensorSpec", "Signature", "derive_signature", "Task", "export", "ExportResult", "FORMATS",
     "load", "LoadedModel", "Manifest", "Artifact", "read_manifest", "predict", "TOLERANCES", "tolerance_for",
-    "verify", "VerifyReport", "Dataset", "Split", "load_dataset", "split_dataset", "TrainConfig", "build_classifier",
+    "verify", "verifier", "VerifyReport", "Dataset", "Split", "load_dataset", "split_dataset", "TrainConfig", "build_classifier",
     "fit", "set_determinism", "EpochTrace", "run_pipeline", "PipelineResult", "KerasioError", "DataError",
     "InputError", "ArtifactError", "IntegrityError", "UnsafeArtifactError", "UnsupportedFormatError",
     "VerificationError", "BackendUnavailableError", "LegacyFormatWarning",

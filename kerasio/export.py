@@ -72,6 +72,7 @@ def export(
     verify: bool | str = False,
     rtol: float | None = None,
     atol: float | None = None,
+    verifier: Any = None,
     workers: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Export any Keras model to ``bundle_dir`` in several formats, with a manifest.
@@ -99,6 +100,8 @@ def export(
             interpreter started before the first artifact is written;
             ``"in-process"`` loads them here (faster, but weaker).
         rtol, atol: override the tolerance table for that verification.
+        verifier: a verifying interpreter started earlier with :func:`kerasio.verifier`
+            (its import then overlaps your work instead of this export); not closed here.
         workers: verification workers already started, by backend (not closed here).
 
     Returns:
@@ -126,6 +129,8 @@ def export(
     device = "gpu" if "gpu" in available_devices() else "cpu"  # where Keras placed the model
     ctx = ExportContext(signature=signature, task=resolved, reference_inputs=x_ref, max_shard_size=max_shard_size)
     workers = dict(workers or {})
+    if verifier is not None:
+        workers.setdefault(verifier.backend, verifier)
     own_worker = None
     if verify and verify != "in-process" and not workers:
         from .worker import Worker
@@ -158,7 +163,10 @@ def export(
                     if explicit(formats):
                         raise
                     skipped[fmt.name] = f"its converter failed: {exc.__cause__ or exc}"[:400]
-                    shutil.rmtree(dest, ignore_errors=True) if dest.is_dir() else dest.unlink(missing_ok=True)
+                    if dest.is_dir():
+                        shutil.rmtree(dest, ignore_errors=True)
+                    else:
+                        dest.unlink(missing_ok=True)
                     continue
                 seconds[fmt.name] = time.perf_counter() - start
                 pending.append((fmt.name, rel, info, hasher.submit(hash_artifact, dest)))

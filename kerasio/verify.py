@@ -26,7 +26,7 @@ from .runtime import default_backend, keras_backend
 from .tables import render_table
 from .tolerances import OutputComparison, compare_output, tolerance_for
 
-__all__ = ["verify", "VerifyReport", "Check", "VERIFICATION_FILE", "check_request"]
+__all__ = ["verify", "verifier", "VerifyReport", "Check", "VERIFICATION_FILE", "check_request"]
 
 VERIFICATION_FILE = "verification.json"
 _BACKEND_MODULE = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
@@ -157,6 +157,24 @@ def _sci(v: float | None) -> str:
     return "-" if v is None else ("0" if v == 0 else f"{v:.2e}")
 
 
+def verifier(backend: str | None = None) -> Any:
+    """Start the fresh verifying interpreter now, so that its TensorFlow import overlaps your own work.
+
+    ``export(verify=True)`` otherwise starts it when called, and waits for its
+    import (about 3 s) before the first check. Pass the result as
+    ``verifier=`` to :func:`kerasio.export` or :func:`verify`; use it as a
+    context manager (or call ``close()``) so that it exits with your code.
+
+    Example:
+        >>> with kerasio.verifier() as v:  # doctest: +SKIP
+        ...     model = build_and_train()
+        ...     kerasio.export(model, "saved_models/big", reference_inputs=x, verify=True, verifier=v)
+    """
+    from .worker import Worker
+
+    return Worker(backend, warm=("keras",))
+
+
 def verify(
     bundle: str | Path,
     *,
@@ -169,6 +187,7 @@ def verify(
     atol: float | None = None,
     trust_pickle: bool = False,
     imports: Sequence[str] = (),
+    verifier: Any = None,
     workers: dict[str, Any] | None = None,
     record: bool = True,
     check_hashes: bool = True,
@@ -192,6 +211,7 @@ def verify(
             the report records what was used.
         trust_pickle: allow loading the pickle artifact.
         imports: modules to import before loading (custom layers).
+        verifier: a verifying interpreter started earlier with :func:`verifier` (not closed here).
         workers: already-started :class:`~kerasio.worker.Worker` objects by
             backend (the pipeline starts one early); they are not closed.
         record: write the report to ``<bundle>/verification.json``.
@@ -227,6 +247,8 @@ def verify(
     report = VerifyReport(bundle=str(bundle), mode="in-process" if in_process else "fresh-process")
     requested = backend or default_backend()
     workers = dict(workers or {})
+    if verifier is not None:
+        workers.setdefault(verifier.backend, verifier)
     rows = len(next(iter(x_ref.values())))
     with tempfile.TemporaryDirectory(prefix="kerasio-ref-") as tmp, contextlib.ExitStack() as stack:
         inputs = Path(tmp) / "inputs.npz"

@@ -238,3 +238,15 @@ def test_export_verify_publishes_nothing_when_an_artifact_fails(pipeline, keras_
     assert [c.format for c in info.value.report.failures()] == ["savedmodel"]
     after = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_an_early_verifier_is_used_and_left_open(pipeline, tmp_path):
+    """kerasio.verifier() starts the fresh interpreter before the export; export uses it and does not close it."""
+    with kerasio.verifier() as v:
+        result = kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test,
+                                verify=True, verifier=v)
+        assert result.report.ok and result.report.mode == "fresh-process"
+        assert v.proc.poll() is None  # still running: the caller owns it
+        again = kerasio.verify(tmp_path / "b", verifier=v, record=False)
+        assert again.ok
+    assert v.proc.returncode == 0  # closed with the block, and exited cleanly
