@@ -27,29 +27,33 @@ def read_keras_config(path: Path) -> dict[str, Any]:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ArtifactError(
-            f"{path}: not a valid .keras archive ({exc}). The file is corrupt or is not a Keras v3 "
-            "model; re-export it."
+            f"{path}: not a valid .keras archive. The file is corrupt or is not a Keras v3 "
+            f"model; re-export it. Received: {exc}"
         ) from None
     with archive:
         total = 0
         for info in archive.infolist():
             name = info.filename
             if name.startswith("/") or ".." in Path(name).parts:
-                raise UnsafeArtifactError(f"{path}: archive member {name!r} escapes the archive; refusing to load.")
+                raise UnsafeArtifactError(f"{path}: archive member {name!r} escapes the archive; refusing to load. "
+                                          f"Re-export the model. Received: member {name!r}")
             total += info.file_size
             if info.compress_size and info.file_size / max(info.compress_size, 1) > MAX_RATIO and info.file_size > 1 << 20:
                 raise UnsafeArtifactError(
                     f"{path}: member {name!r} expands {info.file_size // max(info.compress_size, 1)}x "
-                    "(a zip bomb?); refusing to load."
+                    "(a zip bomb?); refusing to load. Re-export the model. "
+                    f"Received: {info.compress_size} bytes expanding to {info.file_size}"
                 )
         if total > MAX_UNCOMPRESSED:
-            raise UnsafeArtifactError(f"{path}: archive expands to {total} bytes, over the limit; refusing to load.")
+            raise UnsafeArtifactError(f"{path}: archive expands to {total} bytes, over the limit; refusing to load. "
+                                      f"Received: {total} > {MAX_UNCOMPRESSED} bytes")
         if "config.json" not in archive.namelist():
-            raise ArtifactError(f"{path}: .keras archive has no config.json; it is not a Keras v3 model.")
+            raise ArtifactError(f"{path}: .keras archive has no config.json; it is not a Keras v3 model. Re-export it "
+                                f"with model.save('model.keras'). Received: members {archive.namelist()[:10]}")
         try:
             return json.loads(archive.read("config.json"))
         except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
-            raise ArtifactError(f"{path}: config.json is unreadable ({exc}); re-export the model.") from None
+            raise ArtifactError(f"{path}: config.json is unreadable; re-export the model. Received: {exc}") from None
 
 
 def _objects(node: Any) -> Iterator[dict[str, Any]]:
@@ -80,7 +84,8 @@ def audit_config(config: dict[str, Any], path: Path) -> list[str]:
         if class_name in ("Lambda", "__lambda__") or (module == "builtins" and class_name == "function"):
             raise UnsafeArtifactError(
                 f"{path}: the model contains a {class_name} object, which carries Python bytecode and "
-                "would run on load. kerasio refuses it; replace the Lambda by a registered custom layer."
+                "would run on load. kerasio refuses it; replace the Lambda by a registered custom layer. "
+                f"Received: class_name={class_name!r}"
             )
         if not isinstance(class_name, str) or (not module and registered is None):
             continue  # plain config values such as {"class_name": "__tensor__"}
@@ -91,7 +96,7 @@ def audit_config(config: dict[str, Any], path: Path) -> list[str]:
             raise UnsafeArtifactError(
                 f"{path}: custom class {name!r} (module {module!r}) is not registered in this process. "
                 "Decorate it with @keras.saving.register_keras_serializable() and import its module "
-                "before loading (CLI: --import MODULE)."
+                f"before loading (CLI: --import MODULE). Received: registered_name={name!r}"
             )
         custom.append(name)
     return custom
@@ -120,7 +125,8 @@ def read_saved_model_proto(path: Path):
     try:
         proto.ParseFromString((path / "saved_model.pb").read_bytes())
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise ArtifactError(f"{path / 'saved_model.pb'}: not a readable SavedModel proto ({exc}); re-export it.") from None
+        raise ArtifactError(f"{path / 'saved_model.pb'}: not a readable SavedModel proto; re-export it. "
+                            f"Received: {str(exc)[:200]}") from None
     return proto
 
 
@@ -138,11 +144,13 @@ def audit_saved_model(path: Path) -> set[str]:
             for node in fn.node_def:
                 stream = node.attr.get("output_stream")
                 if node.op == "PrintV2" and stream is not None and stream.s.startswith(b"file://"):
-                    raise UnsafeArtifactError(f"{path}: the graph prints to a file ({stream.s.decode()}); refusing to load.")
+                    raise UnsafeArtifactError(f"{path}: the graph prints to a file; refusing to load. Re-export it "
+                                              f"without file output. Received: {stream.s.decode()[:200]}")
     bad = sorted(ops & UNSAFE_TF_OPS)
     if bad:
         raise UnsafeArtifactError(
             f"{path}: the SavedModel's graph uses {', '.join(bad)}, which touch files or run Python when served; "
-            "a Keras classifier never needs them. Refusing to load it."
+            "a Keras model's forward pass never needs them. Refusing to load it; re-export the model. "
+            f"Received: ops {bad}"
         )
     return ops

@@ -127,8 +127,8 @@ def _run(args) -> int:
             "prediction": result.prediction, "seconds": result.seconds,
         }, indent=2, default=str))
     if not result.ok:
-        print(f"kerasio: verification failed, nothing was published: {result.report.failure_text() if result.report else ''}",
-              file=sys.stderr)
+        why = result.report.failure_text() if result.report else ""
+        print(f"kerasio: verification failed, nothing was published: {why}", file=sys.stderr)
         return EXIT_FAILED
     return 0
 
@@ -167,25 +167,21 @@ def _predict(args) -> int:
     import importlib
 
     from .loading import load
+    from .predict import predict_file
     from .runtime import import_keras_quietly
-    from .tables import prediction_columns, read_input_file, write_predictions
+    from .tables import write_predictions
 
     import_keras_quietly()
     for module in args.imports:
         importlib.import_module(module)
     model = load(args.path, format=args.format, trust=args.trust_pickle)
-    inputs = read_input_file(args.input)
-    outputs = model.runner.run(model.signature.coerce(inputs, source=args.input))
-    task = model.task
-    labels = task.labels(outputs) if task.is_classification else None
-    shown = {str(task.output): outputs[str(task.output)]} if task.is_classification else outputs
-    columns = prediction_columns(shown, labels=labels, class_names=task.class_names, binary=task.binary)
-    rows = len(next(iter(outputs.values())))
+    found = predict_file(model, args.input)
     if args.output:
-        write_predictions(args.output, outputs if labels is None else {"label": labels, **outputs}, columns)
-        print(f"wrote {rows} predictions to {args.output} (model {model.path}, sha256 {(model.sha256 or '')[:12]})")
+        write_predictions(args.output, found.arrays(), found.columns)
+        print(f"wrote {found.rows} predictions to {args.output} (model {model.path}, "
+              f"sha256 {(model.sha256 or '')[:12]})")
         return 0
-    if columns is None:
+    if found.columns is None:
         from .errors import InputError
 
         raise InputError(f"{args.input}: the model's outputs {model.signature.describe()} have more than 2 "
@@ -193,7 +189,7 @@ def _predict(args) -> int:
                          "Received: no --output")
     import pandas as pd
 
-    frame = pd.DataFrame(columns)
+    frame = pd.DataFrame(found.columns)
     print(frame.to_json(orient="records") if args.json else frame.to_csv(index=False), end="" if not args.json else "\n")
     return 0
 

@@ -6,12 +6,15 @@ function, well under a millisecond for one row.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .loading import LoadedModel, load
 
-__all__ = ["predict"]
+__all__ = ["predict", "predict_file", "Predictions"]
 
 _CACHE = "_kerasio_loaded"
 
@@ -45,6 +48,40 @@ def predict(model_or_bundle: Any, inputs: Any, *, probabilities: bool = False, t
     if not isinstance(model_or_bundle, LoadedModel):
         model_or_bundle = _wrap_keras(model_or_bundle, inputs)
     return model_or_bundle.predict(inputs, probabilities=probabilities)
+
+
+@dataclass
+class Predictions:
+    """Predictions for a file of inputs: every output, a classifier's labels, and the table they make.
+
+    ``columns`` is ``None`` when some output has more than 2 dimensions (write
+    those to ``.npz``).
+    """
+
+    outputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    columns: dict[str, np.ndarray] | None
+    rows: int
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What an ``.npz`` of these predictions holds: the labels (if any) and every output."""
+        return self.outputs if self.labels is None else {"label": self.labels, **self.outputs}
+
+
+def predict_file(model: LoadedModel, path: str | Path) -> Predictions:
+    """Predict for a CSV, Parquet, ``.npz`` or ``.npy`` file of inputs (what ``kerasio predict`` runs).
+
+    A classification's table is ``label`` and one ``p_<class>`` column per class;
+    other models' outputs are columns named after them.
+    """
+    from .tables import prediction_columns, read_input_file
+
+    outputs = model.runner.run(model.signature.coerce(read_input_file(path), source=str(path)))
+    task = model.task
+    labels = task.labels(outputs) if task.is_classification else None
+    shown = {str(task.output): outputs[str(task.output)]} if task.is_classification else outputs
+    columns = prediction_columns(shown, labels=labels, class_names=task.class_names, binary=task.binary)
+    return Predictions(outputs, labels, columns, len(next(iter(outputs.values()))))
 
 
 def _wrap_keras(model: Any, inputs: Any) -> LoadedModel:

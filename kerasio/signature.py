@@ -438,10 +438,7 @@ def _functional_inputs(model: Any) -> tuple[list[TensorSpec], str]:
         return [_spec_from_tensor(str(k), t) for k, t in struct.items()], "dict"
     tensors = list(model.inputs)
     specs = [_spec_from_tensor(getattr(t, "name", None) or f"input_{i}", t) for i, t in enumerate(tensors)]
-    structure = "list" if isinstance(struct, (list, tuple)) and len(tensors) > 1 else "single"
-    if len(tensors) > 1:
-        structure = "list"
-    return specs, structure
+    return specs, "list" if len(tensors) > 1 else "single"  # a list of one input also takes the bare tensor
 
 
 def _functional_outputs(model: Any) -> tuple[list[TensorSpec], str]:

@@ -75,7 +75,8 @@ def resolve_task(task: str, signature: Signature, class_names: Sequence[str] | N
 
     ``auto`` makes a classification of a single softmax (or probability-row)
     output, or of a single sigmoid unit; a regression of any other single
-    numeric output; and ``raw`` of everything else.
+    numeric output of at most 2 dimensions (values per row); and ``raw`` of
+    everything else (several outputs, tensors per row).
 
     Raises:
         InputError: the task asked for does not fit the outputs, or class names
@@ -86,11 +87,12 @@ def resolve_task(task: str, signature: Signature, class_names: Sequence[str] | N
     outs = signature.outputs
     single = outs[0] if len(outs) == 1 else None
     numeric = single is not None and single.dtype not in ("string", "bool")
+    tabular = single is not None and single.rank <= 2  # values per row, not a tensor per row
     width = single.shape[-1] if single is not None and single.rank >= 2 else None
     binary = bool(single is not None and width == 1 and single.rank == 2 and single.activation == "sigmoid")
     multiclass = bool(single is not None and (single.probabilities or single.activation == "softmax"))
     if task == "auto":
-        task = "classification" if (multiclass or binary) else ("regression" if numeric else "raw")
+        task = "classification" if (multiclass or binary) else ("regression" if numeric and tabular else "raw")
         if class_names and task != "classification":
             raise InputError(
                 f"class_names were given but the model's outputs ({signature.describe()}) are not class "

@@ -241,3 +241,23 @@ def test_custom_class_in_main_gets_a_clear_message(tmp_path):
         in keras_check.error and "--in-process" in keras_check.error and "--import MODULE" in keras_check.error
     assert next(c for c in report.checks if c.format == "savedmodel").passed  # a SavedModel needs no Python class
     assert kerasio.verify(out, in_process=True, record=False).ok
+
+
+def test_tensor_outputs_go_to_npz_and_a_table_is_refused_clearly(tmp_path, capsys):
+    import keras
+
+    inp = keras.Input((4, 4, 1), name="image")
+    model = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same", name="mask")(inp))
+    x = np.random.default_rng(0).random((3, 4, 4, 1)).astype("float32")
+    out = tmp_path / "b"
+    assert kerasio.export(model, out, reference_inputs=x, formats="keras").manifest.task.kind == "raw"
+    np.save(tmp_path / "x.npy", x)
+    assert main(["predict", str(out), "--input", str(tmp_path / "x.npy")]) == 2
+    assert "have more than 2 dimensions and cannot be printed as a table; pass --output FILE.npz" \
+        in capsys.readouterr().err
+    assert main(["predict", str(out), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "o.csv")]) == 2
+    assert "cannot be a CSV table; write them to an .npz file instead" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
+    assert main(["predict", str(out), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "o.npz")]) == 0
+    with np.load(tmp_path / "o.npz", allow_pickle=False) as z:
+        np.testing.assert_allclose(z["mask"], np.asarray(model(x)), rtol=1e-6, atol=1e-7)
