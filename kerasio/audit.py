@@ -8,16 +8,34 @@ and ``Lambda`` layers (which carry Python bytecode) are refused.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ArtifactError, UnsafeArtifactError
 
-__all__ = ["audit_keras_file", "audit_config", "read_keras_config", "MAX_UNCOMPRESSED"]
+__all__ = ["audit_keras_file", "audit_config", "read_keras_config", "archive_limits"]
 
-MAX_UNCOMPRESSED = 16 << 30  # 16 GiB: far above any classifier, far below a bomb
+MAX_UNCOMPRESSED = 16 << 30  # 16 GiB: far above any model kerasio has met, far below a bomb
 MAX_RATIO = 200  # compressed -> uncompressed expansion allowed per member
+# Keras writes .keras archives uncompressed (ZIP_STORED): a real one expands about 1x. 20x leaves room for a
+# re-zipped archive and stops a bomb of many small members (256 x 1 MiB in 300 KB is ~870x).
+MAX_TOTAL_RATIO = 20
+MAX_MEMBERS = 10_000  # a .keras holds 3 members plus the assets of its layers
+
+
+def archive_limits() -> dict[str, int]:
+    """The archive caps, each overridable by an environment variable (``KERASIO_MAX_ARCHIVE_BYTES``, ...)."""
+    def env(name: str, default: int) -> int:
+        try:
+            return int(os.environ.get(name, default))
+        except ValueError:
+            return default
+
+    return {"bytes": env("KERASIO_MAX_ARCHIVE_BYTES", MAX_UNCOMPRESSED),
+            "members": env("KERASIO_MAX_ARCHIVE_MEMBERS", MAX_MEMBERS),
+            "ratio": env("KERASIO_MAX_ARCHIVE_RATIO", MAX_TOTAL_RATIO)}
 _KERAS_MODULES = ("keras", "keras.src", "keras.layers", "keras.models", "keras.src.")
 
 
@@ -31,22 +49,34 @@ def read_keras_config(path: Path) -> dict[str, Any]:
             f"model; re-export it. Received: {exc}"
         ) from None
     with archive:
-        total = 0
-        for info in archive.infolist():
+        limits = archive_limits()
+        members = archive.infolist()
+        if len(members) > limits["members"]:
+            raise UnsafeArtifactError(
+                f"{path}: the archive has {len(members)} members, over the limit of {limits['members']}; refusing "
+                "to load. Re-export the model (or raise KERASIO_MAX_ARCHIVE_MEMBERS for a file you trust). "
+                f"Received: {len(members)} members"
+            )
+        for info in members:
             name = info.filename
             if name.startswith("/") or ".." in Path(name).parts:
                 raise UnsafeArtifactError(f"{path}: archive member {name!r} escapes the archive; refusing to load. "
                                           f"Re-export the model. Received: member {name!r}")
-            total += info.file_size
             if info.compress_size and info.file_size / max(info.compress_size, 1) > MAX_RATIO and info.file_size > 1 << 20:
                 raise UnsafeArtifactError(
                     f"{path}: member {name!r} expands {info.file_size // max(info.compress_size, 1)}x "
                     "(a zip bomb?); refusing to load. Re-export the model. "
                     f"Received: {info.compress_size} bytes expanding to {info.file_size}"
                 )
-        if total > MAX_UNCOMPRESSED:
-            raise UnsafeArtifactError(f"{path}: archive expands to {total} bytes, over the limit; refusing to load. "
-                                      f"Received: {total} > {MAX_UNCOMPRESSED} bytes")
+        declared = sum(info.file_size for info in members)
+        compressed = max(path.stat().st_size, 1)
+        if declared > limits["bytes"] or declared > limits["ratio"] * compressed + (1 << 20):
+            raise UnsafeArtifactError(
+                f"{path}: the archive expands to {declared} bytes from {compressed} ({declared // compressed}x; "
+                f"limits: {limits['ratio']}x and {limits['bytes']} bytes); refusing to load before anything is "
+                "extracted. Re-export the model (or raise KERASIO_MAX_ARCHIVE_RATIO / KERASIO_MAX_ARCHIVE_BYTES "
+                f"for a file you trust). Received: {len(members)} members, {declared} bytes uncompressed"
+            )
         if "config.json" not in archive.namelist():
             raise ArtifactError(f"{path}: .keras archive has no config.json; it is not a Keras v3 model. Re-export it "
                                 f"with model.save('model.keras'). Received: members {archive.namelist()[:10]}")

@@ -174,3 +174,81 @@ def test_onnx_with_external_data_is_refused(bundle, tmp_path):
     onnx.save(model, str(tmp_path / "ext.onnx"))
     with pytest.raises(kerasio.UnsafeArtifactError, match=r"reads external data from '\.\./\.\./\.\./\.\./etc/passwd'"):
         kerasio.load(tmp_path / "ext.onnx")
+
+
+def _onnx_with_external_constant(tmp_path, nested: bool):
+    """A tiny valid ONNX graph whose Constant node (optionally inside an If branch) reads sidecar.bin."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor("c", TensorProto.FLOAT, [1], [1.0])
+    value.ClearField("float_data")
+    value.data_location = TensorProto.EXTERNAL
+    entry = value.external_data.add()
+    entry.key, entry.value = "location", "sidecar.bin"
+    (tmp_path / "sidecar.bin").write_bytes(np.float32(5.0).tobytes())
+    const = helper.make_node("Constant", [], ["c"], value=value, name="secret_constant")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    if nested:
+        branch = helper.make_graph([const], "then", [], [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])])
+        other = helper.make_graph([helper.make_node("Identity", ["x"], ["c2"])], "else", [],
+                                  [helper.make_tensor_value_info("c2", TensorProto.FLOAT, [1])])
+        cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+        nodes = [helper.make_node("Constant", [], ["flag"], value=cond),
+                 helper.make_node("If", ["flag"], ["c"], then_branch=branch, else_branch=other, name="branching")]
+    else:
+        nodes = [const]
+    nodes.append(helper.make_node("Add", ["x", "c"], ["y"]))
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["constant-node", "constant-in-if-branch"])
+def test_onnx_external_data_anywhere_is_refused_before_loading(tmp_path, nested):
+    import onnxruntime
+
+    path = _onnx_with_external_constant(tmp_path, nested)
+    # onnxruntime itself would read the sidecar, which no hash covers: the guard is what stops it.
+    assert onnxruntime.InferenceSession(str(path)).run(["y"], {"x": np.ones(1, np.float32)})[0][0] == 6.0
+    match = (r"node 'branching' attribute 'then_branch' subgraph: node 'secret_constant' attribute 'value' reads "
+             if nested else r"graph: node 'secret_constant' attribute 'value' reads ") + \
+        r"external data from 'sidecar\.bin', which no hash covers; refusing to load"
+    with pytest.raises(kerasio.UnsafeArtifactError, match=match):
+        kerasio.load(path)
+
+
+def _keras_with_extra_members(keras_bundle, tmp_path, members: int, size: int):
+    """The real model.keras plus ``members`` deflated members of ``size`` zero bytes each."""
+    import zipfile
+
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(keras_bundle / "model.keras") as src, \
+            zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        zeros = bytes(size)
+        for i in range(members):
+            dst.writestr(f"assets/pad_{i}.bin", zeros)
+    return path
+
+
+def test_many_small_members_that_expand_in_total_are_refused(keras_bundle, tmp_path):
+    """256 members of exactly 1 MiB each pass a per-member check; their total cannot."""
+    path = _keras_with_extra_members(keras_bundle, tmp_path, 256, 1 << 20)
+    assert path.stat().st_size < 1 << 20  # under 1 MB on disk, 256 MiB when extracted
+    with pytest.raises(kerasio.UnsafeArtifactError,
+                       match=r"the archive expands to \d+ bytes from \d+ \(\d+x; limits: 20x and \d+ bytes\); refusing "
+                             r"to load before anything is extracted.*Received: 259 members"):
+        kerasio.load(path)
+
+
+def test_member_count_is_capped_and_configurable(keras_bundle, tmp_path, monkeypatch):
+    path = _keras_with_extra_members(keras_bundle, tmp_path, 60, 10)
+    monkeypatch.setenv("KERASIO_MAX_ARCHIVE_MEMBERS", "50")
+    with pytest.raises(kerasio.UnsafeArtifactError, match=r"has 63 members, over the limit of 50; refusing to load"):
+        kerasio.load(path)
+    monkeypatch.setenv("KERASIO_MAX_ARCHIVE_MEMBERS", "100")
+    assert kerasio.load(path).format == "keras"  # the same file under a raised limit: the padding is harmless

@@ -109,19 +109,46 @@ def _spec(node: Any) -> TensorSpec:
 
 
 def _refuse_external_data(path: Path) -> None:
-    """kerasio never writes external tensor data; a file that points outside itself is refused."""
+    """kerasio never writes external tensor data: a tensor anywhere in the model that points outside the file is refused.
+
+    Checked everywhere a tensor can live: initializers and sparse initializers,
+    node attributes (a ``Constant``'s value, tensor lists) and every subgraph
+    (``If``/``Loop``/``Scan`` bodies), recursively. Nothing is loaded first.
+    """
     onnx = require("onnx", "reading ONNX")
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as exc:  # onnx raises DecodeError and others for garbage
         raise ArtifactError(f"{path}: not a readable ONNX model; re-export it. Received: {str(exc)[:200]}") from None
+    found = next(_external_tensors(onnx, graph, "graph"), None)
+    if found is not None:
+        where, location = found
+        raise UnsafeArtifactError(
+            f"{path}: {where} reads external data from {location!r}, which no hash covers; refusing to load. "
+            f"Re-export it without external data. Received: location={location!r}"
+        )
+
+
+def _external_tensors(onnx: Any, graph: Any, scope: str) -> Any:
+    """``(where, location)`` for each tensor with ``data_location=EXTERNAL`` in ``graph`` and its subgraphs."""
+    def location(tensor: Any) -> str:
+        return next((e.value for e in tensor.external_data if e.key == "location"), "?")
+
     for tensor in graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            where = next((e.value for e in tensor.external_data if e.key == "location"), "?")
-            raise UnsafeArtifactError(
-                f"{path}: initializer {tensor.name!r} reads external data from {where!r}; refusing to load. "
-                f"Re-export it without external data. Received: location={where!r}"
-            )
+            yield f"{scope}: initializer {tensor.name!r}", location(tensor)
+    for sparse in graph.sparse_initializer:
+        for part in (sparse.values, sparse.indices):
+            if part.data_location == onnx.TensorProto.EXTERNAL:
+                yield f"{scope}: sparse initializer {part.name!r}", location(part)
+    for node in graph.node:
+        for attr in node.attribute:
+            where = f"{scope}: node {node.name or node.op_type!r} attribute {attr.name!r}"
+            for tensor in [attr.t, *attr.tensors]:
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    yield where, location(tensor)
+            for sub in [attr.g, *attr.graphs] if attr.HasField("g") or attr.graphs else []:
+                yield from _external_tensors(onnx, sub, f"{where} subgraph")
 
 
 def _rename_io(graph: Any, renames: dict[str, str]) -> None:
