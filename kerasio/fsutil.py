@@ -2,23 +2,46 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
 import signal
+import stat
 import threading
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
-__all__ = ["sha256_file", "hash_artifact", "place", "staging_dir", "write_text_atomic", "interrupts_deferred"]
+from .errors import ArtifactError, UnsafeArtifactError
+
+__all__ = ["sha256_file", "hash_artifact", "confined", "place", "staging_dir", "write_text_atomic",
+           "interrupts_deferred"]
 
 _CHUNK = 4 << 20
 
 
 def sha256_file(path: str | Path) -> str:
-    """sha256 of a file, streamed in 4 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
+    """sha256 of a regular file, streamed in 4 MiB chunks.
+
+    Opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat`` before
+    the first read: a symlink is refused by the kernel, and a FIFO or device
+    is refused instead of blocking forever.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeArtifactError(f"{path}: is a symbolic link; kerasio reads only the bundle's own files. "
+                                      f"Replace it with the file itself. Received: a symlink") from None
+        raise
+    with open(fd, "rb", buffering=0) as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnsafeArtifactError(f"{path}: is not a regular file ({_kind(mode)}); refusing to read it. "
+                                      f"Replace it with the artifact's file. Received: {_kind(mode)}")
+        digest = hashlib.sha256()
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
         while n := f.readinto(buf):
@@ -26,24 +49,86 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def hash_artifact(path: str | Path) -> tuple[str, int, dict[str, str] | None]:
     """``(sha256, size, files)`` of a file or a directory.
 
     A directory's sha256 hashes the sorted ``relative-path, file-sha256`` pairs,
     and ``files`` maps each relative path to its own sha256 so that a mismatch
-    can name the exact file.
+    can name the exact file. Inside a directory, a symlink or a special file
+    (FIFO, device, socket) is refused, never followed or read.
     """
     path = Path(path)
-    if path.is_file():
-        return sha256_file(path), path.stat().st_size, None
+    top = os.lstat(path)
+    if not stat.S_ISDIR(top.st_mode):
+        return sha256_file(path), top.st_size, None
     files: dict[str, str] = {}
     size = 0
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path).as_posix()
-        files[rel] = sha256_file(file)
-        size += file.stat().st_size
+    for root, dirs, names in os.walk(path, followlinks=False):
+        for name in sorted(dirs + names):
+            full = Path(root) / name
+            mode = os.lstat(full).st_mode
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                raise UnsafeArtifactError(
+                    f"{full}: is {_kind(mode)} inside the artifact {path.name!r}; kerasio reads only regular files "
+                    f"of the bundle. Re-export it. Received: {_kind(mode)}")
+            files[full.relative_to(path).as_posix()] = sha256_file(full)
+            size += os.lstat(full).st_size
+    # The order of kerasio 0.1's digest (pathlib's, by path component): existing bundles keep their hashes.
+    files = dict(sorted(files.items(), key=lambda item: PurePosixPath(item[0]).parts))
     digest = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in files.items()).encode())
     return digest.hexdigest(), size, files
+
+
+def confined(bundle: Path, rel: Any, what: str) -> Path:
+    """``bundle / rel`` after checking that it stays inside the bundle, without opening anything.
+
+    ``rel`` must be a relative, normalized POSIX path; every component must
+    exist and none may be a symbolic link (``lstat``); the last must be a
+    regular file or a directory.
+
+    Raises:
+        UnsafeArtifactError: a path that escapes the bundle, a symlink or a special file.
+        ArtifactError: a component that does not exist.
+    """
+    text = rel if isinstance(rel, str) else None
+    parts = PurePosixPath(text).parts if text else ()
+    if (not text or text.startswith("/") or "\\" in text or "\x00" in text
+            or any(p in ("..", ".") for p in parts) or "/".join(parts) != text):
+        raise UnsafeArtifactError(
+            f"{bundle}: the manifest's path for {what} is not a relative path inside the bundle; refusing to open "
+            f"anything outside it. Re-export the bundle. Received: path={str(rel)[:200]!r}"
+        )
+    current = Path(bundle)
+    for i, part in enumerate(parts):
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            raise ArtifactError(f"{current}: {what} listed in the manifest is missing. Re-export the bundle "
+                                f"(kerasio run / kerasio.export). Received: path={text!r}") from None
+        if stat.S_ISLNK(mode):
+            raise UnsafeArtifactError(
+                f"{current}: is a symbolic link; kerasio never follows links out of a bundle. Replace it with the "
+                f"file itself. Received: path={text!r}")
+        if i < len(parts) - 1 and not stat.S_ISDIR(mode):
+            raise ArtifactError(f"{current}: is not a directory, but the manifest's path for {what} goes through "
+                                f"it. Re-export the bundle. Received: path={text!r}")
+        if i == len(parts) - 1 and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise UnsafeArtifactError(
+                f"{current}: {what} is {_kind(mode)}, not a file or directory; refusing to open it (it could block "
+                f"forever or read a device). Re-export the bundle. Received: {_kind(mode)}")
+    return current
 
 
 def staging_dir(bundle: Path) -> Path:

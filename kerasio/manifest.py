@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import ArtifactError, IntegrityError
-from .fsutil import hash_artifact, write_text_atomic
+from .fsutil import confined, hash_artifact, write_text_atomic
 from .signature import Signature
 from .task import NamedColumns, Task
 
@@ -51,13 +51,11 @@ class Artifact:
         Raises:
             IntegrityError: naming the artifact (and the file within a
                 directory artifact) whose bytes changed.
+            UnsafeArtifactError: a path that leaves the bundle, a symlink or a special file
+                (nothing outside the bundle is opened or hashed).
         """
-        full = bundle / self.path
-        if not full.exists():
-            raise ArtifactError(
-                f"{full}: artifact {self.format!r} listed in {MANIFEST_NAME} is missing. "
-                f"Re-export the bundle (kerasio run / kerasio.export). Received: path={self.path!r}"
-            )
+        # Confined before anything is opened: relative, inside the bundle, no symlink, no FIFO or device.
+        full = confined(bundle, self.path, f"artifact {self.format!r}")
         digest, _size, files = hash_artifact(full)
         if digest == self.sha256:
             return full

@@ -252,3 +252,67 @@ def test_member_count_is_capped_and_configurable(keras_bundle, tmp_path, monkeyp
         kerasio.load(path)
     monkeypatch.setenv("KERASIO_MAX_ARCHIVE_MEMBERS", "100")
     assert kerasio.load(path).format == "keras"  # the same file under a raised limit: the padding is harmless
+
+
+def _point_keras_artifact_at(bundle_dir, rel):
+    data = json.loads((bundle_dir / MANIFEST_NAME).read_text())
+    next(a for a in data["artifacts"] if a["format"] == "keras")["path"] = rel
+    (bundle_dir / MANIFEST_NAME).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("rel", ["../outside/model.keras", "/tmp/outside/model.keras", "./model.keras",
+                                 "serving/../../outside/model.keras", "", 7])
+def test_manifest_paths_outside_the_bundle_are_refused_unopened(keras_bundle, tmp_path, rel):
+    import hashlib
+
+    b = tmp_path / "b"
+    shutil.copytree(keras_bundle, b)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(b / "model.keras", outside / "model.keras")
+    secret = hashlib.sha256((outside / "model.keras").read_bytes()).hexdigest()
+    if isinstance(rel, str) and rel.startswith("/tmp/outside"):
+        rel = str(outside / "model.keras")
+    _point_keras_artifact_at(b, rel)
+    with pytest.raises(kerasio.UnsafeArtifactError, match=r"is not a relative path inside the bundle; refusing to "
+                                                          r"open anything outside it") as info:
+        kerasio.load(b)
+    assert secret[:12] not in str(info.value)  # nothing outside was hashed, let alone printed
+    report = kerasio.verify(b, formats="keras", record=False)
+    assert not report.ok and "refusing to open anything outside it" in report.checks[0].error
+
+
+def test_symlinked_artifact_is_refused(keras_bundle, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(keras_bundle, b)
+    (tmp_path / "real.keras").write_bytes((b / "model.keras").read_bytes())
+    (b / "model.keras").unlink()
+    (b / "model.keras").symlink_to(tmp_path / "real.keras")
+    with pytest.raises(kerasio.UnsafeArtifactError, match=r"model\.keras: is a symbolic link; kerasio never follows"):
+        kerasio.load(b)
+
+
+def test_symlink_inside_a_savedmodel_is_refused(keras_bundle, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(keras_bundle, b)
+    (tmp_path / "secret.txt").write_text("not yours")
+    (b / "serving/1/assets.extra/extra").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(kerasio.UnsafeArtifactError,
+                       match=r"assets\.extra/extra: is a symbolic link inside the artifact '1'; kerasio reads only "
+                             r"regular files"):
+        kerasio.load(b, format="savedmodel")
+
+
+def test_fifo_named_like_the_artifact_fails_fast_instead_of_hanging(keras_bundle, tmp_path):
+    """A FIFO would block open() forever; it is refused from lstat, in a process that must finish."""
+    import subprocess
+    import sys
+
+    b = tmp_path / "b"
+    shutil.copytree(keras_bundle, b)
+    (b / "model.keras").unlink()
+    os.mkfifo(b / "model.keras")
+    code = ("import kerasio, sys\ntry:\n    kerasio.load(sys.argv[1])\nexcept kerasio.UnsafeArtifactError as e:\n"
+            "    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(b)], capture_output=True, text=True, timeout=120)
+    assert "artifact 'keras' is a FIFO, not a file or directory; refusing to open it" in out.stdout, out.stderr[-500:]
