@@ -31,6 +31,7 @@ from .errors import (
     UnsafeArtifactError,
     UnsupportedFormatError,
     VerificationError,
+    WorkerError,
 )
 
 __version__ = "0.2.0"
@@ -62,7 +63,7 @@ __all__ = [  # written out so that linters and type checkers see the public name
     "verify", "verifier", "VerifyReport", "Dataset", "Split", "load_dataset", "split_dataset", "TrainConfig", "build_classifier",
     "fit", "set_determinism", "EpochTrace", "run_pipeline", "PipelineResult", "KerasioError", "DataError",
     "InputError", "ArtifactError", "IntegrityError", "UnsafeArtifactError", "UnsupportedFormatError",
-    "VerificationError", "BackendUnavailableError", "LegacyFormatWarning",
+    "VerificationError", "WorkerError", "BackendUnavailableError", "LegacyFormatWarning",
 ]
 
 

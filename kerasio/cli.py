@@ -126,6 +126,9 @@ def _run(args) -> int:
             "verification": result.report.to_dict() if result.report else None,
             "prediction": result.prediction, "seconds": result.seconds,
         }, indent=2, default=str))
+    if result.report is not None and result.report.worker_failure():
+        print(f"kerasio: error: {result.report.worker_failure()}", file=sys.stderr)  # not a mismatch: exit 2
+        return EXIT_ERROR
     if not result.ok:
         why = result.report.failure_text() if result.report else ""
         print(f"kerasio: verification failed, nothing was published: {why}", file=sys.stderr)
@@ -154,6 +157,9 @@ def _verify(args) -> int:
         passed = sum(c.passed for c in report.checks)
         print(report.table())
         print(f"{passed} of {len(report.checks)} checks passed ({report.mode}) for {args.path}")
+    if report.worker_failure():
+        print(f"kerasio: error: {report.worker_failure()}", file=sys.stderr)  # the verifier died: not a mismatch
+        return EXIT_ERROR
     if not report.ok:
         if not args.json:
             bad = ", ".join(c.artifact for c in report.failures()) or "resume"

@@ -14,6 +14,7 @@ __all__ = [
     "UnsafeArtifactError",
     "UnsupportedFormatError",
     "VerificationError",
+    "WorkerError",
     "BackendUnavailableError",
     "LegacyFormatWarning",
 ]
@@ -49,6 +50,10 @@ class UnsupportedFormatError(ArtifactError):
 
 class VerificationError(KerasioError, AssertionError):
     """A reloaded artifact's outputs differ from the original model's."""
+
+
+class WorkerError(KerasioError):
+    """The verifying interpreter died or stopped answering (what it was checking is named)."""
 
 
 class BackendUnavailableError(KerasioError, RuntimeError):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import BackendUnavailableError, InputError, KerasioError, VerificationError
+from .errors import BackendUnavailableError, InputError, KerasioError, VerificationError, WorkerError
 from .formats import get_format
 from .fsutil import write_text_atomic
 from .manifest import Artifact, Manifest, load_arrays, read_manifest, save_arrays
@@ -55,6 +55,7 @@ class Check:
     passed: bool = False
     seconds: float = 0.0
     error: str = ""
+    error_type: str = ""  # the kerasio exception behind ``error`` (WorkerError: the verifier died, not a mismatch)
     tf32_drift: float | None = None
     device_drift: float | None = None
 
@@ -71,6 +72,10 @@ class VerifyReport:
     checks: list[Check] = field(default_factory=list)
     resume: dict[str, Any] | None = None
     mode: str = "fresh-process"
+
+    def worker_failure(self) -> str:
+        """The first check that failed because the verifying interpreter died or hung ('' if none)."""
+        return next((c.error for c in self.checks if c.error_type == "WorkerError"), "")
 
     @property
     def ok(self) -> bool:
@@ -290,7 +295,13 @@ def verify(
                 report.checks.extend(_judge(manifest, art, answer["results"], y_ref, y_one, start, rtol, atol))
             except KerasioError as exc:
                 report.checks.append(Check(artifact=art.path, format=art.format, rows=rows, error=str(exc),
-                                           backend=child_backend, seconds=time.perf_counter() - start))
+                                           error_type=type(exc).__name__, backend=child_backend,
+                                           seconds=time.perf_counter() - start))
+                if isinstance(exc, WorkerError):  # the next check starts a new worker; answers pending here are lost
+                    dead = workers.pop(child_backend, None)
+                    if dead is not None:
+                        dead.close()
+                    submitted = {}
     if record:
         with contextlib.suppress(OSError):
             write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))

@@ -15,6 +15,8 @@ import importlib
 import itertools
 import json
 import os
+import re
+import select
 import subprocess
 import sys
 import tempfile
@@ -24,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import KerasioError
+from .errors import KerasioError, WorkerError
 
 __all__ = ["run_check", "handle", "Worker"]
 
@@ -168,6 +170,14 @@ def _serve() -> None:
     os._exit(0)
 
 
+def _timeout() -> float:
+    """Seconds to wait for one answer (``KERASIO_WORKER_TIMEOUT``; default 30 minutes: a huge model loads slowly)."""
+    try:
+        return float(os.environ.get("KERASIO_WORKER_TIMEOUT", 1800))
+    except ValueError:
+        return 1800.0
+
+
 class Worker:
     """A fresh ``python -m kerasio.worker`` process for one Keras backend.
 
@@ -203,24 +213,62 @@ class Worker:
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
         self._in, self._out = self.proc.stdin, self.proc.stdout
+        self._fd, self._buffer = self._out.fileno(), b""  # answers are read from the raw pipe, with a deadline
+        self.timeout = _timeout()
         self._in_flight: collections.deque[tuple[int, bool]] = collections.deque()  # (ticket, answer wanted)
         self._answers: dict[int, dict[str, Any]] = {}
+        self._what: dict[int, str] = {}
         self._tickets = itertools.count()
         self.submit({"op": "warm", "modules": [*imports, *warm]}, keep=False)
         if rehearse:  # only when the caller has idle time to give (the pipeline trains meanwhile)
             self.submit({"op": "rehearse", "formats": list(rehearse)}, keep=False)
 
     def _send(self, message: dict[str, Any]) -> None:
-        self._in.write(json.dumps(message) + "\n")
-        self._in.flush()
+        try:
+            self._in.write(json.dumps(message) + "\n")
+            self._in.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            raise self._died(f"a {message.get('op', 'check')} request") from None
 
-    def _receive(self) -> dict[str, Any]:
-        line = self._out.readline()
-        if not line:
-            self._stderr.seek(0)
-            tail = self._stderr.read()[-2000:]
-            raise KerasioError(f"the verification worker exited unexpectedly (backend {self.backend}):\n{tail}")
+    def _receive(self, what: str = "a request") -> dict[str, Any]:
+        """One answer line, or :class:`WorkerError` when the worker died or gave none within ``timeout`` seconds."""
+        deadline = time.monotonic() + self.timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.proc.kill()
+                self.proc.wait()
+                raise WorkerError(
+                    f"the verification worker (backend {self.backend}) gave no answer to {what} in "
+                    f"{self.timeout:.0f} s and was stopped; the remaining checks run in a new one. Raise "
+                    f"KERASIO_WORKER_TIMEOUT for very large models. Received: no answer after {self.timeout:.0f} s")
+            ready, _, _ = select.select([self._fd], [], [], min(left, 1.0))
+            if not ready:
+                continue
+            chunk = os.read(self._fd, 1 << 16)
+            if not chunk:
+                raise self._died(what)
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
         return json.loads(line)
+
+    def _died(self, what: str) -> WorkerError:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._stderr.seek(0)
+        noise = re.compile(r"^([IWE]\d{4} |WARNING: All log messages)")  # TensorFlow's C++ start-up lines
+        lines = [line.strip() for line in self._stderr.read().splitlines() if line.strip() and not noise.match(line)]
+        last = lines[-1][:300] if lines else "no output"
+        return WorkerError(
+            f"the verification worker (backend {self.backend}) died during {what} (exit code {code}); the "
+            f"remaining checks run in a new one. Its last words: {last}. Received: exit code {code}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     @property
     def busy(self) -> bool:
@@ -230,8 +278,10 @@ class Worker:
     def submit(self, message: dict[str, Any], *, keep: bool = True) -> int:
         """Send a request without waiting; return the ticket :meth:`collect` takes."""
         message.setdefault("out_dir", self.tmp.name)
-        self._send(message)
         ticket = next(self._tickets)
+        self._what[ticket] = (f"the check of {Path(message['path']).name} ({message['format']})"
+                              if "format" in message else f"its {message.get('op', 'request')}")
+        self._send(message)
         self._in_flight.append((ticket, keep))
         return ticket
 
@@ -240,8 +290,9 @@ class Worker:
         while ticket not in self._answers:
             if not self._in_flight:
                 raise KeyError(f"no request with ticket {ticket} is in flight")
-            sent, keep = self._in_flight.popleft()
-            answer = self._receive()
+            sent, keep = self._in_flight[0]
+            answer = self._receive(self._what.get(sent, "a request"))
+            self._in_flight.popleft()
             if keep:
                 self._answers[sent] = answer
         return self._answers.pop(ticket)
