@@ -28,6 +28,7 @@ from .errors import (
     IntegrityError,
     KerasioError,
     LegacyFormatWarning,
+    ManifestWarning,
     UnsafeArtifactError,
     UnsupportedFormatError,
     VerificationError,
@@ -64,6 +65,7 @@ __all__ = [  # written out so that linters and type checkers see the public name
     "fit", "set_determinism", "EpochTrace", "run_pipeline", "PipelineResult", "KerasioError", "DataError",
     "InputError", "ArtifactError", "IntegrityError", "UnsafeArtifactError", "UnsupportedFormatError",
     "VerificationError", "WorkerError", "BackendUnavailableError", "LegacyFormatWarning",
+    "ManifestWarning",
 ]
 
 

@@ -103,11 +103,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KerasioError as exc:
         if args.debug:
             raise
-        print(f"kerasio: error: {exc}", file=sys.stderr)
+        from .validation import printable
+
+        print(f"kerasio: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("kerasio: interrupted; existing artifacts were left as they were.", file=sys.stderr)
         return 130
+
+
+def _out(text: str = "", **kwargs) -> None:
+    """Print text that may carry strings from a bundle: control characters are escaped, line breaks kept."""
+    from .validation import printable
+
+    print("\n".join(printable(line) for line in str(text).split("\n")), **kwargs)
 
 
 def _run(args) -> int:
@@ -152,18 +161,18 @@ def _verify(args) -> int:
 
         report.resume = resume_in_fresh_process(args.path, backend=args.backend)
     if args.json:
-        print(report.to_json(indent=2))
+        _out(report.to_json(indent=2))
     else:
         passed = sum(c.passed for c in report.checks)
-        print(report.table())
-        print(f"{passed} of {len(report.checks)} checks passed ({report.mode}) for {args.path}")
+        _out(report.table())
+        _out(f"{passed} of {len(report.checks)} checks passed ({report.mode}) for {args.path}")
     if report.worker_failure():
-        print(f"kerasio: error: {report.worker_failure()}", file=sys.stderr)  # the verifier died: not a mismatch
+        _out(f"kerasio: error: {report.worker_failure()}", file=sys.stderr)  # the verifier died: not a mismatch
         return EXIT_ERROR
     if not report.ok:
         if not args.json:
             bad = ", ".join(c.artifact for c in report.failures()) or "resume"
-            print(f"kerasio: verification failed for {bad}",
+            _out(f"kerasio: verification failed for {bad}",
                   file=sys.stderr)
         return EXIT_FAILED
     return 0
@@ -184,7 +193,7 @@ def _predict(args) -> int:
     found = predict_file(model, args.input)
     if args.output:
         write_predictions(args.output, found.arrays(), found.columns)
-        print(f"wrote {found.rows} predictions to {args.output} (model {model.path}, "
+        _out(f"wrote {found.rows} predictions to {args.output} (model {model.path}, "
               f"sha256 {(model.sha256 or '')[:12]})")
         return 0
     if found.columns is None:
@@ -196,7 +205,7 @@ def _predict(args) -> int:
     import pandas as pd
 
     frame = pd.DataFrame(found.columns)
-    print(frame.to_json(orient="records") if args.json else frame.to_csv(index=False), end="" if not args.json else "\n")
+    _out(frame.to_json(orient="records") if args.json else frame.to_csv(index=False), end="" if not args.json else "\n")
     return 0
 
 
@@ -208,49 +217,76 @@ def _inspect(args) -> int:
 
     bundle = Path(args.path)
     manifest = read_manifest(bundle)
-    last = None
-    if (bundle / VERIFICATION_FILE).is_file():
-        last = json.loads((bundle / VERIFICATION_FILE).read_text(encoding="utf-8"))
+    last = _last_verification(bundle / VERIFICATION_FILE)
     if args.json:
-        print(json.dumps({"manifest": manifest.to_dict(), "last_verification": last}, indent=2))
+        _out(json.dumps({"manifest": manifest.to_dict(), "last_verification": last}, indent=2))
         return 0
     v = manifest.versions
     sig = manifest.signature
-    print(f"bundle      {bundle}")
-    print(f"created     {manifest.created_utc} (schema {manifest.schema_version}); backend {manifest.backend}, "
+    _out(f"bundle      {bundle}")
+    _out(f"created     {manifest.created_utc} (schema {manifest.schema_version}); backend {manifest.backend}, "
           f"device {manifest.device}")
-    print("versions    " + ", ".join(f"{k} {v[k]}" for k in v))
-    print(f"model       {sig.model_kind}, compute {sig.compute_dtype}, task {manifest.task.kind}")
+    _out("versions    " + ", ".join(f"{k} {v[k]}" for k in v))
+    _out(f"model       {sig.model_kind}, compute {sig.compute_dtype}, task {manifest.task.kind}")
     for spec in sig.inputs:
         cols = f" columns {sig.feature_names}" if sig.feature_names and len(sig.inputs) == 1 else ""
-        print(f"input       {spec.describe()}{cols}")
+        _out(f"input       {spec.describe()}{cols}")
     for spec in sig.outputs:
         extra = " (probabilities)" if spec.probabilities else ""
-        print(f"output      {spec.describe()}{extra}")
+        _out(f"output      {spec.describe()}{extra}")
     if manifest.task.is_classification:
-        print(f"classes     {manifest.class_names} (label column {manifest.label!r})")
+        _out(f"classes     {manifest.class_names} (label column {manifest.label!r})")
     if manifest.metrics:
-        print("metrics     " + ", ".join(f"{k} {val:.4f}" for k, val in manifest.metrics.items()))
+        _out("metrics     " + ", ".join(f"{k} {val:.4f}" for k, val in manifest.metrics.items()))
     last_by: dict[str, list[str]] = {}
     for c in (last or {}).get("checks", []):
-        diff = "-" if c["max_abs_diff"] is None else f"{c['max_abs_diff']:.1e}"
-        last_by.setdefault(c["artifact"], []).append(f"{c['status']} on {c['device'] or '?'} (max diff {diff})")
+        diff = "-" if c.get("max_abs_diff") is None else f"{c['max_abs_diff']:.1e}"
+        last_by.setdefault(str(c.get("artifact")), []).append(
+            f"{c.get('status')} on {c.get('device') or '?'} (max diff {diff})")
     rows = []
     for a in manifest.artifacts:
         rows.append([a.format, a.path, str(a.size), a.sha256[:16], _io_summary(a.info),
                      "; ".join(last_by.get(a.path, ["never verified"]))])
     rows += [[name, "-", "-", "-", f"skipped: {why}", "-"] for name, why in manifest.skipped.items()]
-    print("\nartifacts")
-    print(render_table(["Format", "Path", "Bytes", "sha256", "Signature / I/O", "Last verification"], rows))
+    _out("\nartifacts")
+    _out(render_table(["Format", "Path", "Bytes", "sha256", "Signature / I/O", "Last verification"], rows))
     if last:
-        print(f"last verification: {'PASS' if last.get('ok') else 'FAIL'} ({last.get('mode')})")
+        _out(f"last verification: {'PASS' if last.get('ok') else 'FAIL'} ({last.get('mode')})")
     if manifest.trace:
-        print("\ntrace")
-        print(TraceRecords(manifest.trace).table())
+        _out("\ntrace")
+        _out(TraceRecords(manifest.trace).table())
     return 0
 
 
+def _last_verification(path: Path) -> dict | None:
+    """``verification.json`` (not hashed: a report, not evidence) if it is a sane report, else ``None``."""
+    from .errors import KerasioError
+    from .validation import MAX_MANIFEST_BYTES, check_depth
+
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_MANIFEST_BYTES:
+            return None
+        last = json.loads(path.read_text(encoding="utf-8"))
+        check_depth(last)
+        checks = last.get("checks") if isinstance(last, dict) else None
+        if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
+            return None
+        for c in checks:
+            if not isinstance(c.get("max_abs_diff"), (int, float, type(None))):
+                return None
+        return last
+    except (OSError, ValueError, RecursionError, KerasioError):
+        return None
+
+
 def _io_summary(info: dict) -> str:
+    try:
+        return _describe_io(info)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return "?"
+
+
+def _describe_io(info: dict) -> str:
     if "signatures" in info:
         parts = []
         for name, sig in sorted(info["signatures"].items()):

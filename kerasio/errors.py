@@ -17,6 +17,7 @@ __all__ = [
     "WorkerError",
     "BackendUnavailableError",
     "LegacyFormatWarning",
+    "ManifestWarning",
 ]
 
 
@@ -58,6 +59,10 @@ class WorkerError(KerasioError):
 
 class BackendUnavailableError(KerasioError, RuntimeError):
     """The runtime a format needs (TensorFlow, onnxruntime, ...) is not installed."""
+
+
+class ManifestWarning(UserWarning):
+    """A manifest has fields this kerasio does not know (a newer kerasio wrote it); they are ignored."""
 
 
 class LegacyFormatWarning(UserWarning):

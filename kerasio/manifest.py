@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,8 +20,9 @@ import numpy as np
 
 from .errors import ArtifactError, IntegrityError
 from .fsutil import confined, hash_artifact, write_text_atomic
-from .signature import Signature
+from .signature import Signature, TensorSpec
 from .task import NamedColumns, Task
+from .validation import MAX_MANIFEST_BYTES, check_depth, validate_manifest
 
 __all__ = ["Manifest", "Artifact", "MANIFEST_NAME", "SCHEMA_VERSION", "read_manifest", "library_versions",
            "REFERENCE_FILES", "save_arrays"]
@@ -114,6 +116,7 @@ class Manifest(NamedColumns):
                 f"(reads {', '.join(map(str, SUPPORTED_SCHEMAS))}). Upgrade kerasio or re-export the bundle. "
                 f"Received: schema_version={version!r}"
             )
+        validate_manifest(data, schema=version)
         if version == 1:
             data = _from_schema_1(data)
         try:
@@ -157,8 +160,13 @@ class Manifest(NamedColumns):
             raise ArtifactError(f"{Path(bundle) / MANIFEST_NAME}: no reference {key} recorded; re-export the "
                                 f"bundle. Received: reference keys {sorted(self.reference)}") from None
         path = art.check(Path(bundle))
-        names = self.signature.input_names if key == "inputs" else self.signature.output_names
-        return load_arrays(path, names)
+        specs = self.signature.inputs if key == "inputs" else self.signature.outputs
+        arrays = load_arrays(path, [s.name for s in specs], specs)
+        rows = self.reference.get("rows")
+        if key != "outputs_1row" and isinstance(rows, int) and len(next(iter(arrays.values()))) != rows:
+            raise ArtifactError(f"{path}: {len(next(iter(arrays.values())))} rows, but the manifest records {rows}; "
+                                f"re-export the bundle. Received: rows={rows}")
+        return arrays
 
 
 def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -173,20 +181,71 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         np.savez(f, **clean)  # type: ignore[arg-type]
 
 
-def load_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray]:
-    """Named arrays from ``.npz`` (or a schema-1 ``.npy``, which holds the single named array)."""
+def load_arrays(path: Path, names: list[str], specs: list[TensorSpec] | None = None) -> dict[str, np.ndarray]:
+    """Named arrays from ``.npz`` (or a schema-1 ``.npy``, which holds the single named array).
+
+    Each array's header is read and checked first: no pickled objects, and no
+    more data claimed than the file holds (a lying header would make numpy
+    allocate terabytes). With ``specs``, each array must match its spec's rank,
+    fixed dimensions and kind (strings or numbers), and all must have as many rows.
+    """
     try:
         if path.suffix == ".npy":
-            return {names[0]: np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise ArtifactError(f"{path}: unreadable reference arrays; re-export the bundle. Received: {exc}") from None
+            with open(path, "rb") as f:
+                _check_header(f, path.stat().st_size, f"{path}")
+            arrays = {names[0]: np.load(path, allow_pickle=False)}
+        else:
+            with zipfile.ZipFile(path) as archive:
+                members = archive.infolist()
+                if len(members) > 10_000:
+                    raise ArtifactError(f"{path}: {len(members)} arrays; no reference file holds that many. "
+                                        f"Re-export the bundle. Received: {len(members)} members")
+                for info in members:
+                    with archive.open(info) as f:
+                        _check_header(f, info.file_size, f"{path}: array {info.filename!r}")
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ArtifactError(f"{path}: unreadable reference arrays; re-export the bundle. "
+                            f"Received: {str(exc)[:200]}") from None
     missing = [n for n in names if n not in arrays]
     if missing:
         raise ArtifactError(f"{path}: no reference array for {missing}; re-export the bundle. "
                             f"Received: {sorted(arrays)}")
-    return {n: arrays[n] for n in names}
+    arrays = {n: arrays[n] for n in names}
+    if specs is not None:
+        _check_against(path, arrays, specs)
+    return arrays
+
+
+def _check_header(f: Any, size: int, where: str) -> None:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _fortran, dtype = read(f, max_header_size=10_000)
+    if dtype.hasobject:
+        raise ArtifactError(f"{where}: holds Python objects (dtype {dtype}), which kerasio never writes and never "
+                            f"unpickles. Re-export the bundle. Received: dtype={dtype}")
+    claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize if shape else dtype.itemsize
+    if claimed > size - f.tell():
+        raise ArtifactError(f"{where}: its header claims {claimed} bytes of data (shape {shape}, {dtype}) but the "
+                            f"file holds {size - f.tell()}: truncated or forged. Re-export the bundle. "
+                            f"Received: shape={shape}")
+
+
+def _check_against(path: Path, arrays: dict[str, np.ndarray], specs: list[TensorSpec]) -> None:
+    rows = {len(a) if a.ndim else 0 for a in arrays.values()}
+    for spec in specs:
+        array = arrays[spec.name]
+        fits = array.ndim == spec.rank and all(d is None or d == got for d, got in zip(spec.shape[1:], array.shape[1:]))
+        kind_ok = (array.dtype.kind == "U") == (spec.dtype == "string")
+        if not fits or not kind_ok:
+            raise ArtifactError(
+                f"{path}: array {spec.name!r} is {array.dtype}{list(array.shape)}, which does not match the "
+                f"signature's {spec.describe()}. Re-export the bundle. Received: shape={array.shape}, "
+                f"dtype={array.dtype}")
+    if len(rows) > 1:
+        raise ArtifactError(f"{path}: the arrays have different numbers of rows {sorted(rows)}; re-export the "
+                            f"bundle. Received: rows={sorted(rows)}")
 
 
 def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
@@ -213,10 +272,19 @@ def read_manifest(bundle: str | Path) -> Manifest:
             f"{Path(bundle)}: not a kerasio bundle (no {MANIFEST_NAME}). Pass a bundle directory "
             f"written by kerasio, a .keras file or a SavedModel directory. Received: {Path(bundle)}"
         )
+    confined(Path(bundle), MANIFEST_NAME, "the manifest")  # a regular file, not a link or a FIFO
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path}: the manifest is {size} bytes, over the limit of {MAX_MANIFEST_BYTES}; no "
+                            f"kerasio manifest is that large. Re-export the bundle. Received: {size} bytes")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON; re-export the bundle. Received: {exc}") from None
+    except RecursionError:
+        raise ArtifactError(f"{path}: the JSON is nested too deeply to parse; no kerasio manifest is. Re-export "
+                            "the bundle. Received: deeper than Python's recursion limit") from None
+    check_depth(data)
     if not isinstance(data, dict):
         raise ArtifactError(f"{path}: the manifest is not a JSON object; re-export the bundle. "
                             f"Received: {type(data).__name__}")

@@ -1,0 +1,187 @@
+"""Validate a manifest (plain JSON from a possibly hostile bundle) before anything uses it.
+
+Every field is checked for its type, required fields for presence, and the
+whole document for size and nesting depth; a violation is an
+:class:`~kerasio.errors.ArtifactError` that names the field. Fields this
+version does not know (a newer kerasio wrote them) are ignored with one
+:class:`~kerasio.errors.ManifestWarning`. Facts that must agree (class names and
+the classifier's output width, feature names and the input width) are
+cross-checked, so that a lying manifest cannot reach an ``IndexError`` later.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any, Callable, Mapping
+
+from .errors import ArtifactError, ManifestWarning
+
+__all__ = ["validate_manifest", "check_depth", "MAX_MANIFEST_BYTES", "MAX_DEPTH", "printable"]
+
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest with a 10,000-epoch trace is a few MB
+MAX_DEPTH = 64
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+Check = Callable[[Any, str], None]
+
+
+def _fail(field: str, want: str, value: Any) -> ArtifactError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return ArtifactError(f"kerasio.json: field {field!r} must be {want}; the manifest is malformed or was edited. "
+                         f"Re-export the bundle. Received: {printable(shown)}")
+
+
+def _is(kind: type | tuple[type, ...], want: str) -> Check:
+    def check(value: Any, field: str) -> None:
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise _fail(field, want, value)
+        if not isinstance(value, kind):
+            raise _fail(field, want, value)
+    return check
+
+
+STR, INT, BOOL = _is(str, "a string"), _is(int, "an integer"), _is(bool, "true or false")
+NUMBER, DICT, LIST = _is((int, float), "a number"), _is(dict, "an object"), _is(list, "a list")
+
+
+def _optional(check: Check) -> Check:
+    def inner(value: Any, field: str) -> None:
+        if value is not None:
+            check(value, field)
+    return inner
+
+
+def _list_of(check: Check) -> Check:
+    def inner(value: Any, field: str) -> None:
+        LIST(value, field)
+        for i, item in enumerate(value):
+            check(item, f"{field}[{i}]")
+    return inner
+
+
+def _map_of(check: Check) -> Check:
+    def inner(value: Any, field: str) -> None:
+        DICT(value, field)
+        for key, item in value.items():
+            check(item, f"{field}.{key}")
+    return inner
+
+
+def _one_of(options: tuple[str, ...]) -> Check:
+    def inner(value: Any, field: str) -> None:
+        if value not in options:
+            raise _fail(field, f"one of {', '.join(options)}", value)
+    return inner
+
+
+def _sha256(value: Any, field: str) -> None:
+    if not isinstance(value, str) or not _HEX64.match(value):
+        raise _fail(field, "a sha256 (64 lowercase hex digits)", value)
+
+
+def _dim(value: Any, field: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise _fail(field, "a dimension (an integer >= 0, or null)", value)
+
+
+def _object(fields: Mapping[str, Check], required: tuple[str, ...] = ()) -> Check:
+    def inner(value: Any, field: str) -> None:
+        DICT(value, field)
+        for name in required:
+            if name not in value:
+                raise ArtifactError(f"kerasio.json: required field {field + '.' + name!r} is missing; the manifest is "
+                                    f"malformed. Re-export the bundle. Received: keys {sorted(value)[:20]}")
+        for name, check in fields.items():
+            if name in value:
+                check(value[name], f"{field}.{name}")
+    return inner
+
+
+_SPEC = _object({"name": STR, "dtype": STR, "shape": _list_of(_dim), "activation": _optional(STR),
+                 "probabilities": BOOL}, required=("name", "dtype", "shape"))
+_SIGNATURE = _object({
+    "inputs": _list_of(_SPEC), "outputs": _list_of(_SPEC), "input_structure": _one_of(("single", "list", "dict")),
+    "output_structure": _one_of(("single", "list", "dict")), "feature_names": _optional(_list_of(STR)),
+    "model_kind": STR, "compute_dtype": STR, "layers": _list_of(STR),
+}, required=("inputs", "outputs"))
+_TASK = _object({"kind": _one_of(("classification", "regression", "raw")), "output": _optional(STR),
+                 "class_names": _list_of(STR), "binary": BOOL})
+_ENTRY = _object({"path": STR, "sha256": _sha256, "size": INT}, required=("path", "sha256"))
+_ARTIFACT = _object({"format": STR, "path": STR, "size": INT, "sha256": _sha256,
+                     "files": _optional(_map_of(_sha256)), "info": DICT},
+                    required=("format", "path", "size", "sha256"))
+_REFERENCE = _object({"rows": INT, "inputs": _ENTRY, "outputs": _ENTRY, "outputs_1row": _ENTRY},
+                     required=("inputs", "outputs", "outputs_1row"))
+FIELDS: dict[str, Check] = {
+    "schema_version": INT, "created_utc": STR, "versions": _map_of(STR), "backend": STR, "device": STR,
+    "device_name": STR, "signature": _SIGNATURE, "task": _TASK, "artifacts": _list_of(_ARTIFACT),
+    "skipped": _map_of(STR), "label": STR, "trace": _list_of(DICT), "metrics": _map_of(NUMBER),
+    "training": DICT, "reference": _REFERENCE, "custom_objects": _list_of(DICT),
+}
+REQUIRED = ("schema_version", "signature", "artifacts", "reference")
+# kerasio 0.1 (schema 1) wrote these instead of signature/task; they are translated after this check.
+FIELDS_1 = {**FIELDS, "feature_names": _list_of(STR), "class_names": _list_of(STR), "input": DICT, "outputs": DICT}
+REQUIRED_1 = ("schema_version", "feature_names", "class_names", "artifacts", "reference")
+
+
+def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit`` (iteratively: a hostile document cannot exhaust the stack here)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise ArtifactError(f"kerasio.json: nested more than {limit} levels deep; no kerasio manifest is. "
+                                f"Re-export the bundle. Received: depth > {limit}")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def validate_manifest(data: Mapping[str, Any], *, schema: int) -> None:
+    """Check every known field's type and the required ones' presence; warn once about unknown fields."""
+    fields, required = (FIELDS_1, REQUIRED_1) if schema == 1 else (FIELDS, REQUIRED)
+    for name in required:
+        if name not in data:
+            raise ArtifactError(f"kerasio.json: required field {name!r} is missing; the manifest is malformed. "
+                                f"Re-export the bundle. Received: keys {sorted(data)[:20]}")
+    for name, check in fields.items():
+        if name in data:
+            check(data[name], name)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        warnings.warn(f"kerasio.json has fields this kerasio does not know, ignored: {printable(str(unknown))[:200]} "
+                      "(written by a newer kerasio?)", ManifestWarning, stacklevel=4)
+    if schema != 1:
+        _cross_check(data)
+
+
+def _cross_check(data: Mapping[str, Any]) -> None:
+    """Facts that must agree, so that later code can index by them."""
+    signature, task = data["signature"], data.get("task") or {}
+    if not signature["inputs"] or not signature["outputs"]:
+        raise _fail("signature", "a signature with at least one input and one output", signature)
+    outputs = {spec["name"]: spec for spec in signature["outputs"]}
+    names = signature.get("feature_names")
+    if names is not None:
+        first = signature["inputs"][0]
+        width = first["shape"][1] if len(signature["inputs"]) == 1 and len(first["shape"]) == 2 else None
+        if width is None or len(names) != width:
+            raise _fail("signature.feature_names", f"one name per column of the input ({width})", names)
+    if task.get("kind") in ("classification", "regression"):
+        output = task.get("output")
+        if output not in outputs:
+            raise _fail("task.output", f"one of the signature's outputs {sorted(outputs)}", output)
+        if task["kind"] == "classification":
+            shape = outputs[output]["shape"]
+            classes = 2 if task.get("binary") else (shape[-1] if len(shape) >= 2 else None)
+            if len(task.get("class_names", [])) != classes:
+                raise _fail("task.class_names", f"one name per class of output {output!r} ({classes})",
+                            task.get("class_names"))
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes among them) shown as ``\\x..`` instead of sent raw."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
