@@ -7,6 +7,7 @@ existing bundle as it was. SavedModel versions are never overwritten.
 """
 from __future__ import annotations
 
+import errno
 import shutil
 import time
 import warnings
@@ -16,7 +17,16 @@ from typing import Any, Sequence
 
 from .errors import ArtifactError, KerasioError, UnsafeArtifactError, UnsupportedFormatError, VerificationError
 from .formats import ExportContext, Format, explicit, resolve_formats
-from .fsutil import hash_artifact, interrupts_deferred, place, staging_dir, write_text_atomic
+from .fsutil import (
+    bundle_lock,
+    clean_stale,
+    hash_artifact,
+    interrupts_deferred,
+    place,
+    staging_dir,
+    writable_error,
+    write_text_atomic,
+)
 from .manifest import REFERENCE_FILES, Artifact, Manifest, hash_entry, library_versions, save_arrays
 from .runtime import available_devices, device_name, keras_backend, keras_forward, to_numpy
 from .signature import Signature, complete_outputs, derive_signature, mark_probabilities
@@ -137,8 +147,22 @@ def export(
 
         own_worker = Worker(None, warm=["keras"])
         workers[own_worker.backend] = own_worker
-    bundle.mkdir(parents=True, exist_ok=True)
-    stage = staging_dir(bundle)
+    try:
+        bundle.mkdir(parents=True, exist_ok=True)
+        lock = bundle_lock(bundle)
+        lock.acquire()  # one writer at a time: each export gets its own serving/<n>, none is lost
+    except OSError as exc:
+        if own_worker is not None:
+            own_worker.close()
+        raise writable_error(bundle, exc, "write the bundle") from None
+    try:
+        clean_stale(bundle)  # what killed writers left behind
+        stage = staging_dir(bundle)
+    except OSError as exc:
+        lock.release()
+        if own_worker is not None:
+            own_worker.close()
+        raise writable_error(bundle, exc, "write the bundle") from None
     seconds: dict[str, float] = {}
     custom = _custom_objects(model)
     submitted: dict[str, Any] = {}
@@ -211,8 +235,11 @@ def export(
             manifest.write(bundle)  # last: readers only ever see a complete bundle
         if report is not None:
             write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))
+    except OSError as exc:  # a full disk, a read-only file system, a permission: say so, publish nothing
+        raise writable_error(bundle, exc, "write the bundle (nothing was published; it is as it was)") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        lock.release()
         if own_worker is not None:
             own_worker.close()
     return ExportResult(bundle, manifest, seconds, skipped, report)
@@ -304,13 +331,24 @@ def _save(fmt: Format, model: Any, dest: Path, ctx: ExportContext, final: Path) 
             return {**fmt.describe(dest), **written}
     except KerasioError:
         raise
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRNOS:
+            raise  # the disk or the permissions, not the format: export reports it as such
+        raise _format_failed(fmt, final, exc) from exc
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        where = final.parent if fmt.name != "savedmodel" else final.parent.parent
-        raise ArtifactError(
-            f"{final}: exporting format {fmt.name!r} failed. Nothing in {where} was changed; "
-            f"drop {fmt.name!r} from --formats or fix the model. Received: {type(exc).__name__}: {first_line}"
-        ) from exc
+        raise _format_failed(fmt, final, exc) from exc
+
+
+def _format_failed(fmt: Format, final: Path, exc: Exception) -> ArtifactError:
+    first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    where = final.parent if fmt.name != "savedmodel" else final.parent.parent
+    return ArtifactError(
+        f"{final}: exporting format {fmt.name!r} failed. Nothing in {where} was changed; "
+        f"drop {fmt.name!r} from --formats or fix the model. Received: {type(exc).__name__}: {first_line}"
+    )
+
+
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def _custom_objects(model: Any) -> list[dict[str, Any]]:

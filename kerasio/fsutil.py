@@ -16,7 +16,9 @@ from typing import Any
 from .errors import ArtifactError, UnsafeArtifactError
 
 __all__ = ["sha256_file", "hash_artifact", "confined", "place", "staging_dir", "write_text_atomic",
-           "interrupts_deferred"]
+           "interrupts_deferred", "bundle_lock", "clean_stale", "writable_error"]
+
+LOCK_NAME = ".kerasio.lock"
 
 _CHUNK = 4 << 20
 
@@ -129,6 +131,69 @@ def confined(bundle: Path, rel: Any, what: str) -> Path:
                 f"{current}: {what} is {_kind(mode)}, not a file or directory; refusing to open it (it could block "
                 f"forever or read a device). Re-export the bundle. Received: {_kind(mode)}")
     return current
+
+
+def bundle_lock(bundle: Path) -> Any:
+    """An advisory lock on ``bundle`` (``flock`` on ``.kerasio.lock``): one writer at a time.
+
+    The kernel releases it when its holder dies, so a killed writer never
+    leaves the bundle locked.
+    """
+    from filelock import FileLock
+
+    return FileLock(str(Path(bundle) / LOCK_NAME))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(bundle: Path) -> list[str]:
+    """Remove what killed writers left in ``bundle``; call with :func:`bundle_lock` held.
+
+    Under the lock no other writer is working here, so every staging
+    directory, renamed-aside old directory and temporary manifest is a leftover.
+    """
+    removed = []
+    for entry in Path(bundle).iterdir():
+        name = entry.name
+        if name.startswith(".kerasio-staging-") or ".old-" in name or ".tmp-" in name:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(name)
+    return removed
+
+
+def clean_stale_temp(prefix: str) -> None:
+    """Remove ``<tmp>/<prefix><pid>-*`` directories whose process is gone (a killed verification's)."""
+    import tempfile
+
+    for entry in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def writable_error(path: Path, exc: OSError, action: str) -> ArtifactError:
+    """A one-line error for a failed write that names the cause and says what to do."""
+    advice = {
+        errno.ENOSPC: "free some disk space or choose another --out",
+        errno.EDQUOT: "free some of your disk quota or choose another --out",
+        errno.EACCES: "choose a writable --out or fix its permissions",
+        errno.EPERM: "choose a writable --out or fix its permissions",
+        errno.EROFS: "the file system is read-only; choose another --out",
+        errno.ENOTDIR: "a file stands where a directory is needed; choose another --out",
+        errno.EEXIST: "a file stands where a directory is needed; choose another --out",
+    }.get(exc.errno or 0, "check the path and try again")
+    return ArtifactError(f"{path}: cannot {action}: {exc.strerror or exc}; {advice}. Received: {exc}")
 
 
 def staging_dir(bundle: Path) -> Path:

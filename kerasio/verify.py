@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -255,7 +256,8 @@ def verify(
     if verifier is not None:
         workers.setdefault(verifier.backend, verifier)
     rows = len(next(iter(x_ref.values())))
-    with tempfile.TemporaryDirectory(prefix="kerasio-ref-") as tmp, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory(prefix=f"kerasio-verify-{os.getpid()}-ref-") as tmp, \
+            contextlib.ExitStack() as stack:
         inputs = Path(tmp) / "inputs.npz"
         save_arrays(inputs, x_ref)
 

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import KerasioError, WorkerError
+from .fsutil import clean_stale_temp
 
 __all__ = ["run_check", "handle", "Worker"]
 
@@ -205,7 +206,8 @@ class Worker:
         root = str(Path(__file__).resolve().parent.parent)
         paths = [root, *(p for p in sys.path if p and os.path.isdir(p))]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        self.tmp = tempfile.TemporaryDirectory(prefix="kerasio-verify-")
+        clean_stale_temp("kerasio-verify-")  # left by verifications that were killed
+        self.tmp = tempfile.TemporaryDirectory(prefix=f"kerasio-verify-{os.getpid()}-")
         self._stderr = open(Path(self.tmp.name) / "stderr.log", "w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kerasio.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -87,7 +87,7 @@ def test_serving_versions_are_never_overwritten(pipeline, tmp_path):
     assert result.manifest.artifact("savedmodel").path == "serving/2"
     assert sorted(p.name for p in (out / "serving").iterdir()) == ["1", "2"]
     assert sha256_file(out / "serving/1/saved_model.pb") == first
-    assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging left behind"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".kerasio.lock"], "staging left behind"
 
 
 def test_failed_export_leaves_existing_bundle_untouched(keras_bundle, pipeline, tmp_path, monkeypatch):

@@ -98,6 +98,7 @@ def run_pipeline(
         last[0] = now
 
     mark("data")
+    _check_writable(out)  # after the data is known good (a bad CSV creates nothing), before anything is trained
     with contextlib.ExitStack() as stack:
         workers = {}
         if verify and not in_process:
@@ -186,6 +187,21 @@ def run_pipeline(
     mark("predict")
     timings["total"] = time.perf_counter() - clock
     return PipelineResult(out, dataset, split, model, trace, metrics, result, report, prediction, timings)
+
+
+def _check_writable(out: Path) -> None:
+    """Create ``out`` and write a probe file in it, so that a bad --out fails before training, not after."""
+    import os
+
+    from ..fsutil import writable_error
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".kerasio-probe-{os.getpid()}.tmp-"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise writable_error(out, exc, "write the bundle there") from None
 
 
 def _indent(text: str, pad: str = "         ") -> str:
