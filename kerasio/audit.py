@@ -7,6 +7,8 @@ and ``Lambda`` layers (which carry Python bytecode) are refused.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import zipfile
@@ -137,14 +139,52 @@ def audit_keras_file(path: Path) -> list[str]:
     return audit_config(read_keras_config(path), path)
 
 
-# Ops that touch the file system or run Python when a SavedModel's graph executes.
-# Keras never emits them in a classifier's forward pass; the saver's own
-# SaveV2/RestoreV2 are left alone (TF's loader needs them to restore variables).
-UNSAFE_TF_OPS = frozenset({
-    "WriteFile", "ReadFile", "MatchingFiles", "DeleteFile", "ImmutableConst",
-    "PyFunc", "PyFuncStateless", "EagerPyFunc",
-    "CreateSummaryFileWriter", "WriteSummary", "WriteRawProtoSummary", "WriteScalarSummary",
-})
+# The ops a Keras model's inference may execute: tensor math, neural-network kernels, array manipulation,
+# control flow, reading its own variables, and the string and lookup ops of text preprocessing. Anything else
+# (file I/O, tf.data readers, Python calls, SaveV2, summaries, printing) is refused unless the caller allows it
+# by name (--allow-op). Measured on the test zoo's SavedModels and widened to the common TensorFlow kernels.
+INFERENCE_OPS = frozenset("""
+Abs Acos Acosh Add AddN AddV2 All Any ArgMax ArgMin Asin Asinh Assert Atan Atan2 Atanh AvgPool AvgPool3D
+BatchMatMul BatchMatMulV2 BatchMatMulV3 BiasAdd Bincount BroadcastArgs BroadcastTo Bucketize Cast Ceil CheckNumerics
+ClipByValue Complex ComplexAbs Concat ConcatV2 Const Conv Conv2D Conv2DBackpropInput Conv3D Conv3DBackpropInputV2 Cos
+Cosh Cumprod Cumsum DecodeBase64 DecodeImage DecodeJpeg DecodePng DenseBincount DepthToSpace DepthwiseConv2dNative
+Diag DiagPart Digamma Dilation2D Div DivNoNan Einsum Elu EnsureShape Equal Erf Erfc Exp ExpandDims Expm1 Fill Floor
+FloorDiv FloorMod FusedBatchNorm FusedBatchNormV2 FusedBatchNormV3 Gather GatherNd GatherV2 Greater GreaterEqual
+HashTableV2 Identity IdentityN If Imag ImageProjectiveTransformV3 InvertPermutation IsFinite IsInf IsNan LRN
+LeakyRelu Less LessEqual Lgamma LinSpace Log Log1p LogSoftmax LogicalAnd LogicalNot LogicalOr LookupTableFindV2
+LookupTableSizeV2 MatMul MatrixBandPart MatrixDiagPartV3 MatrixDiagV3 MatrixSetDiagV3 Max MaxPool MaxPool3D MaxPoolV2
+Maximum Mean Min Minimum MirrorPad Mod Mul MulNoNan MutableHashTableV2 Neg NoOp NonMaxSuppressionV5 NotEqual OneHot
+OnesLike Pack Pad PadV2 PartitionedCall Placeholder PlaceholderWithDefault Pow PreventGradient Prod RaggedBincount
+RaggedGather RaggedRange RaggedTensorFromVariant RaggedTensorToSparse RaggedTensorToTensor RaggedTensorToVariant
+RandomStandardNormal RandomUniform Range Rank ReadVariableOp Real RealDiv Reciprocal ReduceJoin RegexReplace Relu Relu6
+Reshape ResizeArea ResizeBicubic ResizeBilinear ResizeNearestNeighbor ResourceGather Reverse ReverseV2 Roll Round
+Rsqrt ScaleAndTranslate ScatterNd Select SelectV2 Selu Shape ShapeN Sigmoid Sign Sin Sinh Size Slice Snapshot Softmax
+Softplus Softsign SpaceToDepth SparseBincount SparseSegmentMean SparseSegmentSqrtN SparseSegmentSum SparseToDense
+Split SplitV Sqrt Square SquaredDifference Squeeze StatefulPartitionedCall StatelessIf StatelessRandomGetKeyCounter
+StatelessRandomGetKeyCounterAlg StatelessRandomNormalV2 StatelessRandomUniformV2 StatelessWhile StaticRegexReplace
+StopGradient StridedSlice StringJoin StringLength StringLower StringNGrams StringSplitV2 StringStrip
+StringToHashBucketFast StringToHashBucketStrong StringToNumber StringUpper Sub Substr Sum Tan Tanh TensorListElementShape
+TensorListFromTensor TensorListGetItem TensorListLength TensorListPopBack TensorListPushBack TensorListReserve
+TensorListSetItem TensorListStack TensorScatterAdd TensorScatterUpdate Tile TopKV2 Transpose TruncateDiv TruncateMod
+UnicodeDecode UnicodeDecodeWithOffsets UnicodeEncode UnicodeScript Unique UniqueV2 Unpack VarHandleOp VarIsInitializedOp
+Where While Xdivy Xlog1py Xlogy ZerosLike
+""".split())
+# Run once when the SavedModel loads: filling lookup tables (a text model's vocabulary) and variables.
+INIT_OPS = INFERENCE_OPS | {"LookupTableImportV2", "InitializeTableV2", "AssignVariableOp"}
+# The saver's restore path, run by TensorFlow's loader: it reads the bundle's own variables/ files.
+RESTORE_OPS = INIT_OPS | {"RestoreV2"}
+
+_EXTRA_OPS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("kerasio_allowed_ops", default=frozenset())
+
+
+@contextlib.contextmanager
+def allowing_ops(ops: Any) -> Iterator[None]:
+    """Accept these op names in SavedModels while inside (the explicit ``--allow-op`` escape hatch)."""
+    token = _EXTRA_OPS.set(_EXTRA_OPS.get() | frozenset(ops or ()))
+    try:
+        yield
+    finally:
+        _EXTRA_OPS.reset(token)
 
 
 def read_saved_model_proto(path: Path):
@@ -161,26 +201,80 @@ def read_saved_model_proto(path: Path):
 
 
 def audit_saved_model(path: Path) -> set[str]:
-    """Read ``saved_model.pb`` as a proto and refuse graphs with file-system or Python ops.
+    """Refuse a SavedModel whose executed graph uses any op outside the allowlist; run before TensorFlow loads it.
 
-    Returns the set of op types used. Runs before ``tf.saved_model.load``.
+    Walks, without building anything, every function reachable from every
+    serving signature, from the load-time initializer and from the variable
+    restore op, nested function bodies (``While``, ``If``, calls) included.
+    Functions nothing reaches (the saver's save path) are never executed by a
+    load or a call, and are not judged. Returns the op types reached.
+
+    Raises:
+        UnsafeArtifactError: naming the op, the function it is in and the path that reaches it.
     """
     proto = read_saved_model_proto(path)
-    ops: set[str] = set()
-    for graph in proto.meta_graphs:
-        ops |= {node.op for node in graph.graph_def.node}
-        for fn in graph.graph_def.library.function:
-            ops |= {node.op for node in fn.node_def}
+    extra = _EXTRA_OPS.get()
+    reached: set[str] = set()
+    for meta in proto.meta_graphs:
+        graph = meta.graph_def
+        library = {f.signature.name: f for f in graph.library.function}
+        nodes = {n.name: n for n in graph.node}
+        walks = [(f"signature {key!r}", INFERENCE_OPS, [t.name for t in sig.outputs.values()])
+                 for key, sig in meta.signature_def.items() if key != "__saved_model_init_op"]
+        if "__saved_model_init_op" in meta.signature_def:
+            init = meta.signature_def["__saved_model_init_op"]
+            walks.append(("load-time initializer", INIT_OPS, [t.name for t in init.outputs.values()]))
+        if meta.saver_def.restore_op_name:
+            walks.append(("variable restore", RESTORE_OPS, [meta.saver_def.restore_op_name]))
+        for where, allowed, roots in walks:
+            for op, fn in _ops_reached(roots, nodes, library):
+                reached.add(op)
+                if op not in allowed and op not in extra:
+                    raise UnsafeArtifactError(
+                        f"{path}: the SavedModel's {where} runs op {op!r} (in {fn}), which a Keras model's inference "
+                        "never needs (file I/O, tf.data readers, Python calls and saving ops are refused); refusing "
+                        f"to load it. If you trust this file, allow the op by name (--allow-op {op}). "
+                        f"Received: op={op!r}")
+        for fn in library.values():
             for node in fn.node_def:
                 stream = node.attr.get("output_stream")
                 if node.op == "PrintV2" and stream is not None and stream.s.startswith(b"file://"):
                     raise UnsafeArtifactError(f"{path}: the graph prints to a file; refusing to load. Re-export it "
                                               f"without file output. Received: {stream.s.decode()[:200]}")
-    bad = sorted(ops & UNSAFE_TF_OPS)
-    if bad:
-        raise UnsafeArtifactError(
-            f"{path}: the SavedModel's graph uses {', '.join(bad)}, which touch files or run Python when served; "
-            "a Keras model's forward pass never needs them. Refusing to load it; re-export the model. "
-            f"Received: ops {bad}"
-        )
-    return ops
+    return reached
+
+
+def _ops_reached(roots: list[str], nodes: dict[str, Any], library: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """``(op, where)`` for every op executed from ``roots`` (tensor or node names of the top-level graph)."""
+    def called(attrs: Any) -> list[str]:
+        names = []
+        for value in attrs.values():
+            if value.HasField("func"):
+                names.append(value.func.name)
+            names.extend(f.name for f in value.list.func)
+        return names
+
+    stack: list[tuple[str, str]] = [("node", r.lstrip("^").split(":")[0]) for r in roots]
+    seen: set[tuple[str, str]] = set()
+    while stack:
+        kind, name = item = stack.pop()
+        if item in seen:
+            continue
+        seen.add(item)
+        if kind == "node":
+            node = nodes.get(name)
+            if node is None:
+                continue
+            if node.op in library:
+                stack.append(("fn", node.op))
+            else:
+                yield node.op, f"the top-level graph node {name!r}"
+            stack.extend(("fn", f) for f in called(node.attr))
+            stack.extend(("node", i.lstrip("^").split(":")[0]) for i in node.input)
+        elif name in library:
+            for node_def in library[name].node_def:
+                if node_def.op in library:
+                    stack.append(("fn", node_def.op))
+                else:
+                    yield node_def.op, f"function {name!r}"
+                stack.extend(("fn", f) for f in called(node_def.attr))

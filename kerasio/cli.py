@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--trust-pickle", action="store_true", help="allow loading the pickle artifact")
     ver.add_argument("--import", action="append", dest="imports", default=[], metavar="MODULE",
                      help="import a module first (one that registers custom layers)")
+    ver.add_argument("--allow-op", action="append", dest="allow_ops", default=[], metavar="OP",
+                     help="accept this SavedModel op beyond the inference allowlist (a file you trust; recorded)")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
 
     pred = sub.add_parser("predict", help="predict labels (classifiers) or outputs for new inputs")
@@ -75,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--import", action="append", dest="imports", default=[], metavar="MODULE",
                       help="import a module first (one that registers custom layers)")
     pred.add_argument("--trust-pickle", action="store_true", help="allow loading the pickle artifact")
+    pred.add_argument("--allow-op", action="append", dest="allow_ops", default=[], metavar="OP",
+                      help="accept this SavedModel op beyond the inference allowlist (a file you trust)")
     pred.add_argument("--json", action="store_true", help="print predictions as JSON records")
 
     ins = sub.add_parser("inspect", help="show a bundle's manifest, signatures, trace and artifacts")
@@ -154,7 +158,7 @@ def _verify(args) -> int:
     report = verify(
         args.path, formats=args.formats, in_process=args.in_process, device=args.device, backend=args.backend,
         precision=args.precision, trust_pickle=args.trust_pickle, imports=args.imports, rtol=args.rtol,
-        atol=args.atol,
+        atol=args.atol, allow_ops=args.allow_ops,
     )
     if args.resume:
         from .recipe.resume import resume_in_fresh_process
@@ -189,7 +193,7 @@ def _predict(args) -> int:
     import_keras_quietly()
     for module in args.imports:
         importlib.import_module(module)
-    model = load(args.path, format=args.format, trust=args.trust_pickle)
+    model = load(args.path, format=args.format, trust=args.trust_pickle, allow_ops=args.allow_ops)
     found = predict_file(model, args.input)
     if args.output:
         write_predictions(args.output, found.arrays(), found.columns)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -80,7 +80,8 @@ class LoadedModel(NamedColumns):
         return self.predict(inputs, probabilities=True)[1]
 
 
-def load(path: str | Path, *, format: str | None = None, trust: bool = False, device: str = "cpu") -> LoadedModel:
+def load(path: str | Path, *, format: str | None = None, trust: bool = False, device: str = "cpu",
+         allow_ops: Sequence[str] = ()) -> LoadedModel:
     """Load a bundle or a single artifact, checking its sha256 before loading.
 
     Args:
@@ -89,6 +90,7 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
         format: which artifact of a bundle to load (default: ``keras`` if present).
         trust: allow the pickle format (it can run arbitrary code).
         device: ``cpu`` or ``gpu``.
+        allow_ops: SavedModel op names to accept beyond the inference allowlist (only for a file you trust).
 
     Raises:
         IntegrityError: the bytes differ from the manifest; nothing is loaded.
@@ -99,7 +101,13 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
         >>> m.predict(x[:3])  # doctest: +SKIP
         array(['setosa', 'virginica', 'setosa'], dtype='<U10')
     """
-    path = Path(path)
+    from .audit import allowing_ops
+
+    with allowing_ops(allow_ops):
+        return _load(Path(path), format, trust, device)
+
+
+def _load(path: Path, format: str | None, trust: bool, device: str) -> LoadedModel:
     if not path.exists():
         raise ArtifactError(f"{path}: no such file or directory. Pass a bundle directory or an artifact. "
                             f"Received: {path}")

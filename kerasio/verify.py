@@ -73,6 +73,7 @@ class VerifyReport:
     checks: list[Check] = field(default_factory=list)
     resume: dict[str, Any] | None = None
     mode: str = "fresh-process"
+    allowed_ops: list[str] = field(default_factory=list)  # SavedModel ops the caller allowed (--allow-op)
 
     def worker_failure(self) -> str:
         """The first check that failed because the verifying interpreter died or hung ('' if none)."""
@@ -100,6 +101,8 @@ class VerifyReport:
              "Argmax agree", "atol/rtol", "Result"], rows)
         devices = {c.device: c.device_name for c in self.checks if c.device}
         notes = [f"  devices: {', '.join(f'{d} = {n}' for d, n in devices.items())}"] if devices else []
+        if self.allowed_ops:
+            notes.append(f"  SavedModel ops allowed by the caller beyond the inference allowlist: {self.allowed_ops}")
         if any(c.tolerance_source == "override" for c in self.checks):
             notes.append("  * tolerance given by the caller (rtol/atol), not the table")
         notes += [f"  {c.format}: {c.error}" for c in self.checks if c.error]
@@ -116,7 +119,7 @@ class VerifyReport:
     __str__ = table
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "ok": self.ok, "mode": self.mode,
+        return {"bundle": self.bundle, "ok": self.ok, "mode": self.mode, "allowed_ops": self.allowed_ops,
                 "checks": [asdict(c) | {"status": c.status} for c in self.checks], "resume": self.resume}
 
     def to_json(self, **kwargs: Any) -> str:
@@ -193,6 +196,7 @@ def verify(
     atol: float | None = None,
     trust_pickle: bool = False,
     imports: Sequence[str] = (),
+    allow_ops: Sequence[str] = (),
     verifier: Any = None,
     workers: dict[str, Any] | None = None,
     record: bool = True,
@@ -217,6 +221,7 @@ def verify(
             the report records what was used.
         trust_pickle: allow loading the pickle artifact.
         imports: modules to import before loading (custom layers).
+        allow_ops: SavedModel op names to accept beyond the inference allowlist (recorded in the report).
         verifier: a verifying interpreter started earlier with :func:`verifier` (not closed here).
         workers: already-started :class:`~kerasio.worker.Worker` objects by
             backend (the pipeline starts one early); they are not closed.
@@ -250,7 +255,8 @@ def verify(
             manifest.artifact(name)  # clear error for a format the bundle lacks
     arts = [a for a in manifest.artifacts if wanted is None or a.format in wanted]
     imports = list(imports) + importable_custom_modules(manifest.custom_objects)
-    report = VerifyReport(bundle=str(bundle), mode="in-process" if in_process else "fresh-process")
+    report = VerifyReport(bundle=str(bundle), mode="in-process" if in_process else "fresh-process",
+                          allowed_ops=sorted(set(allow_ops)))
     requested = backend or default_backend()
     workers = dict(workers or {})
     if verifier is not None:
@@ -291,7 +297,7 @@ def verify(
                     path = art.check(bundle) if check_hashes else bundle / art.path
                     answer = ask(child_backend, check_request(
                         art.format, path, manifest.signature.to_dict(), inputs, device=device, precision=precision,
-                        trust=trust_pickle, imports=imports))
+                        trust=trust_pickle, imports=imports, allow_ops=allow_ops))
                 if not answer["ok"]:
                     raise KerasioError(answer["error"])
                 report.checks.extend(_judge(manifest, art, answer["results"], y_ref, y_one, start, rtol, atol))
@@ -311,10 +317,11 @@ def verify(
 
 
 def check_request(fmt: str, path: Path, signature: dict[str, Any], inputs: Path, *, device: str = "auto",
-                  precision: str = "highest", trust: bool = False, imports: Sequence[str] = ()) -> dict[str, Any]:
+                  precision: str = "highest", trust: bool = False, imports: Sequence[str] = (),
+                  allow_ops: Sequence[str] = ()) -> dict[str, Any]:
     """The worker request that checks one artifact (see :func:`kerasio.worker.run_check`)."""
     return {"format": fmt, "path": str(path), "signature": signature, "inputs": str(inputs), "device": device,
-            "precision": precision, "trust": trust, "imports": list(imports)}
+            "precision": precision, "trust": trust, "imports": list(imports), "allow_ops": list(allow_ops)}
 
 
 def _judge(manifest: Manifest, art: Artifact, results: list[dict[str, Any]], reference: dict[str, np.ndarray],

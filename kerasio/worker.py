@@ -43,6 +43,7 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
     per-device result dicts with the paths of the outputs written. The format
     owns its runtime and devices; nothing here names one.
     """
+    from .audit import allowing_ops
     from .formats import get_format
     from .manifest import load_arrays, save_arrays
     from .runtime import device_name, keras_backend, precision_policy, resolve_devices
@@ -64,7 +65,8 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
         if device == "gpu" and request.get("fast_math", True) and "fast" not in modes:
             modes.append("fast")
         start = time.perf_counter()
-        runner = fmt.load(path, signature=signature, device=device, trust=bool(request.get("trust")))
+        with allowing_ops(request.get("allow_ops", ())):
+            runner = fmt.load(path, signature=signature, device=device, trust=bool(request.get("trust")))
         entry: dict[str, Any] = {"device": device, "runtime": runner.runtime, "backend": runner.backend,
                                  "device_name": device_name(device, backend),
                                  "precision": "float32-pinned" if modes[0] == "highest" else "tf32-allowed",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import kerasio
+from kerasio.cli import main
 from kerasio.manifest import MANIFEST_NAME
 
 
@@ -157,7 +158,10 @@ def test_savedmodel_with_file_ops_is_refused(tmp_path):
 
     module = Hostile()
     tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"sm: the SavedModel's graph uses WriteFile"):
+    with pytest.raises(kerasio.UnsafeArtifactError,
+                       match=r"sm: the SavedModel's signature 'serving_default' runs op 'WriteFile' \(in function "
+                             r"'__inference_serve_\d+'\), which a Keras model's inference never needs.*"
+                             r"--allow-op WriteFile\)\. Received: op='WriteFile'"):
         kerasio.load(tmp_path / "sm")
     assert not target.exists()
 
@@ -316,3 +320,63 @@ def test_fifo_named_like_the_artifact_fails_fast_instead_of_hanging(keras_bundle
             "    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code, str(b)], capture_output=True, text=True, timeout=120)
     assert "artifact 'keras' is a FIFO, not a file or directory; refusing to open it" in out.stdout, out.stderr[-500:]
+
+
+def _hostile_savedmodel(tmp_path, body):
+    import tensorflow as tf
+
+    class Hostile(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(tf.ones([10, 3]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 10], tf.float32, name="features")])
+        def serve(self, features):
+            probabilities = tf.nn.softmax(features @ self.w)
+            return {"probabilities": body(probabilities)}
+
+    module = Hostile()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    return tmp_path / "sm"
+
+
+def test_savedmodel_that_saves_files_from_its_signature_is_refused_and_writes_nothing(tmp_path, capsys):
+    """SaveV2 inside serving_default: the outputs are untouched, so only the audit can catch it."""
+    import tensorflow as tf
+
+    canary = tmp_path / "outside" / "canary"
+
+    def body(probabilities):
+        tf.raw_ops.SaveV2(prefix=str(canary), tensor_names=["x"], shape_and_slices=[""], tensors=[probabilities])
+        return probabilities
+
+    sm = _hostile_savedmodel(tmp_path, body)
+    with pytest.raises(kerasio.UnsafeArtifactError, match=r"signature 'serving_default' runs op 'SaveV2'"):
+        kerasio.load(sm)
+    assert main(["predict", str(sm), "--input", str(tmp_path / "none.npy")]) == 2
+    assert "runs op 'SaveV2'" in capsys.readouterr().err
+    assert not canary.parent.exists()  # the canary: nothing was written
+    loaded = kerasio.load(sm, allow_ops=["SaveV2"])  # the explicit escape hatch, for a file you trust
+    assert loaded.format == "savedmodel" and not canary.parent.exists()  # loading alone still runs nothing
+
+
+def test_savedmodel_that_reads_outside_files_with_tf_data_is_refused(tmp_path):
+    import tensorflow as tf
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cr3t\n")
+
+    def body(probabilities):
+        line = tf.data.experimental.get_single_element(tf.data.TextLineDataset(str(secret)).take(1))
+        return probabilities + 0.0 * tf.cast(tf.strings.length(line), tf.float32)
+
+    sm = _hostile_savedmodel(tmp_path, body)
+    with pytest.raises(kerasio.UnsafeArtifactError, match=r"signature 'serving_default' runs op '(TextLineDataset\w*|"
+                                                          r"DatasetToSingleElement|\w*Dataset\w*)'"):
+        kerasio.load(sm)
+
+
+def test_allowed_ops_are_recorded_in_the_report(keras_bundle):
+    report = kerasio.verify(keras_bundle, formats="savedmodel", allow_ops=["PrintV2"], in_process=True, record=False)
+    assert report.ok and report.allowed_ops == ["PrintV2"] and report.to_dict()["allowed_ops"] == ["PrintV2"]
+    assert "SavedModel ops allowed by the caller beyond the inference allowlist: ['PrintV2']" in report.table()
