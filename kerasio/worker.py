@@ -271,10 +271,6 @@ class Worker:
             f"remaining checks run in a new one. Its last words: {last}. Received: exit code {code}")
 
     @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    @property
     def busy(self) -> bool:
         """Whether a request is still being worked on (its answer not yet read)."""
         return bool(self._in_flight)
