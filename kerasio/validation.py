@@ -86,16 +86,21 @@ def _dim(value: Any, field: str) -> None:
         raise _fail(field, "a dimension (an integer >= 0, or null)", value)
 
 
+def _check_fields(value: Mapping[str, Any], fields: Mapping[str, Check], required: tuple[str, ...],
+                  prefix: str) -> None:
+    for name in required:
+        if name not in value:
+            raise ArtifactError(f"kerasio.json: required field {prefix + name!r} is missing; the manifest is "
+                                f"malformed. Re-export the bundle. Received: keys {sorted(value)[:20]}")
+    for name, check in fields.items():
+        if name in value:
+            check(value[name], prefix + name)
+
+
 def _object(fields: Mapping[str, Check], required: tuple[str, ...] = ()) -> Check:
     def inner(value: Any, field: str) -> None:
         DICT(value, field)
-        for name in required:
-            if name not in value:
-                raise ArtifactError(f"kerasio.json: required field {field + '.' + name!r} is missing; the manifest is "
-                                    f"malformed. Re-export the bundle. Received: keys {sorted(value)[:20]}")
-        for name, check in fields.items():
-            if name in value:
-                check(value[name], f"{field}.{name}")
+        _check_fields(value, fields, required, f"{field}.")
     return inner
 
 
@@ -143,13 +148,7 @@ def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
 def validate_manifest(data: Mapping[str, Any], *, schema: int) -> None:
     """Check every known field's type and the required ones' presence; warn once about unknown fields."""
     fields, required = (FIELDS_1, REQUIRED_1) if schema == 1 else (FIELDS, REQUIRED)
-    for name in required:
-        if name not in data:
-            raise ArtifactError(f"kerasio.json: required field {name!r} is missing; the manifest is malformed. "
-                                f"Re-export the bundle. Received: keys {sorted(data)[:20]}")
-    for name, check in fields.items():
-        if name in data:
-            check(data[name], name)
+    _check_fields(data, fields, required, "")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         warnings.warn(f"kerasio.json has fields this kerasio does not know, ignored: {printable(str(unknown))[:200]} "
