@@ -304,14 +304,14 @@ def _describe_io(info: dict) -> str:
 
 
 def _serving_request(args) -> int:
-    from .formats._tf_common import tf_names
     from .manifest import read_manifest
+    from .runtime import tf_input_names
     from .serving import rest_body
     from .tables import read_input_file
 
     manifest = read_manifest(args.path)
     inputs = manifest.signature.coerce(read_input_file(args.input), source=args.input)
-    named = dict(zip(tf_names(manifest.signature), inputs.values()))
+    named = dict(zip(tf_input_names(manifest.signature), inputs.values()))
     print(json.dumps(rest_body(named, signature=args.signature, columnar=args.columnar)))
     return 0
 

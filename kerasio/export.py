@@ -28,8 +28,8 @@ from .fsutil import (
     write_text_atomic,
 )
 from .manifest import REFERENCE_FILES, Artifact, Manifest, hash_entry, library_versions, save_arrays
-from .runtime import available_devices, device_name, keras_backend, keras_forward, to_numpy
-from .signature import Signature, complete_outputs, derive_signature, mark_probabilities
+from .runtime import available_devices, device_name, keras_backend, keras_forward, outputs_from_run
+from .signature import Signature, derive_signature, mark_probabilities
 from .task import resolve_task
 
 __all__ = ["export", "ExportResult", "choose_formats"]
@@ -251,16 +251,8 @@ def _reference_forward(model: Any, signature: Signature, x_ref: dict[str, Any]) 
     Functional and Sequential models name their outputs symbolically, so they skip that call.
     """
     try:
-        if signature.model_kind != "subclassed":
-            return keras_forward(model, signature)
-        small = model(signature.call_structure({k: v[:2] for k, v in x_ref.items()}), training=False)
-        if isinstance(small, dict):
-            small = {k: to_numpy(v) for k, v in small.items()}
-        elif isinstance(small, (list, tuple)):
-            small = [to_numpy(v) for v in small]
-        else:
-            small = to_numpy(small)
-        complete_outputs(signature, small)
+        if signature.model_kind == "subclassed":
+            outputs_from_run(model, signature, x_ref)
         return keras_forward(model, signature)
     except KerasioError:
         raise

@@ -95,8 +95,8 @@ def _wrap_keras(model: Any, inputs: Any) -> LoadedModel:
     if cached is not None:
         return cached
     from .formats import Runner
-    from .runtime import keras_backend, keras_forward, to_numpy
-    from .signature import complete_outputs, derive_signature
+    from .runtime import keras_backend, keras_forward, outputs_from_run
+    from .signature import derive_signature
     from .task import resolve_task
 
     if isinstance(inputs, (str, Path)):
@@ -105,10 +105,7 @@ def _wrap_keras(model: Any, inputs: Any) -> LoadedModel:
         inputs = read_input_file(inputs)
     signature = derive_signature(model, inputs)
     if signature.model_kind == "subclassed":  # outputs are known only from a run
-        x = signature.coerce(inputs)
-        raw = model(signature.call_structure(x), training=False)
-        complete_outputs(signature, {k: to_numpy(v) for k, v in raw.items()} if isinstance(raw, dict)
-                         else [to_numpy(v) for v in raw] if isinstance(raw, (list, tuple)) else to_numpy(raw))
+        outputs_from_run(model, signature, signature.coerce(inputs))
     backend = keras_backend()
     runner = Runner(keras_forward(model, signature), format="memory", path=Path("<memory>"),
                     runtime=f"keras/{backend}", backend=backend, signature=signature, model=model)

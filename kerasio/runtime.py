@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import sys
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -18,7 +19,8 @@ from .errors import BackendUnavailableError
 
 __all__ = [
     "require", "import_keras_quietly", "default_backend", "keras_backend", "available_devices", "resolve_devices",
-    "precision_policy", "device_scope", "keras_forward", "device_name", "backend_env", "to_numpy",
+    "precision_policy", "device_scope", "keras_forward", "device_name", "backend_env", "to_numpy", "graph_forward",
+    "tf_input_specs", "tf_input_names", "outputs_from_run",
 ]
 
 PRECISIONS = ("highest", "fast")
@@ -235,15 +237,10 @@ def keras_forward(model, signature) -> Callable[[Mapping[str, np.ndarray]], dict
     if backend == "tensorflow":
         import tensorflow as tf
 
-        specs = [tf.TensorSpec([None if d is None else d for d in s.shape], _tf_dtype(tf, s.dtype), name=_tf_name(s.name, i))
-                 for i, s in enumerate(signature.inputs)]
-
-        def forward(*tensors):
-            return signature.name_outputs(model(signature.call_structure(dict(zip(names, tensors))), training=False))
-
         # No autograph: the forward pass has no Python control flow on tensors, and transpiling it (and the
         # signature helpers it calls) costs ~0.5 s per trace.
-        concrete = tf.function(forward, autograph=False).get_concrete_function(*specs)
+        concrete = tf.function(graph_forward(model, signature), autograph=False).get_concrete_function(
+            *tf_input_specs(signature))
 
         def run_tf(inputs):
             out = concrete(*[tf.constant(inputs[n]) for n in names])
@@ -281,26 +278,52 @@ def keras_forward(model, signature) -> Callable[[Mapping[str, np.ndarray]], dict
     return run_other
 
 
-def _tf_dtype(tf, name: str):
-    return tf.string if name == "string" else tf.as_dtype(name)
+def graph_forward(model, signature) -> Callable[..., dict]:
+    """Positional tensors in input order -> ``{output name: tensor}``: what every TensorFlow graph traces."""
+    names = signature.input_names
+
+    def forward(*tensors):
+        return signature.name_outputs(model(signature.call_structure(dict(zip(names, tensors))), training=False))
+
+    return forward
 
 
-def _tf_name(name: str, index: int) -> str:
-    """A TensorFlow-valid placeholder name (TF refuses spaces and most punctuation)."""
-    import re
+def tf_input_specs(signature) -> list:
+    """One ``tf.TensorSpec`` per input, named as the model names it (TF-valid), with its dtype (strings too)."""
+    import tensorflow as tf
 
-    clean = re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
-    return clean if re.match(r"[A-Za-z0-9.]", clean) else f"input_{index}"
+    return [tf.TensorSpec(list(s.shape), tf.string if s.dtype == "string" else tf.as_dtype(s.dtype), name=name)
+            for s, name in zip(signature.inputs, tf_input_names(signature))]
+
+
+def tf_input_names(signature) -> list[str]:
+    """The TF-valid names of the inputs, in order (TF refuses spaces and most punctuation in placeholder names)."""
+    names = []
+    for i, spec in enumerate(signature.inputs):
+        clean = re.sub(r"[^A-Za-z0-9_.\-/]", "_", spec.name)
+        names.append(clean if re.match(r"[A-Za-z0-9.]", clean) else f"input_{i}")
+    return names
 
 
 def to_numpy(value) -> np.ndarray:
     """A backend tensor as numpy; TensorFlow's string tensors (bytes) become str arrays."""
-    array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-    array = np.asarray(array)
-    if array.dtype.kind in "SO":
-        array = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v), otypes=[str])(array) \
-            if array.size else array.astype(str)
-    return array
+    from .signature import as_str_array
+
+    array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+    return as_str_array(array) if array.dtype.kind in "SO" else array
+
+
+def outputs_from_run(model, signature, inputs) -> None:
+    """Name a subclassed model's outputs from an eager call on (at most) 2 rows of ``inputs`` (already coerced)."""
+    from .signature import complete_outputs
+
+    raw = model(signature.call_structure({k: v[:2] for k, v in inputs.items()}), training=False)
+    if isinstance(raw, Mapping):
+        complete_outputs(signature, {k: to_numpy(v) for k, v in raw.items()})
+    elif isinstance(raw, (list, tuple)):
+        complete_outputs(signature, [to_numpy(v) for v in raw])
+    else:
+        complete_outputs(signature, to_numpy(raw))
 
 
 def backend_env(backend: str | None) -> dict[str, str]:

@@ -280,8 +280,7 @@ def _cast(spec: TensorSpec, array: np.ndarray, where: str) -> np.ndarray:
         if kind == "S":
             return np.char.decode(array, "utf-8")
         if kind == "O" and all(isinstance(v, (str, bytes)) for v in array.flat):
-            return np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v, otypes=[str])(array) \
-                if array.size else array.astype(str)
+            return as_str_array(array)
         raise InputError(f"{where} takes strings; pass text. Received: dtype={array.dtype}")
     if kind in "USO":
         raise InputError(f"{where} takes {spec.dtype} numbers; convert the data to numbers. "
@@ -302,6 +301,13 @@ def _cast(spec: TensorSpec, array: np.ndarray, where: str) -> np.ndarray:
     if kind not in "iufb":
         raise InputError(f"{where} takes {spec.dtype} numbers. Received: dtype={array.dtype}")
     return array.astype(target, copy=False)
+
+
+def as_str_array(array: np.ndarray) -> np.ndarray:
+    """A bytes or object array as a unicode str array (bytes decoded as UTF-8)."""
+    if not array.size:
+        return array.astype(str)
+    return np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v), otypes=[str])(array)
 
 
 def _shape_text(shape: Sequence[int | None]) -> str:

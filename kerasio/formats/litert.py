@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailableError
-from ..runtime import require
+from ..runtime import require, tf_input_names
 from ..signature import Signature, TensorSpec, dtype_name
-from ._tf_common import endpoint, forward_function, tf_names
+from ._tf_common import endpoint, forward_function
 from .base import ExportContext, Format, Runner, register
 
 
@@ -76,7 +76,7 @@ class LiteRTFormat(Format):
                 inputs=[_spec(k, d) for k, d in sorted(in_details.items())],
                 outputs=[_spec(k, d) for k, d in sorted(out_details.items())],
                 input_structure="dict", output_structure="dict")
-        keys = tf_names(signature)
+        keys = tf_input_names(signature)
         if not set(keys) <= set(in_details):
             if len(in_details) == 1 and len(keys) == 1:  # bundles from kerasio 0.1 kept the converter's name
                 keys = list(in_details)

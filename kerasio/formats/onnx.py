@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, UnsafeArtifactError
-from ..runtime import require
+from ..runtime import require, tf_input_names
 from ..signature import Signature, TensorSpec
-from ._tf_common import endpoint, forward_function, tf_names
+from ._tf_common import endpoint, forward_function
 from .base import ExportContext, Format, Runner, register
 
 OPSET = 17
@@ -55,7 +55,7 @@ class OnnxFormat(Format):
             frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
             output_names=[t.name for t in frozen.outputs], opset=OPSET,
         )
-        renames = {f"{tf_name}:0": spec.name for tf_name, spec in zip(tf_names(signature), signature.inputs)}
+        renames = {f"{tf_name}:0": spec.name for tf_name, spec in zip(tf_input_names(signature), signature.inputs)}
         # A dict's outputs flatten in sorted-key order (tf.nest), which is the order of frozen.outputs.
         flat = sorted(signature.output_names)
         renames.update({t.name: name for t, name in zip(frozen.outputs, flat)})

@@ -17,10 +17,10 @@ from typing import Any
 
 from ..audit import audit_saved_model, read_saved_model_proto
 from ..errors import ArtifactError
-from ..runtime import require
+from ..runtime import require, tf_input_names
 from ..serving import write_warmup
 from ..signature import Signature, TensorSpec, dtype_name
-from ._tf_common import endpoint, forward_function, tf_names
+from ._tf_common import endpoint, forward_function
 from .base import ExportContext, Format, Runner, register
 
 SERVING_DIR = "serving"
@@ -71,7 +71,7 @@ class SavedModelFormat(Format):
             archive.add_endpoint("predict_labels", endpoint(predict_labels, ctx.signature))
         archive.write_out(str(dest), verbose=False)
         rows = {name: ctx.reference_inputs[spec.name]
-                for name, spec in zip(tf_names(ctx.signature), ctx.signature.inputs)}
+                for name, spec in zip(tf_input_names(ctx.signature), ctx.signature.inputs)}
         records = write_warmup(dest, rows, limit=ctx.warmup_records)
         return {"warmup_records": records}
 
@@ -96,7 +96,8 @@ class SavedModelFormat(Format):
         accepted = endpoint.structured_input_signature[1]
         if signature is None:
             signature = _signature_of(endpoint)
-        names = tf_names(signature) if all(n in accepted for n in tf_names(signature)) else list(accepted)
+        names = tf_input_names(signature)
+        names = names if all(n in accepted for n in names) else list(accepted)
         if len(names) != len(signature.inputs):
             raise ArtifactError(f"{path}: serving_default takes {sorted(accepted)}, but the manifest's signature "
                                 f"has inputs {signature.input_names}. Re-export the bundle. Received: {sorted(accepted)}")
