@@ -145,28 +145,19 @@ def export(
     if verify and verify != "in-process" and not workers:
         from .worker import Worker
 
-        own_worker = Worker(None, warm=["keras"])
+        own_worker = Worker(None, warm=["keras"])  # started first: its import overlaps everything below
         workers[own_worker.backend] = own_worker
+    seconds: dict[str, float] = {}
+    custom = _custom_objects(model)
+    submitted: dict[str, Any] = {}
+    lock: Any = None
+    stage: Path | None = None
     try:
         bundle.mkdir(parents=True, exist_ok=True)
         lock = bundle_lock(bundle)
         lock.acquire()  # one writer at a time: each export gets its own serving/<n>, none is lost
-    except OSError as exc:
-        if own_worker is not None:
-            own_worker.close()
-        raise writable_error(bundle, exc, "write the bundle") from None
-    try:
         clean_stale(bundle)  # what killed writers left behind
         stage = staging_dir(bundle)
-    except OSError as exc:
-        lock.release()
-        if own_worker is not None:
-            own_worker.close()
-        raise writable_error(bundle, exc, "write the bundle") from None
-    seconds: dict[str, float] = {}
-    custom = _custom_objects(model)
-    submitted: dict[str, Any] = {}
-    try:
         save_arrays(stage / REFERENCE_FILES["inputs"], x_ref)
         save_arrays(stage / REFERENCE_FILES["outputs"], reference_outputs)
         save_arrays(stage / REFERENCE_FILES["outputs_1row"], reference_one_row)
@@ -236,10 +227,13 @@ def export(
         if report is not None:
             write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))
     except OSError as exc:  # a full disk, a read-only file system, a permission: say so, publish nothing
-        raise writable_error(bundle, exc, "write the bundle (nothing was published; it is as it was)") from None
+        what = "write the bundle (nothing was published; it is as it was)" if stage is not None else "write the bundle"
+        raise writable_error(bundle, exc, what) from None
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        lock.release()
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if lock is not None and lock.is_locked:
+            lock.release()
         if own_worker is not None:
             own_worker.close()
     return ExportResult(bundle, manifest, seconds, skipped, report)

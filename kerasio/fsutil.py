@@ -16,7 +16,7 @@ from typing import Any
 from .errors import ArtifactError, UnsafeArtifactError
 
 __all__ = ["sha256_file", "hash_artifact", "confined", "place", "staging_dir", "write_text_atomic",
-           "interrupts_deferred", "bundle_lock", "clean_stale", "writable_error"]
+           "interrupts_deferred", "bundle_lock", "clean_stale", "clean_stale_temp", "writable_error"]
 
 LOCK_NAME = ".kerasio.lock"
 
@@ -77,15 +77,15 @@ def hash_artifact(path: str | Path) -> tuple[str, int, dict[str, str] | None]:
     for root, dirs, names in os.walk(path, followlinks=False):
         for name in sorted(dirs + names):
             full = Path(root) / name
-            mode = os.lstat(full).st_mode
-            if stat.S_ISDIR(mode):
+            info = os.lstat(full)
+            if stat.S_ISDIR(info.st_mode):
                 continue
-            if not stat.S_ISREG(mode):
+            if not stat.S_ISREG(info.st_mode):
                 raise UnsafeArtifactError(
-                    f"{full}: is {_kind(mode)} inside the artifact {path.name!r}; kerasio reads only regular files "
-                    f"of the bundle. Re-export it. Received: {_kind(mode)}")
+                    f"{full}: is {_kind(info.st_mode)} inside the artifact {path.name!r}; kerasio reads only regular "
+                    f"files of the bundle. Re-export it. Received: {_kind(info.st_mode)}")
             files[full.relative_to(path).as_posix()] = sha256_file(full)
-            size += os.lstat(full).st_size
+            size += info.st_size
     # The order of kerasio 0.1's digest (pathlib's, by path component): existing bundles keep their hashes.
     files = dict(sorted(files.items(), key=lambda item: PurePosixPath(item[0]).parts))
     digest = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in files.items()).encode())

@@ -124,8 +124,7 @@ class Manifest(NamedColumns):
         except TypeError as exc:
             raise ArtifactError(f"{MANIFEST_NAME}: an artifact entry is malformed; re-export the bundle. "
                                 f"Received: {exc}") from None
-        known = {"schema_version", "created_utc", "versions", "backend", "device", "device_name", "skipped",
-                 "label", "trace", "metrics", "training", "reference", "custom_objects"}
+        known = set(cls.__dataclass_fields__) - {"signature", "task", "artifacts"}
         return cls(signature=Signature.from_dict(data["signature"]), task=Task.from_dict(data.get("task")),
                    artifacts=artifacts, **{k: v for k, v in data.items() if k in known})
 

@@ -74,9 +74,9 @@ def predict_file(model: LoadedModel, path: str | Path) -> Predictions:
     A classification's table is ``label`` and one ``p_<class>`` column per class;
     other models' outputs are columns named after them.
     """
-    from .tables import prediction_columns, read_input_file
+    from .tables import prediction_columns
 
-    outputs = model.runner.run(model.signature.coerce(read_input_file(path), source=str(path)))
+    outputs = model.run(path)  # reads the file; errors name it
     task = model.task
     labels = task.labels(outputs) if task.is_classification else None
     shown = {str(task.output): outputs[str(task.output)]} if task.is_classification else outputs

@@ -7,7 +7,7 @@ one array per input, checked against the spec, with errors that name the input.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -71,8 +71,7 @@ class TensorSpec:
                    activation=data.get("activation"), probabilities=bool(data.get("probabilities", False)))
 
     def describe(self) -> str:
-        dims = ", ".join("None" if d is None else str(d) for d in self.shape)
-        return f"{self.name}: {self.dtype}[{dims}]"
+        return f"{self.name}: {self.dtype}{_shape_text(self.shape)}"
 
 
 @dataclass
@@ -107,9 +106,6 @@ class Signature:
     @property
     def output_names(self) -> list[str]:
         return [s.name for s in self.outputs]
-
-    def output(self, name: str) -> TensorSpec:
-        return next(s for s in self.outputs if s.name == name)
 
     def has_string_inputs(self) -> bool:
         return any(s.dtype == "string" for s in self.inputs)
@@ -365,7 +361,7 @@ def derive_signature(model: Any, reference_inputs: Any = None, *, input_signatur
             )
     else:
         feature_names = None
-    outputs, out_structure = _functional_outputs(model) if kind != "subclassed" else ([], "single")
+    outputs, out_structure = _functional_outputs(model, kind) if kind != "subclassed" else ([], "single")
     return Signature(
         inputs=inputs, outputs=outputs, input_structure=structure, output_structure=out_structure,
         feature_names=list(feature_names) if feature_names is not None else None, model_kind=kind,
@@ -447,7 +443,7 @@ def _functional_inputs(model: Any) -> tuple[list[TensorSpec], str]:
     return specs, "list" if len(tensors) > 1 else "single"  # a list of one input also takes the bare tensor
 
 
-def _functional_outputs(model: Any) -> tuple[list[TensorSpec], str]:
+def _functional_outputs(model: Any, kind: str) -> tuple[list[TensorSpec], str]:
     struct = getattr(model, "_outputs_struct", None)
     if isinstance(struct, Mapping):
         pairs = [(str(k), t) for k, t in struct.items()]
@@ -455,17 +451,13 @@ def _functional_outputs(model: Any) -> tuple[list[TensorSpec], str]:
     else:
         tensors = list(model.outputs)
         names = list(getattr(model, "output_names", None) or [])
-        if _model_kind(model) == "sequential":
+        if kind == "sequential":
             names = [model.layers[-1].name]  # a Sequential's one output is its last layer's
         if len(names) != len(tensors):
             names = [f"output_{i}" for i in range(len(tensors))]
         pairs = list(zip(names, tensors))
         structure = "list" if len(tensors) > 1 else "single"
-    specs = []
-    for name, tensor in pairs:
-        spec = _spec_from_tensor(name, tensor)
-        specs.append(TensorSpec(spec.name, spec.dtype, spec.shape, activation=_activation_of(tensor)))
-    return specs, structure
+    return [replace(_spec_from_tensor(name, t), activation=_activation_of(t)) for name, t in pairs], structure
 
 
 def _activation_of(tensor: Any) -> str | None:
@@ -529,7 +521,7 @@ def _all_layers(model: Any) -> list[Any]:
     flatten = getattr(model, "_flatten_layers", None)
     if callable(flatten):
         try:
-            return [layer for layer in flatten(include_self=False, recursive=True)]
+            return list(flatten(include_self=False, recursive=True))
         except TypeError:
             pass
     return list(getattr(model, "layers", []))

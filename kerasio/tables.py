@@ -89,8 +89,9 @@ def write_predictions(path: str | Path, outputs: Mapping[str, np.ndarray],
     tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
     try:
         if file.suffix.lower() == ".npz":
-            with open(tmp, "wb") as f:
-                np.savez(f, **{k: np.asarray(v) for k, v in outputs.items()})  # type: ignore[arg-type]
+            from .manifest import save_arrays
+
+            save_arrays(tmp, outputs)
         elif columns is None:
             raise InputError(f"{file}: some outputs have more than 2 dimensions and cannot be a CSV table; "
                              f"write them to an .npz file instead. Received: --output {file}")

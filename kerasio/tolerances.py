@@ -111,9 +111,7 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, *, atol
                                 detail=f"shape {tuple(actual.shape)} differs from the reference {tuple(reference.shape)}")
     if kind not in "fc":
         ref = reference.astype(str) if kind in "USO" else reference
-        act = actual.astype(str) if actual.dtype.kind in "USO" else actual
-        if kind in "USO" and actual.dtype.kind not in "USO":
-            act = actual.astype(str)
+        act = actual.astype(str) if kind in "USO" or actual.dtype.kind in "USO" else actual
         bad = int(np.count_nonzero(np.asarray(ref != act)))
         return OutputComparison(name, dtype, True, bad == 0, mismatches=bad,
                                 detail="" if bad == 0 else f"{bad} of {reference.size} values differ")
@@ -128,8 +126,8 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, *, atol
         agreement = float(np.mean(actual.argmax(-1) == reference.argmax(-1)))
     passed = bad == 0 and (agreement is None or agreement == 1.0)
     return OutputComparison(
-        name, dtype, False, passed, max_abs_diff=float(np.nanmax(diff, initial=0.0)) if diff.size else 0.0,
-        max_rel_diff=float(np.nanmax(rel, initial=0.0)) if rel.size else 0.0, mismatches=bad,
+        name, dtype, False, passed, max_abs_diff=float(np.nanmax(diff, initial=0.0)),
+        max_rel_diff=float(np.nanmax(rel, initial=0.0)), mismatches=bad,
         argmax_agreement=agreement,
     )
 

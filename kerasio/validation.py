@@ -15,6 +15,8 @@ import warnings
 from typing import Any, Callable, Mapping
 
 from .errors import ArtifactError, ManifestWarning
+from .signature import STRUCTURES
+from .task import TASKS
 
 __all__ = ["validate_manifest", "check_depth", "MAX_MANIFEST_BYTES", "MAX_DEPTH", "printable"]
 
@@ -107,11 +109,11 @@ def _object(fields: Mapping[str, Check], required: tuple[str, ...] = ()) -> Chec
 _SPEC = _object({"name": STR, "dtype": STR, "shape": _list_of(_dim), "activation": _optional(STR),
                  "probabilities": BOOL}, required=("name", "dtype", "shape"))
 _SIGNATURE = _object({
-    "inputs": _list_of(_SPEC), "outputs": _list_of(_SPEC), "input_structure": _one_of(("single", "list", "dict")),
-    "output_structure": _one_of(("single", "list", "dict")), "feature_names": _optional(_list_of(STR)),
+    "inputs": _list_of(_SPEC), "outputs": _list_of(_SPEC), "input_structure": _one_of(STRUCTURES),
+    "output_structure": _one_of(STRUCTURES), "feature_names": _optional(_list_of(STR)),
     "model_kind": STR, "compute_dtype": STR, "layers": _list_of(STR),
 }, required=("inputs", "outputs"))
-_TASK = _object({"kind": _one_of(("classification", "regression", "raw")), "output": _optional(STR),
+_TASK = _object({"kind": _one_of(tuple(t for t in TASKS if t != "auto")), "output": _optional(STR),
                  "class_names": _list_of(STR), "binary": BOOL})
 _ENTRY = _object({"path": STR, "sha256": _sha256, "size": INT}, required=("path", "sha256"))
 _ARTIFACT = _object({"format": STR, "path": STR, "size": INT, "sha256": _sha256,

@@ -30,7 +30,6 @@ from .tolerances import OutputComparison, compare_output, tolerance_for
 __all__ = ["verify", "verifier", "VerifyReport", "Check", "VERIFICATION_FILE", "check_request"]
 
 VERIFICATION_FILE = "verification.json"
-_BACKEND_MODULE = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
 @dataclass
@@ -262,6 +261,7 @@ def verify(
     if verifier is not None:
         workers.setdefault(verifier.backend, verifier)
     rows = len(next(iter(x_ref.values())))
+    signature = manifest.signature.to_dict()
     with tempfile.TemporaryDirectory(prefix=f"kerasio-verify-{os.getpid()}-ref-") as tmp, \
             contextlib.ExitStack() as stack:
         inputs = Path(tmp) / "inputs.npz"
@@ -282,11 +282,10 @@ def verify(
             start = time.perf_counter()
             child_backend = fmt.worker_backend(requested)
             try:
-                module = _BACKEND_MODULE.get(child_backend, child_backend)
-                if not _importable(module):
+                if not _importable(child_backend):  # a Keras backend's name is its module's
                     raise BackendUnavailableError(
-                        f"verifying the {fmt.name} artifact needs {module}, which cannot be imported here. "
-                        f"Install it (pip install {module}) or verify the other formats (--format keras). "
+                        f"verifying the {fmt.name} artifact needs {child_backend}, which cannot be imported here. "
+                        f"Install it (pip install {child_backend}) or verify the other formats (--format keras). "
                         f"Received: backend={child_backend!r}"
                     )
                 if fmt.runtime == "keras" and not in_process:
@@ -296,7 +295,7 @@ def verify(
                 else:
                     path = art.check(bundle) if check_hashes else bundle / art.path
                     answer = ask(child_backend, check_request(
-                        art.format, path, manifest.signature.to_dict(), inputs, device=device, precision=precision,
+                        art.format, path, signature, inputs, device=device, precision=precision,
                         trust=trust_pickle, imports=imports, allow_ops=allow_ops))
                 if not answer["ok"]:
                     raise KerasioError(answer["error"])

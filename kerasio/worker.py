@@ -38,8 +38,9 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
     Request keys: ``format``, ``path``, ``signature`` (the manifest's, as a
     dict), ``inputs`` (an ``.npz`` of named arrays), ``out_dir``, ``device``
     (``auto|cpu|gpu|all``), ``precision`` (``highest|fast``), ``trust``,
-    ``imports`` (modules to import first, e.g. custom layers), ``fast_math``
-    (also run with TF32 allowed on a GPU, for the drift report). Returns
+    ``imports`` (modules to import first, e.g. custom layers), ``allow_ops``
+    (SavedModel ops accepted beyond the allowlist), ``fast_math`` (also run
+    with TF32 allowed on a GPU, for the drift report). Returns
     per-device result dicts with the paths of the outputs written. The format
     owns its runtime and devices; nothing here names one.
     """
