@@ -217,10 +217,15 @@ def precision_policy(mode: str = "highest", backend: str | None = None) -> Itera
 
 @contextlib.contextmanager
 def device_scope(device: str):
-    """Place Keras variables and ops on ``cpu`` or ``gpu`` for the active backend."""
+    """Place Keras variables and ops on ``cpu`` or ``gpu`` for the active backend.
+
+    PyTorch's CPU is named ``cpu``, not ``cpu:0``: under ``cpu:0`` Keras's torch backend turns a
+    non-trainable integer variable (a Normalization layer's count) into a plain tensor, and loading fails
+    with "Only Tensors of floating point and complex dtype can require gradients".
+    """
     import keras
 
-    with keras.device(f"{device}:0"):
+    with keras.device("cpu" if device == "cpu" and keras.backend.backend() == "torch" else f"{device}:0"):
         yield
 
 

@@ -42,6 +42,33 @@ def test_jax_cli(bundle):
     assert report["checks"][0]["backend"] == "jax" and report["checks"][0]["status"] == "PASS"
 
 
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_other_backend_verifies_loads_and_predicts(bundle, backend):
+    """A TensorFlow-trained bundle, on JAX and on PyTorch: verified, then loaded and predicted on the CPU device.
+
+    PyTorch once failed at ``load`` only (its CPU named ``cpu:0``), while ``verify`` passed.
+    """
+    pytest.importorskip(backend, reason="CI installs the jax and torch extras")
+    code = (
+        "import json, sys, kerasio\n"
+        "report = kerasio.verify(sys.argv[1], formats=['keras', 'h5', 'weights'], device='cpu', in_process=True, "
+        "record=False)\n"
+        "loaded = kerasio.load(sys.argv[1], device='cpu')\n"
+        "x = kerasio.read_manifest(sys.argv[1]).reference_arrays(sys.argv[1])[0]['features']\n"
+        "print(json.dumps({'ok': report.ok, 'backends': sorted({c.backend for c in report.checks}),"
+        " 'diff': max(c.max_abs_diff for c in report.checks), 'runtime': loaded.runner.runtime,"
+        " 'labels': [str(v) for v in kerasio.predict(loaded, x)]}))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "KERAS_BACKEND": backend})
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["ok"] and found["backends"] == [backend] and found["diff"] <= 1e-6
+    assert found["runtime"] == f"keras/{backend}"
+    manifest = kerasio.read_manifest(bundle)
+    x = manifest.reference_arrays(bundle)[0]["features"]
+    assert found["labels"] == [str(v) for v in kerasio.predict(kerasio.load(bundle), x)]
+
+
 def test_without_tensorflow(bundle):
     """import kerasio and .keras verification work where only Keras + JAX are installed."""
     pytest.importorskip("jax")
