@@ -1,9 +1,10 @@
 """Stage 4: write a bundle (every format that can carry the model + manifest), crash-safely.
 
 Everything is first written into a hidden staging directory inside the
-bundle. Only when every artifact has been written and hashed are they renamed
-into place, the manifest last; an interrupted or failed export leaves the
-existing bundle as it was. SavedModel versions are never overwritten.
+bundle, hashed and (optionally) verified there; :func:`kerasio.publish.commit`
+then publishes it as a new generation with one atomic swap of the manifest. An
+interrupted or failed export leaves the existing bundle as it was. SavedModel
+versions are never overwritten.
 """
 from __future__ import annotations
 
@@ -21,13 +22,12 @@ from .fsutil import (
     bundle_lock,
     clean_stale,
     hash_artifact,
-    interrupts_deferred,
-    place,
     staging_dir,
     writable_error,
     write_text_atomic,
 )
 from .manifest import REFERENCE_FILES, Artifact, Manifest, hash_entry, library_versions, save_arrays
+from .publish import commit, repair
 from .runtime import available_devices, device_name, keras_backend, keras_forward, outputs_from_run
 from .signature import Signature, derive_signature, mark_probabilities
 from .task import resolve_task
@@ -157,6 +157,7 @@ def export(
         lock = bundle_lock(bundle)
         lock.acquire()  # one writer at a time: each export gets its own serving/<n>, none is lost
         clean_stale(bundle)  # what killed writers left behind
+        repair(bundle)  # links a killed writer had not made yet
         stage = staging_dir(bundle)
         save_arrays(stage / REFERENCE_FILES["inputs"], x_ref)
         save_arrays(stage / REFERENCE_FILES["outputs"], reference_outputs)
@@ -203,13 +204,13 @@ def export(
             custom_objects=custom,
         )
         report = None
+        manifest.write(stage)  # the staged export is a bundle of its own: verified as one, published as one
         if verify:
             # Verify the staged bundle (same layout) before anything is published: an
             # artifact that fails never replaces the one already in the bundle.
             from .verify import VERIFICATION_FILE
             from .verify import verify as run_verify
 
-            manifest.write(stage)
             report = run_verify(stage, workers=workers, record=False, in_process=verify == "in-process",
                                 trust_pickle=trust_pickle, check_hashes=False, rtol=rtol, atol=atol,
                                 submitted=submitted)
@@ -220,10 +221,8 @@ def export(
                     f"verification: {report.failure_text()}")
                 error.report = report  # type: ignore[attr-defined]
                 raise error
-        with interrupts_deferred():  # the renames and the manifest land together or not at all
-            for rel in [a.path for a in artifacts] + list(REFERENCE_FILES.values()):
-                place(stage / rel, bundle / rel)
-            manifest.write(bundle)  # last: readers only ever see a complete bundle
+        manifest = commit(stage, bundle, manifest)  # one atomic swap of the manifest publishes the generation
+        stage = None  # it is the new generation now
         if report is not None:
             write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))
     except OSError as exc:  # a full disk, a read-only file system, a permission: say so, publish nothing

@@ -16,19 +16,21 @@ from typing import Any
 from .errors import ArtifactError, UnsafeArtifactError
 
 __all__ = ["sha256_file", "hash_artifact", "confined", "place", "staging_dir", "write_text_atomic",
-           "interrupts_deferred", "bundle_lock", "clean_stale", "clean_stale_temp", "writable_error"]
+           "interrupts_deferred", "bundle_lock", "clean_stale", "clean_stale_temp", "writable_error", "private_dir"]
 
 LOCK_NAME = ".kerasio.lock"
 
 _CHUNK = 4 << 20
 
 
-def sha256_file(path: str | Path) -> str:
-    """sha256 of a regular file, streamed in 4 MiB chunks.
+def sha256_file(path: str | Path, copy_to: Any = None) -> str:
+    """sha256 of a regular file, streamed in 4 MiB chunks; with ``copy_to``, the same bytes are written there.
 
     Opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat`` before
     the first read: a symlink is refused by the kernel, and a FIFO or device
-    is refused instead of blocking forever.
+    is refused instead of blocking forever. The copy is made from the very
+    reads that are hashed, so a loader given the copy loads exactly the hashed
+    bytes, whatever happens to ``path`` afterwards.
     """
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
@@ -46,8 +48,12 @@ def sha256_file(path: str | Path) -> str:
         digest = hashlib.sha256()
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
-        while n := f.readinto(buf):
-            digest.update(view[:n])
+        with contextlib.ExitStack() as stack:
+            out = copy_to if copy_to is None or hasattr(copy_to, "write") else stack.enter_context(open(copy_to, "xb"))
+            while n := f.readinto(buf):
+                digest.update(view[:n])
+                if out is not None:
+                    out.write(view[:n])
     return digest.hexdigest()
 
 
@@ -60,8 +66,8 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def hash_artifact(path: str | Path) -> tuple[str, int, dict[str, str] | None]:
-    """``(sha256, size, files)`` of a file or a directory.
+def hash_artifact(path: str | Path, copy_to: str | Path | None = None) -> tuple[str, int, dict[str, str] | None]:
+    """``(sha256, size, files)`` of a file or a directory; with ``copy_to``, a copy of exactly the hashed bytes.
 
     A directory's sha256 hashes the sorted ``relative-path, file-sha256`` pairs,
     and ``files`` maps each relative path to its own sha256 so that a mismatch
@@ -71,7 +77,9 @@ def hash_artifact(path: str | Path) -> tuple[str, int, dict[str, str] | None]:
     path = Path(path)
     top = os.lstat(path)
     if not stat.S_ISDIR(top.st_mode):
-        return sha256_file(path), top.st_size, None
+        return sha256_file(path, copy_to), top.st_size, None
+    if copy_to is not None:
+        os.mkdir(copy_to, 0o700)
     files: dict[str, str] = {}
     size = 0
     for root, dirs, names in os.walk(path, followlinks=False):
@@ -79,12 +87,15 @@ def hash_artifact(path: str | Path) -> tuple[str, int, dict[str, str] | None]:
             full = Path(root) / name
             info = os.lstat(full)
             if stat.S_ISDIR(info.st_mode):
+                if copy_to is not None:
+                    os.mkdir(Path(copy_to) / full.relative_to(path), 0o700)
                 continue
             if not stat.S_ISREG(info.st_mode):
                 raise UnsafeArtifactError(
                     f"{full}: is {_kind(info.st_mode)} inside the artifact {path.name!r}; kerasio reads only regular "
                     f"files of the bundle. Re-export it. Received: {_kind(info.st_mode)}")
-            files[full.relative_to(path).as_posix()] = sha256_file(full)
+            rel = full.relative_to(path)
+            files[rel.as_posix()] = sha256_file(full, None if copy_to is None else Path(copy_to) / rel)
             size += info.st_size
     # The order of kerasio 0.1's digest (pathlib's, by path component): existing bundles keep their hashes.
     files = dict(sorted(files.items(), key=lambda item: PurePosixPath(item[0]).parts))
@@ -161,9 +172,10 @@ def clean_stale(bundle: Path) -> list[str]:
     directory, renamed-aside old directory and temporary manifest is a leftover.
     """
     removed = []
-    for entry in Path(bundle).iterdir():
+    places = [Path(bundle)] + [Path(bundle) / sub for sub in ("serving", "generations") if (Path(bundle) / sub).is_dir()]
+    for entry in [e for place in places for e in place.iterdir()]:
         name = entry.name
-        if name.startswith(".kerasio-staging-") or ".old-" in name or ".tmp-" in name:
+        if name.startswith((".kerasio-staging-", ".old-")) or ".old-" in name or ".tmp-" in name:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -180,6 +192,22 @@ def clean_stale_temp(prefix: str) -> None:
         pid = entry.name[len(prefix):].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)) and entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_dir(prefix: str) -> Any:
+    """A private (0700) temporary directory ``<tmp>/<prefix><pid>-*``, removed afterwards.
+
+    Those that killed processes left behind are removed first.
+    """
+    import tempfile
+
+    clean_stale_temp(prefix)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def writable_error(path: Path, exc: OSError, action: str) -> ArtifactError:

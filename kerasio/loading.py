@@ -1,15 +1,18 @@
 """Load a bundle, a ``.keras`` file or a SavedModel directory (any registered artifact), hash-checked first."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ArtifactError, InputError
-from .formats import REGISTRY, Runner, get_format
-from .manifest import MANIFEST_NAME, Manifest, read_manifest
+from .errors import ArtifactError, InputError, KerasioError
+from .formats import REGISTRY, Format, Runner, get_format
+from .fsutil import hash_artifact, private_dir
+from .manifest import MANIFEST_NAME, Artifact, Manifest, read_manifest, read_pinned
+from .publish import flat_name
 from .signature import Signature
 from .task import NamedColumns, Task, resolve_task
 
@@ -112,14 +115,17 @@ def _load(path: Path, format: str | None, trust: bool, device: str) -> LoadedMod
         raise ArtifactError(f"{path}: no such file or directory. Pass a bundle directory or an artifact. "
                             f"Received: {path}")
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
-        manifest = read_manifest(path)
-        names = [a.format for a in manifest.artifacts]
-        if format is None:
-            format = next((f for f in PREFERENCE if f in names), names[0] if names else None)
-        if format is None:
-            raise ArtifactError(f"{path}: the manifest lists no artifacts; re-export the bundle. Received: []")
-        art = manifest.artifact(format)
-        runner = get_format(format).load(art.check(path), signature=manifest.signature, device=device, trust=trust)
+        with contextlib.ExitStack() as stack:
+            manifest = read_pinned(path, stack)
+            names = [a.format for a in manifest.artifacts]
+            if format is None:
+                format = next((f for f in PREFERENCE if f in names), names[0] if names else None)
+            if format is None:
+                raise ArtifactError(f"{path}: the manifest lists no artifacts; re-export the bundle. Received: []")
+            art = manifest.artifact(format)
+            tmp = stack.enter_context(private_dir("kerasio-load-"))
+            runner = _load_copy(get_format(format), art.materialize(path, tmp), path / art.path,
+                                signature=manifest.signature, device=device, trust=trust)
         return LoadedModel(runner, manifest.task, art.sha256, manifest)
 
     fmt = get_format(format) if format else next((f for f in REGISTRY.values() if f.matches(path)), None)
@@ -128,23 +134,41 @@ def _load(path: Path, format: str | None, trust: bool, device: str) -> LoadedMod
             f"{path}: not a kerasio bundle, .keras file, SavedModel directory or other known artifact; pass one "
             f"of those ({', '.join(REGISTRY)}). Received: {path}"
         )
-    enclosing, sha = _enclosing_manifest_check(path)
-    runner = fmt.load(path, signature=enclosing.signature if enclosing else None, device=device, trust=trust)
+    with private_dir("kerasio-load-") as tmp:
+        bundle, enclosing, entry = _enclosing_artifact(path)
+        if entry is not None and enclosing is not None and bundle is not None:
+            copy, sha = entry.materialize(bundle, tmp, source=path), entry.sha256
+        else:
+            copy = tmp / path.name
+            sha = hash_artifact(path, copy_to=copy)[0]  # what is loaded is what was hashed
+        runner = _load_copy(fmt, copy, path, signature=enclosing.signature if enclosing else None, device=device,
+                            trust=trust)
     if enclosing is not None:
         return LoadedModel(runner, enclosing.task, sha, enclosing)
     return LoadedModel(runner, resolve_task("auto", runner.signature), sha)
 
 
-def _enclosing_manifest_check(path: Path) -> tuple[Manifest | None, str | None]:
-    """If ``path`` is an artifact inside a bundle, check its hash against that manifest."""
+def _load_copy(fmt: Format, copy: Path, shown: Path, **kwargs: Any) -> Runner:
+    """Load the checked private copy; errors and the runner name the bundle's file, not the copy."""
+    try:
+        runner = fmt.load(copy, **kwargs)
+    except KerasioError as exc:
+        exc.args = (str(exc).replace(str(copy), str(shown)),) + exc.args[1:]
+        raise
+    runner.path = shown
+    return runner
+
+
+def _enclosing_artifact(path: Path) -> tuple[Path | None, Manifest | None, Artifact | None]:
+    """If ``path`` is an artifact listed by the manifest of the bundle it lies in: that bundle, manifest and entry.
+
+    A top-level name (``bundle/model.keras``, ``bundle/serving/3``) stands for the current generation's file.
+    """
     for bundle in (path.parent, path.parent.parent):
         if (bundle / MANIFEST_NAME).is_file():
             manifest = read_manifest(bundle)
             rel = path.resolve().relative_to(bundle.resolve()).as_posix()
             for art in manifest.artifacts:
-                if art.path == rel:
-                    art.check(bundle)
-                    return manifest, art.sha256
-    from .fsutil import hash_artifact
-
-    return None, hash_artifact(path)[0]
+                if rel in (art.path, flat_name(art.path)):
+                    return bundle, manifest, art
+    return None, None, None

@@ -8,8 +8,11 @@ by translating them into the same objects.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import platform
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,13 +22,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import ArtifactError, IntegrityError
-from .fsutil import confined, hash_artifact, write_text_atomic
+from .fsutil import confined, hash_artifact, sha256_file, write_text_atomic
+from .publish import generation_gone, pinned
 from .signature import Signature, TensorSpec
 from .task import NamedColumns, Task
 from .validation import MAX_MANIFEST_BYTES, check_depth, validate_manifest
 
 __all__ = ["Manifest", "Artifact", "MANIFEST_NAME", "SCHEMA_VERSION", "read_manifest", "library_versions",
-           "REFERENCE_FILES", "save_arrays"]
+           "REFERENCE_FILES", "save_arrays", "read_pinned"]
 
 MANIFEST_NAME = "kerasio.json"
 SCHEMA_VERSION = 2
@@ -50,6 +54,8 @@ class Artifact:
     def check(self, bundle: Path) -> Path:
         """Return the artifact's path after checking its sha256; raise on mismatch.
 
+        Only for reporting: a loader must use :meth:`materialize`, which hashes the very bytes it loads.
+
         Raises:
             IntegrityError: naming the artifact (and the file within a
                 directory artifact) whose bytes changed.
@@ -58,9 +64,43 @@ class Artifact:
         """
         # Confined before anything is opened: relative, inside the bundle, no symlink, no FIFO or device.
         full = confined(bundle, self.path, f"artifact {self.format!r}")
-        digest, _size, files = hash_artifact(full)
+        with pinned(bundle, self.path):
+            digest, _size, files = hash_artifact(full)
+        self._match(bundle, full, digest, files)
+        return full
+
+    def materialize(self, bundle: Path, into: str | Path, source: Path | None = None) -> Path:
+        """Copy the artifact into the private directory ``into`` while hashing it; return the checked copy.
+
+        The copy is made from the reads that are hashed, so a loader given it
+        loads exactly the bytes that matched the manifest: no check-then-reopen,
+        whatever happens to the bundle meanwhile. The generation read is pinned
+        against pruning while it is copied.
+        """
+        full = confined(bundle, self.path, f"artifact {self.format!r}")
+        Path(into).mkdir(mode=0o700, parents=True, exist_ok=True)
+        copy = Path(into) / Path(self.path).name
+        with pinned(bundle, self.path):
+            digest, _size, files = hash_artifact(full, copy_to=copy)
+        try:
+            self._match(bundle, full, digest, files)
+        except IntegrityError:
+            shutil.rmtree(copy, ignore_errors=True) if copy.is_dir() else copy.unlink(missing_ok=True)
+            raise
+        return copy
+
+    def read_verified(self, bundle: Path) -> bytes:
+        """The bytes of a single-file artifact, hashed as they were read (see :meth:`materialize`)."""
+        full = confined(bundle, self.path, f"artifact {self.format!r}")
+        buffer = io.BytesIO()
+        with pinned(bundle, self.path):
+            digest = sha256_file(full, copy_to=buffer)
+        self._match(bundle, full, digest, None)
+        return buffer.getvalue()
+
+    def _match(self, bundle: Path, full: Path, digest: str, files: dict[str, str] | None) -> None:
         if digest == self.sha256:
-            return full
+            return
         where = full
         if self.files and files is not None:
             changed = sorted(set(self.files) ^ set(files)) or sorted(
@@ -120,13 +160,23 @@ class Manifest(NamedColumns):
         if version == 1:
             data = _from_schema_1(data)
         try:
-            artifacts = [Artifact(**a) for a in data.get("artifacts", [])]
+            fields = set(Artifact.__dataclass_fields__)  # unknown keys were warned about by validate_manifest
+            artifacts = [Artifact(**{k: v for k, v in a.items() if k in fields}) for a in data.get("artifacts", [])]
         except TypeError as exc:
             raise ArtifactError(f"{MANIFEST_NAME}: an artifact entry is malformed; re-export the bundle. "
                                 f"Received: {exc}") from None
         known = set(cls.__dataclass_fields__) - {"signature", "task", "artifacts"}
         return cls(signature=Signature.from_dict(data["signature"]), task=Task.from_dict(data.get("task")),
                    artifacts=artifacts, **{k: v for k, v in data.items() if k in known})
+
+    def relocated(self, prefix: str) -> "Manifest":
+        """This manifest with every artifact and reference path under ``prefix`` (a generation directory)."""
+        data = self.to_dict()
+        for art in data["artifacts"]:
+            art["path"] = f"{prefix}/{art['path']}"
+        data["reference"] = {k: {**v, "path": f"{prefix}/{v['path']}"} if isinstance(v, dict) else v
+                             for k, v in data["reference"].items()}
+        return Manifest.from_dict(data)
 
     def write(self, bundle: Path) -> Path:
         path = Path(bundle) / MANIFEST_NAME
@@ -158,9 +208,10 @@ class Manifest(NamedColumns):
         except (KeyError, TypeError):
             raise ArtifactError(f"{Path(bundle) / MANIFEST_NAME}: no reference {key} recorded; re-export the "
                                 f"bundle. Received: reference keys {sorted(self.reference)}") from None
-        path = art.check(Path(bundle))
+        data = art.read_verified(Path(bundle))
+        path = Path(bundle) / art.path
         specs = self.signature.inputs if key == "inputs" else self.signature.outputs
-        arrays = load_arrays(path, [s.name for s in specs], specs)
+        arrays = load_arrays(path, [s.name for s in specs], specs, data=data)
         rows = self.reference.get("rows")
         if key != "outputs_1row" and isinstance(rows, int) and len(next(iter(arrays.values()))) != rows:
             raise ArtifactError(f"{path}: {len(next(iter(arrays.values())))} rows, but the manifest records {rows}; "
@@ -180,30 +231,35 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         np.savez(f, **clean)  # type: ignore[arg-type]
 
 
-def load_arrays(path: Path, names: list[str], specs: list[TensorSpec] | None = None) -> dict[str, np.ndarray]:
+def load_arrays(path: Path, names: list[str], specs: list[TensorSpec] | None = None,
+                data: bytes | None = None) -> dict[str, np.ndarray]:
     """Named arrays from ``.npz`` (or a schema-1 ``.npy``, which holds the single named array).
 
     Each array's header is read and checked first: no pickled objects, and no
     more data claimed than the file holds (a lying header would make numpy
     allocate terabytes). With ``specs``, each array must match its spec's rank,
     fixed dimensions and kind (strings or numbers), and all must have as many rows.
+    With ``data``, the arrays are read from those bytes (already hash-checked); ``path`` only names them.
     """
+    def source() -> Any:
+        return io.BytesIO(data) if data is not None else path
+
     try:
         if path.suffix == ".npy":
-            with open(path, "rb") as f:
-                _check_header(f, path.stat().st_size, f"{path}")
-            arrays = {names[0]: np.load(path, allow_pickle=False)}
+            with (io.BytesIO(data) if data is not None else open(path, "rb")) as f:
+                _check_header(f, len(data) if data is not None else path.stat().st_size, f"{path}")
+            arrays = {names[0]: np.load(source(), allow_pickle=False)}
         else:
-            with zipfile.ZipFile(path) as archive:
+            with zipfile.ZipFile(source()) as archive:
                 members = archive.infolist()
                 if len(members) > 10_000:
                     raise ArtifactError(f"{path}: {len(members)} arrays; no reference file holds that many. "
                                         f"Re-export the bundle. Received: {len(members)} members")
                 for info in members:
-                    with archive.open(info) as f:
-                        _check_header(f, info.file_size, f"{path}: array {info.filename!r}")
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
+                    with archive.open(info) as member:
+                        _check_header(member, info.file_size, f"{path}: array {info.filename!r}")
+            with np.load(source(), allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ArtifactError(f"{path}: unreadable reference arrays; re-export the bundle. "
                             f"Received: {str(exc)[:200]}") from None
@@ -288,6 +344,24 @@ def read_manifest(bundle: str | Path) -> Manifest:
         raise ArtifactError(f"{path}: the manifest is not a JSON object; re-export the bundle. "
                             f"Received: {type(data).__name__}")
     return Manifest.from_dict(data)
+
+
+def read_pinned(bundle: str | Path, stack: contextlib.ExitStack) -> Manifest:
+    """Read the manifest and pin the generation it names for the life of ``stack``.
+
+    A writer never prunes a pinned generation, so every file this manifest
+    names stays readable until ``stack`` closes. If a writer pruned it between
+    the read and the pin, the (newer) manifest is read again.
+    """
+    for _ in range(5):
+        manifest = read_manifest(bundle)
+        rel = next((a.path for a in manifest.artifacts), None)
+        if rel is None:
+            return manifest
+        stack.enter_context(pinned(Path(bundle), rel))
+        if not generation_gone(Path(bundle), rel):
+            return manifest
+    return manifest
 
 
 def library_versions() -> dict[str, str]:

@@ -22,7 +22,7 @@ import numpy as np
 from .errors import BackendUnavailableError, InputError, KerasioError, VerificationError, WorkerError
 from .formats import get_format
 from .fsutil import write_text_atomic
-from .manifest import Artifact, Manifest, load_arrays, read_manifest, save_arrays
+from .manifest import Artifact, Manifest, load_arrays, read_pinned, save_arrays
 from .runtime import default_backend, keras_backend
 from .tables import render_table
 from .tolerances import OutputComparison, compare_output, tolerance_for
@@ -243,7 +243,16 @@ def verify(
         if value is not None and not (isinstance(value, (int, float)) and value >= 0):
             raise InputError(f"{name} must be a number >= 0; pass e.g. {name}=1e-5. Received: {name}={value!r}")
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
+    pins = contextlib.ExitStack()
+    with pins:
+        return _verify(bundle, read_pinned(bundle, pins), formats, in_process, record, device, backend, precision,
+                       trust_pickle, imports, check_hashes, rtol, atol, workers, submitted, verifier, allow_ops)
+
+
+def _verify(bundle: Path, manifest: Manifest, formats: Any, in_process: bool, record: bool, device: str,
+            backend: str | None, precision: str, trust_pickle: bool, imports: Sequence[str], check_hashes: bool,
+            rtol: float | None, atol: float | None, workers: Any, submitted: Any, verifier: Any,
+            allow_ops: Sequence[str]) -> VerifyReport:
     x_ref, y_ref = manifest.reference_arrays(bundle)
     y_one = manifest.reference_one_row(bundle)
     wanted = None
@@ -293,10 +302,14 @@ def verify(
                 if submitted and art.format in submitted:
                     answer = submitted[art.format]()
                 else:
-                    path = art.check(bundle) if check_hashes else bundle / art.path
+                    # The worker loads a private copy made from the very reads that were hashed.
+                    path = art.materialize(bundle, Path(tmp) / f"artifact-{len(report.checks)}-{art.format}") \
+                        if check_hashes else bundle / art.path
                     answer = ask(child_backend, check_request(
                         art.format, path, signature, inputs, device=device, precision=precision,
                         trust=trust_pickle, imports=imports, allow_ops=allow_ops))
+                    if not answer["ok"]:
+                        answer["error"] = str(answer["error"]).replace(str(path), str(bundle / art.path))
                 if not answer["ok"]:
                     raise KerasioError(answer["error"])
                 report.checks.extend(_judge(manifest, art, answer["results"], y_ref, y_one, start, rtol, atol))

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio  # noqa: E402
 
@@ -31,7 +32,7 @@ def bundle(pipeline) -> Path:
 @pytest.fixture
 def bundle_copy(bundle, tmp_path) -> Path:
     dest = tmp_path / "bundle"
-    shutil.copytree(bundle, dest)
+    copy_bundle(bundle, dest)
     return dest
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio
 from kerasio.cli import main
@@ -108,17 +109,16 @@ def test_cli_error_from_subprocess_has_no_traceback(tmp_path):
 
 
 def test_verify_failure_exits_1(keras_bundle, tmp_path, capsys):
-    import shutil
 
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
+    copy_bundle(keras_bundle, b)
     data = bytearray((b / "model.keras").read_bytes())
     data[100] ^= 0xFF
     (b / "model.keras").write_bytes(bytes(data))
     assert main(["verify", str(b), "--in-process", "--format", "keras"]) == 1
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and "does not match" in captured.out
-    assert "verification failed for model.keras" in captured.err
+    assert "verification failed for generations/1/model.keras" in captured.err
 
 
 def test_predict_wrong_columns_exit_2(keras_bundle, tmp_path, capsys):

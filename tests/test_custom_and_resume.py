@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 
 import pytest
+from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio
 from kerasio.manifest import MANIFEST_NAME, hash_entry
@@ -15,7 +15,6 @@ from kerasio.recipe.resume import resume_check, resume_in_fresh_process
 @pytest.fixture(scope="module")
 def custom_bundle(tmp_path_factory):
     import keras
-
     from custom_layers import Scale
 
     data = kerasio.load_dataset()
@@ -52,7 +51,7 @@ def test_unregistered_custom_class_is_named(custom_bundle, monkeypatch):
 
 def test_fresh_process_without_the_module_fails_clearly(custom_bundle, tmp_path):
     b = tmp_path / "b"
-    shutil.copytree(custom_bundle, b)
+    copy_bundle(custom_bundle, b)
     data = json.loads((b / MANIFEST_NAME).read_text())
     data["custom_objects"][0]["module"] = "module_this_process_never_imported"
     (b / MANIFEST_NAME).write_text(json.dumps(data))
@@ -73,7 +72,7 @@ def test_resume_fails_when_optimizer_state_is_dropped(bundle, tmp_path):
     import h5py
 
     b = tmp_path / "b"
-    shutil.copytree(bundle, b)
+    copy_bundle(bundle, b)
     work = tmp_path / "unzipped"
     with zipfile.ZipFile(b / "model.keras") as z:
         z.extractall(work)
@@ -99,7 +98,7 @@ def test_resume_fails_when_optimizer_state_is_dropped(bundle, tmp_path):
 
 def test_resume_needs_training_record(keras_bundle, tmp_path):
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
+    copy_bundle(keras_bundle, b)
     manifest = kerasio.read_manifest(b)
     manifest.training = {}
     manifest.write(b)

@@ -7,6 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio
 from kerasio.formats import REGISTRY
@@ -65,7 +66,8 @@ def test_keras_zip_members(bundle):
 def test_savedmodel_serving_layout_and_signatures(bundle):
     manifest = kerasio.read_manifest(bundle)
     art = manifest.artifact("savedmodel")
-    assert art.path == "serving/1"
+    assert art.path == "generations/1/serving/1"  # TF Serving's serving/1 is a hardlink tree of it
+    assert os.path.samefile(bundle / art.path / "saved_model.pb", bundle / "serving/1/saved_model.pb")
     assert (bundle / "serving/1/saved_model.pb").is_file()
     assert (bundle / "serving/1/assets.extra/tf_serving_warmup_requests").is_file()
     sigs = art.info["signatures"]
@@ -84,17 +86,16 @@ def test_serving_versions_are_never_overwritten(pipeline, tmp_path):
     kerasio.export(pipeline.model, out, **kwargs)
     first = sha256_file(out / "serving/1/saved_model.pb")
     result = kerasio.export(pipeline.model, out, **kwargs)
-    assert result.manifest.artifact("savedmodel").path == "serving/2"
+    assert result.manifest.artifact("savedmodel").path == "generations/2/serving/2"
     assert sorted(p.name for p in (out / "serving").iterdir()) == ["1", "2"]
     assert sha256_file(out / "serving/1/saved_model.pb") == first
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".kerasio.lock"], "staging left behind"
 
 
 def test_failed_export_leaves_existing_bundle_untouched(keras_bundle, pipeline, tmp_path, monkeypatch):
-    import shutil
 
     out = tmp_path / "b"
-    shutil.copytree(keras_bundle, out)
+    copy_bundle(keras_bundle, out)
     before = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()}
     fmt = REGISTRY["onnx"]
 
@@ -111,10 +112,9 @@ def test_failed_export_leaves_existing_bundle_untouched(keras_bundle, pipeline, 
 
 def test_interrupted_export_leaves_existing_bundle_untouched(keras_bundle, pipeline, tmp_path, monkeypatch):
     """A KeyboardInterrupt mid-export (after some artifacts were staged) changes nothing."""
-    import shutil
 
     out = tmp_path / "b"
-    shutil.copytree(keras_bundle, out)
+    copy_bundle(keras_bundle, out)
     before = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()}
     monkeypatch.setattr(REGISTRY["h5"], "save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
@@ -183,40 +183,37 @@ def test_export_rejects_unknown_verify_mode(pipeline, tmp_path):
 
 def test_ctrl_c_during_commit_is_deferred_until_the_bundle_is_consistent(pipeline, keras_bundle, tmp_path,
                                                                           monkeypatch):
-    """SIGINT between two renames would pair new artifacts with the old manifest; it waits instead."""
-    import shutil
+    """SIGINT between the generation's rename and the manifest swap waits until both are done."""
     import signal
-    import sys
 
-    export_module = sys.modules["kerasio.export"]  # the attribute kerasio.export is the function
+    import kerasio.publish as publish
 
     out = tmp_path / "b"
-    shutil.copytree(keras_bundle, out)
-    real_place = export_module.place
-    calls = []
+    copy_bundle(keras_bundle, out)
+    real = publish.crash_point
+    seen = []
 
-    def place_then_interrupt(src, dest):
-        real_place(src, dest)
-        if not calls:
-            os.kill(os.getpid(), signal.SIGINT)  # arrives after the first rename
-        calls.append(dest)
+    def interrupt_inside_the_commit(name):
+        seen.append(name)
+        if name == "generation-renamed":
+            os.kill(os.getpid(), signal.SIGINT)  # arrives between the rename and the swap
+        real(name)
 
-    monkeypatch.setattr(export_module, "place", place_then_interrupt)
+    monkeypatch.setattr(publish, "crash_point", interrupt_inside_the_commit)
     with pytest.raises(KeyboardInterrupt):
         kerasio.export(pipeline.model, out, reference_inputs=pipeline.split.x_test, formats="keras,savedmodel")
-    assert len(calls) == 5  # every rename happened before the interrupt was raised
+    assert seen[:3] == ["staged", "generation-renamed", "manifest-swapped"]  # raised only after the swap
     manifest = kerasio.read_manifest(out)
-    assert manifest.artifact("savedmodel").path == "serving/2"
+    assert manifest.artifact("savedmodel").path == "generations/2/serving/2"
     for art in manifest.artifacts:
         art.check(out)  # the manifest matches what is on disk
 
 
 def test_export_verify_publishes_nothing_when_an_artifact_fails(pipeline, keras_bundle, tmp_path, monkeypatch):
     """export(verify=...) checks the staged artifacts first; a failing one never replaces a good one."""
-    import shutil
 
     out = tmp_path / "b"
-    shutil.copytree(keras_bundle, out)
+    copy_bundle(keras_bundle, out)
     before = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()}
     fmt = REGISTRY["savedmodel"]
     real_load = fmt.load

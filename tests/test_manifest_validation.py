@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 
 import numpy as np
 import pytest
+from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio
 from kerasio.cli import main
@@ -17,7 +17,7 @@ from kerasio.manifest import MANIFEST_NAME, hash_entry
 def hostile(keras_bundle, tmp_path):
     """A copy of a good bundle and a function that rewrites its manifest."""
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
+    copy_bundle(keras_bundle, b)
 
     def rewrite(change):
         data = json.loads((b / MANIFEST_NAME).read_text())

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01_quickstart.ipynb"
 
 

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio
 from kerasio.cli import main
@@ -69,10 +70,9 @@ def test_an_unwritable_out_fails_before_training(tmp_path, capsys):
 
 
 def test_a_full_disk_is_named_and_the_bundle_is_left_as_it_was(keras_bundle, pipeline, tmp_path, monkeypatch):
-    import shutil
 
     out = tmp_path / "b"
-    shutil.copytree(keras_bundle, out)
+    copy_bundle(keras_bundle, out)
     before = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()
               and p.name != ".kerasio.lock"}
     export_module = sys.modules["kerasio.export"]

@@ -9,6 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio
 from kerasio.cli import main
@@ -129,7 +130,7 @@ def test_h5_weights_only_file_is_named(bundle, tmp_path):
 
 def test_manifest_with_future_schema(keras_bundle, tmp_path):
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
+    copy_bundle(keras_bundle, b)
     data = json.loads((b / MANIFEST_NAME).read_text())
     data["schema_version"] = 99
     (b / MANIFEST_NAME).write_text(json.dumps(data))
@@ -139,7 +140,7 @@ def test_manifest_with_future_schema(keras_bundle, tmp_path):
 
 def test_manifest_not_json(keras_bundle, tmp_path):
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
+    copy_bundle(keras_bundle, b)
     (b / MANIFEST_NAME).write_text("{")
     with pytest.raises(kerasio.ArtifactError, match=r"kerasio\.json: not valid JSON"):
         kerasio.verify(b)
@@ -270,7 +271,7 @@ def test_manifest_paths_outside_the_bundle_are_refused_unopened(keras_bundle, tm
     import hashlib
 
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
+    copy_bundle(keras_bundle, b)
     outside = tmp_path / "outside"
     outside.mkdir()
     shutil.copy(b / "model.keras", outside / "model.keras")
@@ -288,19 +289,20 @@ def test_manifest_paths_outside_the_bundle_are_refused_unopened(keras_bundle, tm
 
 def test_symlinked_artifact_is_refused(keras_bundle, tmp_path):
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
-    (tmp_path / "real.keras").write_bytes((b / "model.keras").read_bytes())
-    (b / "model.keras").unlink()
-    (b / "model.keras").symlink_to(tmp_path / "real.keras")
+    copy_bundle(keras_bundle, b)
+    target = named(b, "keras")  # what the manifest names, not the top-level convenience link
+    (tmp_path / "real.keras").write_bytes(target.read_bytes())
+    target.unlink()
+    target.symlink_to(tmp_path / "real.keras")
     with pytest.raises(kerasio.UnsafeArtifactError, match=r"model\.keras: is a symbolic link; kerasio never follows"):
         kerasio.load(b)
 
 
 def test_symlink_inside_a_savedmodel_is_refused(keras_bundle, tmp_path):
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
+    copy_bundle(keras_bundle, b)
     (tmp_path / "secret.txt").write_text("not yours")
-    (b / "serving/1/assets.extra/extra").symlink_to(tmp_path / "secret.txt")
+    (named(b, "savedmodel") / "assets.extra/extra").symlink_to(tmp_path / "secret.txt")
     with pytest.raises(kerasio.UnsafeArtifactError,
                        match=r"assets\.extra/extra: is a symbolic link inside the artifact '1'; kerasio reads only "
                              r"regular files"):
@@ -313,9 +315,10 @@ def test_fifo_named_like_the_artifact_fails_fast_instead_of_hanging(keras_bundle
     import sys
 
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
-    (b / "model.keras").unlink()
-    os.mkfifo(b / "model.keras")
+    copy_bundle(keras_bundle, b)
+    fifo = named(b, "keras")
+    fifo.unlink()
+    os.mkfifo(fifo)
     code = ("import kerasio, sys\ntry:\n    kerasio.load(sys.argv[1])\nexcept kerasio.UnsafeArtifactError as e:\n"
             "    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code, str(b)], capture_output=True, text=True, timeout=120)

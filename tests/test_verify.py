@@ -5,12 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio
 from kerasio.formats import REGISTRY
 from kerasio.manifest import MANIFEST_NAME, hash_entry, save_arrays
-from kerasio.tolerances import TOLERANCES, markdown_table, tolerance_for
-from kerasio.tolerances import compare_output
+from kerasio.tolerances import TOLERANCES, compare_output, markdown_table, tolerance_for
 from kerasio.verify import VERIFICATION_FILE
 
 
@@ -93,10 +93,9 @@ def test_in_process_matches(bundle):
 
 
 def test_one_changed_byte_fails_verify_and_load(keras_bundle, tmp_path):
-    import shutil
 
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
+    copy_bundle(keras_bundle, b)
     path = b / "model.keras"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -113,10 +112,9 @@ def test_one_changed_byte_fails_verify_and_load(keras_bundle, tmp_path):
 
 
 def test_changed_file_inside_savedmodel_is_named(keras_bundle, tmp_path):
-    import shutil
 
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
+    copy_bundle(keras_bundle, b)
     target = next((b / "serving/1/variables").glob("variables.data-*"))
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -127,12 +125,11 @@ def test_changed_file_inside_savedmodel_is_named(keras_bundle, tmp_path):
 
 def test_reduced_precision_reference_fails_strict_tolerance(keras_bundle, tmp_path):
     """Reference outputs from a bfloat16 run must not pass the float32 tolerances."""
-    import shutil
 
     import ml_dtypes
 
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
+    copy_bundle(keras_bundle, b)
     manifest = kerasio.read_manifest(b)
     x, y = manifest.reference_arrays(b)
     low = y["probabilities"].astype(ml_dtypes.bfloat16).astype(np.float32)  # what a reduced-precision run stores
@@ -154,10 +151,9 @@ def test_reduced_precision_reference_fails_strict_tolerance(keras_bundle, tmp_pa
 
 
 def test_tampered_reference_is_refused(keras_bundle, tmp_path):
-    import shutil
 
     b = tmp_path / "b"
-    shutil.copytree(keras_bundle, b)
+    copy_bundle(keras_bundle, b)
     save_arrays(b / "reference_outputs.npz", {"probabilities": np.zeros((200, 3), np.float32)})
     with pytest.raises(kerasio.IntegrityError, match="reference_outputs.npz: sha256"):
         kerasio.verify(b, in_process=True)

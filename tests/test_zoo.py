@@ -11,12 +11,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import zoo
 
 import kerasio
 from kerasio.cli import main
 from kerasio.formats import REGISTRY
-
-import zoo
 
 H5_SUBCLASSED = "HDF5 (.h5) cannot rebuild a subclassed model"
 TEXT = {"h5": "HDF5 (.h5) does not keep the vocabulary of StringLookup, TextVectorization",

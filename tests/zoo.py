@@ -7,9 +7,8 @@ module, which is importable, so a fresh verifying process can import it too.
 """
 from __future__ import annotations
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import layers
 
 ROWS = 16

@@ -27,9 +27,15 @@ SERVING_DIR = "serving"
 
 
 def next_version(bundle: Path) -> int:
-    """The next free integer version under ``<bundle>/serving``."""
-    base = Path(bundle) / SERVING_DIR
-    used = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+    """The next free integer version under ``<bundle>/serving``, counting those kept in generations.
+
+    (A version's ``serving/<n>`` link tree is made after the manifest swap; a
+    kill in between leaves it only in its generation until the next export.)
+    """
+    used = []
+    for base in [Path(bundle) / SERVING_DIR, *Path(bundle).glob(f"generations/*/{SERVING_DIR}")]:
+        if base.is_dir():
+            used += [int(p.name) for p in base.iterdir() if p.name.isdigit()]
     return max(used, default=0) + 1
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError
+from ..fsutil import private_dir
 
 __all__ = ["resume_check", "resume_in_fresh_process", "ResumeResult"]
 
@@ -64,7 +65,8 @@ def resume_check(bundle: str | Path) -> ResumeResult:
     art = manifest.artifact("keras")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resumed = get_format("keras").load(art.check(bundle), signature=manifest.signature).model
+        with private_dir("kerasio-load-") as tmp:
+            resumed = get_format("keras").load(art.materialize(bundle, tmp), signature=manifest.signature).model
     fit(resumed, split.x_train, split.y_train, epochs=n + 1, initial_epoch=n, batch_size=cfg.batch_size,
         seed=cfg.seed)
 
