@@ -9,6 +9,7 @@ versions are never overwritten.
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import time
 import warnings
@@ -27,7 +28,7 @@ from .fsutil import (
     write_text_atomic,
 )
 from .manifest import REFERENCE_FILES, Artifact, Manifest, hash_entry, library_versions, save_arrays
-from .publish import commit, repair
+from .publish import commit, crash_point, repair
 from .runtime import available_devices, device_name, keras_backend, keras_forward, outputs_from_run
 from .signature import Signature, derive_signature, mark_probabilities
 from .task import resolve_task
@@ -185,6 +186,7 @@ def export(
                         dest.unlink(missing_ok=True)
                     continue
                 seconds[fmt.name] = time.perf_counter() - start
+                crash_point(f"saved:{fmt.name}")
                 pending.append((fmt.name, rel, info, hasher.submit(hash_artifact, dest)))
                 if verify and verify != "in-process":  # the worker checks it while the next one is written
                     _submit_check(fmt, dest, stage, signature, custom, workers, submitted, trust_pickle)
@@ -321,6 +323,10 @@ def _save(fmt: Format, model: Any, dest: Path, ctx: ExportContext, final: Path) 
             raise  # the disk or the permissions, not the format: export reports it as such
         raise _format_failed(fmt, final, exc) from exc
     except Exception as exc:
+        # TensorFlow and h5py report a full disk in their own exception types; the cause is still the disk.
+        cause = next((code for code in _WRITE_ERRNOS if os.strerror(code) in str(exc)), None)
+        if cause is not None:
+            raise OSError(cause, os.strerror(cause), str(final)) from exc
         raise _format_failed(fmt, final, exc) from exc
 
 

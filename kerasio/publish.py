@@ -184,60 +184,65 @@ def sync_conveniences(bundle: Path, manifest: Manifest) -> None:
                 continue
             os.link(src, tmp)
             os.replace(tmp, dest)
-        crash_point(f"linked:{name}")
+        crash_point(f"linked:{name.split('/')[0]}")
     fsync_dir(bundle)
 
 
 def repair(bundle: Path) -> None:
-    """Re-derive the conveniences of the published generation (a writer killed after its swap left them half-made).
+    """Undo what a killed writer left: generations it never published, conveniences it had not made yet.
 
-    Call with the writer lock held. A bundle without a readable manifest is left alone.
+    Call with the writer lock held (no other writer is at work). A bundle whose
+    manifest cannot be read is left alone.
     """
     from .errors import KerasioError
     from .manifest import MANIFEST_NAME, read_manifest
 
-    if not (Path(bundle) / MANIFEST_NAME).is_file():
-        return
+    published = 0
+    if (Path(bundle) / MANIFEST_NAME).is_file():
+        try:
+            manifest = read_manifest(bundle)
+        except KerasioError:
+            return
+        published = max((g for g in (generation_of(a.path) for a in manifest.artifacts) if g is not None), default=0)
+        if published:
+            sync_conveniences(bundle, manifest)
+    for gen in _numbered(Path(bundle) / GENERATIONS):
+        if gen > published:  # renamed into place, but the writer died before its manifest swap
+            _remove_generation(Path(bundle) / GENERATIONS, gen)
+
+
+def _remove_generation(generations: Path, gen: int) -> bool:
+    """Remove one generation unless a reader holds it; rename it aside first so that it vanishes at once."""
+    path = generations / str(gen)
     try:
-        manifest = read_manifest(bundle)
-    except KerasioError:
-        return
-    if any(generation_of(a.path) is not None for a in manifest.artifacts):
-        sync_conveniences(bundle, manifest)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a reader is loading from it: leave it for a later writer
+        os.close(fd)
+        return False
+    try:
+        aside = generations / f".old-{gen}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, aside)
+    finally:
+        os.close(fd)
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
 
 
 def prune(bundle: Path, manifest: Manifest) -> list[int]:
     """Remove generations other than the newest kept ones, skipping any a reader holds; return those removed.
 
-    Generations newer than the published one were left by killed writers.
+    (Generations newer than the published one, left by killed writers, were removed by :func:`repair`.)
     """
     generations = Path(bundle) / GENERATIONS
     current = {g for g in (generation_of(a.path) for a in manifest.artifacts) if g is not None}
     numbers = _numbered(generations)
     published = [g for g in numbers if g <= max(current, default=0)]
     keep = set(published[-keep_generations():]) | current
-    removed = []
-    for gen in numbers:
-        if gen in keep:
-            continue
-        path = generations / str(gen)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # a reader is loading from it: leave it for a later writer
-            os.close(fd)
-            continue
-        try:
-            aside = generations / f".old-{gen}-{uuid.uuid4().hex[:8]}"
-            os.rename(path, aside)  # vanishes at once for new readers
-        finally:
-            os.close(fd)
-        shutil.rmtree(aside, ignore_errors=True)
-        removed.append(gen)
-    return removed
+    return [gen for gen in numbers if gen not in keep and _remove_generation(generations, gen)]
 
 
 @contextlib.contextmanager
