@@ -29,6 +29,7 @@ from .errors import (
     KerasioError,
     LegacyFormatWarning,
     ManifestWarning,
+    SignatureError,
     UnsafeArtifactError,
     UnsupportedFormatError,
     VerificationError,
@@ -45,6 +46,7 @@ from .loading import LoadedModel, load
 from .manifest import Artifact, Manifest, read_manifest
 from .predict import predict
 from .signature import Signature, TensorSpec, derive_signature
+from .signing import sign
 from .task import Task
 from .tolerances import TOLERANCES, tolerance_for
 from .verify import VerifyReport, verifier, verify
@@ -65,7 +67,7 @@ __all__ = [  # written out so that linters and type checkers see the public name
     "fit", "set_determinism", "EpochTrace", "run_pipeline", "PipelineResult", "KerasioError", "DataError",
     "InputError", "ArtifactError", "IntegrityError", "UnsafeArtifactError", "UnsupportedFormatError",
     "VerificationError", "WorkerError", "BackendUnavailableError", "LegacyFormatWarning",
-    "ManifestWarning",
+    "ManifestWarning", "sign", "SignatureError",
 ]
 
 

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="import a module first (one that registers custom layers)")
     ver.add_argument("--allow-op", action="append", dest="allow_ops", default=[], metavar="OP",
                      help="accept this SavedModel op beyond the inference allowlist (a file you trust; recorded)")
+    ver.add_argument("--public-key", metavar="PEM", help="require the bundle's signature by this key (kerasio sign)")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
 
     pred = sub.add_parser("predict", help="predict labels (classifiers) or outputs for new inputs")
@@ -79,11 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--trust-pickle", action="store_true", help="allow loading the pickle artifact")
     pred.add_argument("--allow-op", action="append", dest="allow_ops", default=[], metavar="OP",
                       help="accept this SavedModel op beyond the inference allowlist (a file you trust)")
+    pred.add_argument("--public-key", metavar="PEM", help="require the bundle's signature by this key (kerasio sign)")
     pred.add_argument("--json", action="store_true", help="print predictions as JSON records")
 
     ins = sub.add_parser("inspect", help="show a bundle's manifest, signatures, trace and artifacts")
     ins.add_argument("path", help="bundle directory")
+    ins.add_argument("--public-key", metavar="PEM", help="require the bundle's signature by this key (kerasio sign)")
     ins.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    sig = sub.add_parser("sign", help="sign a bundle's manifest with an elliptic-curve private key (OpenSSF "
+                                      "model-signing); verify/predict/inspect --public-key then require it")
+    sig.add_argument("path", help="bundle directory")
+    sig.add_argument("--key", required=True, metavar="PEM", help="the private key (PEM, elliptic curve)")
+    sig.add_argument("--password-env", metavar="VAR", help="read the key's password from this environment variable")
 
     req = sub.add_parser("serving-request", help="print a TF Serving REST body for the rows of a CSV")
     req.add_argument("path", help="bundle directory")
@@ -158,7 +167,7 @@ def _verify(args) -> int:
     report = verify(
         args.path, formats=args.formats, in_process=args.in_process, device=args.device, backend=args.backend,
         precision=args.precision, trust_pickle=args.trust_pickle, imports=args.imports, rtol=args.rtol,
-        atol=args.atol, allow_ops=args.allow_ops,
+        atol=args.atol, allow_ops=args.allow_ops, public_key=args.public_key,
     )
     if args.resume:
         from .recipe.resume import resume_in_fresh_process
@@ -193,7 +202,8 @@ def _predict(args) -> int:
     import_keras_quietly()
     for module in args.imports:
         importlib.import_module(module)
-    model = load(args.path, format=args.format, trust=args.trust_pickle, allow_ops=args.allow_ops)
+    model = load(args.path, format=args.format, trust=args.trust_pickle, allow_ops=args.allow_ops,
+                 public_key=args.public_key)
     found = predict_file(model, args.input)
     if args.output:
         write_predictions(args.output, found.arrays(), found.columns)
@@ -220,7 +230,7 @@ def _inspect(args) -> int:
     from .verify import VERIFICATION_FILE
 
     bundle = Path(args.path)
-    manifest = read_manifest(bundle)
+    manifest = read_manifest(bundle, public_key=args.public_key)
     last = _last_verification(bundle / VERIFICATION_FILE)
     if args.json:
         _out(json.dumps({"manifest": manifest.to_dict(), "last_verification": last}, indent=2))
@@ -329,8 +339,26 @@ def entry() -> None:
     os._exit(code)
 
 
+def _sign(args) -> int:
+    from .errors import InputError
+    from .manifest import read_manifest
+    from .signing import sign
+
+    password = None
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise InputError(f"--password-env {args.password_env}: that environment variable is not set. Export it "
+                             f"or drop --password-env. Received: {args.password_env}")
+    target = sign(args.path, args.key, password=password)
+    manifest = read_manifest(args.path)
+    _out(f"signed {Path(args.path) / 'kerasio.json'} ({len(manifest.artifacts)} artifacts and the reference data, by "
+         f"their sha256) -> {target}")
+    return 0
+
+
 COMMANDS = {"run": _run, "verify": _verify, "predict": _predict, "inspect": _inspect,
-            "serving-request": _serving_request}
+            "serving-request": _serving_request, "sign": _sign}
 
 if __name__ == "__main__":
     sys.exit(main())

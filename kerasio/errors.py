@@ -11,6 +11,7 @@ __all__ = [
     "InputError",
     "ArtifactError",
     "IntegrityError",
+    "SignatureError",
     "UnsafeArtifactError",
     "UnsupportedFormatError",
     "VerificationError",
@@ -39,6 +40,10 @@ class ArtifactError(KerasioError):
 
 class IntegrityError(ArtifactError):
     """An artifact's bytes differ from the sha256 recorded in the manifest."""
+
+
+class SignatureError(IntegrityError):
+    """A public key was given, and the bundle's signature is missing or does not verify with it."""
 
 
 class UnsafeArtifactError(ArtifactError):

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ArtifactError, InputError, KerasioError
+from .errors import ArtifactError, InputError, KerasioError, SignatureError
 from .formats import REGISTRY, Format, Runner, get_format
 from .fsutil import hash_artifact, private_dir
 from .manifest import MANIFEST_NAME, Artifact, Manifest, read_manifest, read_pinned
@@ -84,7 +84,7 @@ class LoadedModel(NamedColumns):
 
 
 def load(path: str | Path, *, format: str | None = None, trust: bool = False, device: str = "cpu",
-         allow_ops: Sequence[str] = ()) -> LoadedModel:
+         allow_ops: Sequence[str] = (), public_key: str | Path | None = None) -> LoadedModel:
     """Load a bundle or a single artifact, checking its sha256 before loading.
 
     Args:
@@ -94,9 +94,12 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
         trust: allow the pickle format (it can run arbitrary code).
         device: ``cpu`` or ``gpu``.
         allow_ops: SavedModel op names to accept beyond the inference allowlist (only for a file you trust).
+        public_key: an elliptic-curve public key (PEM): the bundle's manifest must carry a valid signature
+            by its private key (``kerasio sign``).
 
     Raises:
         IntegrityError: the bytes differ from the manifest; nothing is loaded.
+        SignatureError: ``public_key`` was given and the signature is missing or does not verify.
         ArtifactError: the path is not something kerasio can load.
 
     Example:
@@ -107,16 +110,16 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
     from .audit import allowing_ops
 
     with allowing_ops(allow_ops):
-        return _load(Path(path), format, trust, device)
+        return _load(Path(path), format, trust, device, public_key)
 
 
-def _load(path: Path, format: str | None, trust: bool, device: str) -> LoadedModel:
+def _load(path: Path, format: str | None, trust: bool, device: str, public_key: str | Path | None) -> LoadedModel:
     if not path.exists():
         raise ArtifactError(f"{path}: no such file or directory. Pass a bundle directory or an artifact. "
                             f"Received: {path}")
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
         with contextlib.ExitStack() as stack:
-            manifest = read_pinned(path, stack)
+            manifest = read_pinned(path, stack, public_key)
             names = [a.format for a in manifest.artifacts]
             if format is None:
                 format = next((f for f in PREFERENCE if f in names), names[0] if names else None)
@@ -135,7 +138,11 @@ def _load(path: Path, format: str | None, trust: bool, device: str) -> LoadedMod
             f"of those ({', '.join(REGISTRY)}). Received: {path}"
         )
     with private_dir("kerasio-load-") as tmp:
-        bundle, enclosing, entry = _enclosing_artifact(path)
+        bundle, enclosing, entry = _enclosing_artifact(path, public_key)
+        if public_key is not None and entry is None:
+            raise SignatureError(f"{path}: a public key was given, but this artifact is not listed by a signed "
+                                 f"bundle's manifest, so there is no signature to check; nothing was loaded. Load the "
+                                 f"bundle directory instead. Received: {path}")
         if entry is not None and enclosing is not None and bundle is not None:
             copy, sha = entry.materialize(bundle, tmp, source=path), entry.sha256
         else:
@@ -159,14 +166,15 @@ def _load_copy(fmt: Format, copy: Path, shown: Path, **kwargs: Any) -> Runner:
     return runner
 
 
-def _enclosing_artifact(path: Path) -> tuple[Path | None, Manifest | None, Artifact | None]:
+def _enclosing_artifact(path: Path, public_key: str | Path | None = None
+                        ) -> tuple[Path | None, Manifest | None, Artifact | None]:
     """If ``path`` is an artifact listed by the manifest of the bundle it lies in: that bundle, manifest and entry.
 
     A top-level name (``bundle/model.keras``, ``bundle/serving/3``) stands for the current generation's file.
     """
     for bundle in (path.parent, path.parent.parent):
         if (bundle / MANIFEST_NAME).is_file():
-            manifest = read_manifest(bundle)
+            manifest = read_manifest(bundle, public_key=public_key)
             rel = path.resolve().relative_to(bundle.resolve()).as_posix()
             for art in manifest.artifacts:
                 if rel in (art.path, flat_name(art.path)):

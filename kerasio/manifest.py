@@ -29,7 +29,7 @@ from .task import NamedColumns, Task
 from .validation import MAX_MANIFEST_BYTES, check_depth, validate_manifest
 
 __all__ = ["Manifest", "Artifact", "MANIFEST_NAME", "SCHEMA_VERSION", "read_manifest", "library_versions",
-           "REFERENCE_FILES", "save_arrays", "read_pinned"]
+           "REFERENCE_FILES", "save_arrays", "read_pinned", "manifest_bytes", "parse_manifest"]
 
 MANIFEST_NAME = "kerasio.json"
 SCHEMA_VERSION = 2
@@ -319,8 +319,8 @@ def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def read_manifest(bundle: str | Path) -> Manifest:
-    """Read ``<bundle>/kerasio.json``; raise a clear error if absent or invalid."""
+def manifest_bytes(bundle: str | Path) -> bytes:
+    """The bytes of ``<bundle>/kerasio.json``, read once (no symlink, no FIFO, at most the size limit)."""
     path = Path(bundle) / MANIFEST_NAME
     if not path.is_file():
         raise ArtifactError(
@@ -332,21 +332,45 @@ def read_manifest(bundle: str | Path) -> Manifest:
     if size > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{path}: the manifest is {size} bytes, over the limit of {MAX_MANIFEST_BYTES}; no "
                             f"kerasio manifest is that large. Re-export the bundle. Received: {size} bytes")
+    buffer = io.BytesIO()
+    sha256_file(path, copy_to=buffer)
+    return buffer.getvalue()[:MAX_MANIFEST_BYTES + 1]
+
+
+def parse_manifest(data: bytes, path: Path) -> Manifest:
+    """Validate and parse manifest bytes (``path`` names them in errors)."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path}: the manifest is over the limit of {MAX_MANIFEST_BYTES} bytes; no kerasio "
+                            f"manifest is that large. Re-export the bundle. Received: more than {MAX_MANIFEST_BYTES}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        parsed = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON; re-export the bundle. Received: {exc}") from None
     except RecursionError:
         raise ArtifactError(f"{path}: the JSON is nested too deeply to parse; no kerasio manifest is. Re-export "
                             "the bundle. Received: deeper than Python's recursion limit") from None
-    check_depth(data)
-    if not isinstance(data, dict):
+    check_depth(parsed)
+    if not isinstance(parsed, dict):
         raise ArtifactError(f"{path}: the manifest is not a JSON object; re-export the bundle. "
-                            f"Received: {type(data).__name__}")
-    return Manifest.from_dict(data)
+                            f"Received: {type(parsed).__name__}")
+    return Manifest.from_dict(parsed)
 
 
-def read_pinned(bundle: str | Path, stack: contextlib.ExitStack) -> Manifest:
+def read_manifest(bundle: str | Path, *, public_key: str | Path | None = None) -> Manifest:
+    """Read ``<bundle>/kerasio.json``; raise a clear error if absent or invalid.
+
+    With ``public_key``, the manifest's bytes must carry a valid signature
+    (``kerasio sign``) before they are parsed: :class:`SignatureError` otherwise.
+    """
+    data = manifest_bytes(bundle)
+    if public_key is not None:
+        from .signing import check_signature
+
+        check_signature(Path(bundle), data, public_key)
+    return parse_manifest(data, Path(bundle) / MANIFEST_NAME)
+
+
+def read_pinned(bundle: str | Path, stack: contextlib.ExitStack, public_key: str | Path | None = None) -> Manifest:
     """Read the manifest and pin the generation it names for the life of ``stack``.
 
     A writer never prunes a pinned generation, so every file this manifest
@@ -354,7 +378,7 @@ def read_pinned(bundle: str | Path, stack: contextlib.ExitStack) -> Manifest:
     the read and the pin, the (newer) manifest is read again.
     """
     for _ in range(5):
-        manifest = read_manifest(bundle)
+        manifest = read_manifest(bundle, public_key=public_key)
         rel = next((a.path for a in manifest.artifacts), None)
         if rel is None:
             return manifest

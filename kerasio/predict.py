@@ -19,7 +19,8 @@ __all__ = ["predict", "predict_file", "Predictions"]
 _CACHE = "_kerasio_loaded"
 
 
-def predict(model_or_bundle: Any, inputs: Any, *, probabilities: bool = False, trust: bool = False) -> Any:
+def predict(model_or_bundle: Any, inputs: Any, *, probabilities: bool = False, trust: bool = False,
+            public_key: str | Path | None = None) -> Any:
     """Predict for ``inputs`` with any model kerasio can load, or an in-memory Keras model.
 
     Args:
@@ -30,6 +31,7 @@ def predict(model_or_bundle: Any, inputs: Any, *, probabilities: bool = False, t
             the label are ignored), or a CSV/Parquet/.npz/.npy path.
         probabilities: for a classification, also return the probabilities.
         trust: allow loading a pickle artifact.
+        public_key: require the bundle's signature by this key (see :func:`kerasio.load`).
 
     Returns:
         A classification: an array of class names, or ``(labels, probabilities)``.
@@ -44,7 +46,7 @@ def predict(model_or_bundle: Any, inputs: Any, *, probabilities: bool = False, t
         array(['setosa', 'virginica'], dtype='<U10')
     """
     if isinstance(model_or_bundle, (str, Path)):
-        model_or_bundle = load(model_or_bundle, trust=trust)
+        model_or_bundle = load(model_or_bundle, trust=trust, public_key=public_key)
     if not isinstance(model_or_bundle, LoadedModel):
         model_or_bundle = _wrap_keras(model_or_bundle, inputs)
     return model_or_bundle.predict(inputs, probabilities=probabilities)

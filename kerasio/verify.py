@@ -201,6 +201,7 @@ def verify(
     record: bool = True,
     check_hashes: bool = True,
     submitted: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
+    public_key: str | Path | None = None,
 ) -> VerifyReport:
     """Reload every artifact of a bundle and compare each of its outputs with the reference.
 
@@ -230,6 +231,8 @@ def verify(
             turns this off.
         submitted: checks already sent to a worker, by format (each returns its
             answer); export sends one as soon as an artifact is written.
+        public_key: require a valid signature of the manifest by this key (``kerasio sign``) before anything
+            else is read; :class:`SignatureError` otherwise.
 
     Returns:
         A :class:`VerifyReport`; call ``.raise_for_failure()`` to assert.
@@ -245,7 +248,7 @@ def verify(
     bundle = Path(bundle)
     pins = contextlib.ExitStack()
     with pins:
-        return _verify(bundle, read_pinned(bundle, pins), formats, in_process, record, device, backend, precision,
+        return _verify(bundle, read_pinned(bundle, pins, public_key), formats, in_process, record, device, backend, precision,
                        trust_pickle, imports, check_hashes, rtol, atol, workers, submitted, verifier, allow_ops)
 
 
