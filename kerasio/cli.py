@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--allow-op", action="append", dest="allow_ops", default=[], metavar="OP",
                       help="accept this SavedModel op beyond the inference allowlist (a file you trust)")
     pred.add_argument("--public-key", metavar="PEM", help="require the bundle's signature by this key (kerasio sign)")
+    pred.add_argument("--in-process", action="store_true",
+                      help="load the artifact in this process instead of a sandboxed worker (for your own bundles)")
     pred.add_argument("--json", action="store_true", help="print predictions as JSON records")
 
     ins = sub.add_parser("inspect", help="show a bundle's manifest, signatures, trace and artifacts")
@@ -192,19 +194,26 @@ def _verify(args) -> int:
 
 
 def _predict(args) -> int:
+    import contextlib
     import importlib
 
-    from .loading import load
+    from .loading import load, load_isolated
     from .predict import predict_file
     from .runtime import import_keras_quietly
     from .tables import write_predictions
 
-    import_keras_quietly()
-    for module in args.imports:
-        importlib.import_module(module)
-    model = load(args.path, format=args.format, trust=args.trust_pickle, allow_ops=args.allow_ops,
-                 public_key=args.public_key)
-    found = predict_file(model, args.input)
+    with contextlib.ExitStack() as stack:
+        if args.in_process:  # your own bundle: load it here
+            import_keras_quietly()
+            for module in args.imports:
+                importlib.import_module(module)
+            model = load(args.path, format=args.format, trust=args.trust_pickle, allow_ops=args.allow_ops,
+                         public_key=args.public_key)
+        else:  # by default the artifact runs in a sandboxed worker: this process never loads it
+            model = stack.enter_context(load_isolated(
+                args.path, format=args.format, trust=args.trust_pickle, allow_ops=args.allow_ops,
+                public_key=args.public_key, imports=args.imports))
+        found = predict_file(model, args.input)
     if args.output:
         write_predictions(args.output, found.arrays(), found.columns)
         _out(f"wrote {found.rows} predictions to {args.output} (model {model.path}, "

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from .publish import flat_name
 from .signature import Signature
 from .task import NamedColumns, Task, resolve_task
 
-__all__ = ["load", "LoadedModel", "PREFERENCE"]
+__all__ = ["load", "load_isolated", "LoadedModel", "PREFERENCE"]
 
 # Which artifact of a bundle ``load`` picks when no format is named.
 PREFERENCE = ("keras", "savedmodel", "weights", "h5", "onnx", "litert", "pickle")
@@ -113,23 +114,31 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
         return _load(Path(path), format, trust, device, public_key)
 
 
-def _load(path: Path, format: str | None, trust: bool, device: str, public_key: str | Path | None) -> LoadedModel:
+@dataclass
+class _Checked:
+    """A private copy of exactly the hashed bytes of one artifact, and what names it."""
+
+    format: Format
+    copy: Path
+    shown: Path  # the artifact in the bundle, for messages
+    sha256: str
+    manifest: Manifest | None
+
+
+def _checked_copy(path: Path, format: str | None, public_key: str | Path | None, tmp: Path,
+                  stack: contextlib.ExitStack) -> _Checked:
     if not path.exists():
         raise ArtifactError(f"{path}: no such file or directory. Pass a bundle directory or an artifact. "
                             f"Received: {path}")
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
-        with contextlib.ExitStack() as stack:
-            manifest = read_pinned(path, stack, public_key)
-            names = [a.format for a in manifest.artifacts]
-            if format is None:
-                format = next((f for f in PREFERENCE if f in names), names[0] if names else None)
-            if format is None:
-                raise ArtifactError(f"{path}: the manifest lists no artifacts; re-export the bundle. Received: []")
-            art = manifest.artifact(format)
-            tmp = stack.enter_context(private_dir("kerasio-load-"))
-            runner = _load_copy(get_format(format), art.materialize(path, tmp), path / art.path,
-                                signature=manifest.signature, device=device, trust=trust)
-        return LoadedModel(runner, manifest.task, art.sha256, manifest)
+        manifest = read_pinned(path, stack, public_key)
+        names = [a.format for a in manifest.artifacts]
+        if format is None:
+            format = next((f for f in PREFERENCE if f in names), names[0] if names else None)
+        if format is None:
+            raise ArtifactError(f"{path}: the manifest lists no artifacts; re-export the bundle. Received: []")
+        art = manifest.artifact(format)
+        return _Checked(get_format(format), art.materialize(path, tmp), path / art.path, art.sha256, manifest)
 
     fmt = get_format(format) if format else next((f for f in REGISTRY.values() if f.matches(path)), None)
     if fmt is None:
@@ -137,22 +146,74 @@ def _load(path: Path, format: str | None, trust: bool, device: str, public_key: 
             f"{path}: not a kerasio bundle, .keras file, SavedModel directory or other known artifact; pass one "
             f"of those ({', '.join(REGISTRY)}). Received: {path}"
         )
-    with private_dir("kerasio-load-") as tmp:
-        bundle, enclosing, entry = _enclosing_artifact(path, public_key)
-        if public_key is not None and entry is None:
-            raise SignatureError(f"{path}: a public key was given, but this artifact is not listed by a signed "
-                                 f"bundle's manifest, so there is no signature to check; nothing was loaded. Load the "
-                                 f"bundle directory instead. Received: {path}")
-        if entry is not None and enclosing is not None and bundle is not None:
-            copy, sha = entry.materialize(bundle, tmp, source=path), entry.sha256
-        else:
-            copy = tmp / path.name
-            sha = hash_artifact(path, copy_to=copy)[0]  # what is loaded is what was hashed
-        runner = _load_copy(fmt, copy, path, signature=enclosing.signature if enclosing else None, device=device,
-                            trust=trust)
-    if enclosing is not None:
-        return LoadedModel(runner, enclosing.task, sha, enclosing)
-    return LoadedModel(runner, resolve_task("auto", runner.signature), sha)
+    bundle, enclosing, entry = _enclosing_artifact(path, public_key)
+    if public_key is not None and entry is None:
+        raise SignatureError(f"{path}: a public key was given, but this artifact is not listed by a signed "
+                             f"bundle's manifest, so there is no signature to check; nothing was loaded. Load the "
+                             f"bundle directory instead. Received: {path}")
+    if entry is not None and enclosing is not None and bundle is not None:
+        return _Checked(fmt, entry.materialize(bundle, tmp, source=path), path, entry.sha256, enclosing)
+    copy = tmp / path.name
+    return _Checked(fmt, copy, path, hash_artifact(path, copy_to=copy)[0], None)  # loaded is what was hashed
+
+
+def _load(path: Path, format: str | None, trust: bool, device: str, public_key: str | Path | None) -> LoadedModel:
+    with contextlib.ExitStack() as stack:
+        checked = _checked_copy(path, format, public_key, stack.enter_context(private_dir("kerasio-load-")), stack)
+        manifest = checked.manifest
+        runner = _load_copy(checked.format, checked.copy, checked.shown, device=device, trust=trust,
+                            signature=manifest.signature if manifest else None)
+    task = manifest.task if manifest else resolve_task("auto", runner.signature)
+    return LoadedModel(runner, task, checked.sha256, manifest)
+
+
+@contextlib.contextmanager
+def load_isolated(path: str | Path, *, format: str | None = None, trust: bool = False, allow_ops: Sequence[str] = (),
+                  public_key: str | Path | None = None, imports: Sequence[str] = ()) -> Iterator[LoadedModel]:
+    """:func:`load`, but the artifact is loaded and run in a sandboxed worker process (what ``kerasio predict`` does).
+
+    The worker reads only a checked copy of the artifact and writes only its
+    own directory (Landlock, see :mod:`kerasio.sandbox`); this process never
+    imports the artifact's runtime. ``model.runner.info["sandbox"]`` says what
+    confined it. The worker stops when the block ends.
+    """
+    from . import errors
+    from .manifest import load_arrays, save_arrays
+    from .runtime import default_backend
+    from .worker import Worker
+
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(private_dir("kerasio-predict-"))
+        checked = _checked_copy(Path(path), format, public_key, tmp, stack)
+        manifest = checked.manifest
+        worker = stack.enter_context(Worker(checked.format.worker_backend(default_backend()), warm=("keras",),
+                                            imports=imports, sandbox=[str(tmp)]))
+
+        def ask(request: dict[str, Any]) -> dict[str, Any]:
+            answer = worker.request(request)
+            if not answer["ok"]:
+                kind = getattr(errors, str(answer.get("type")), None)
+                kind = kind if isinstance(kind, type) and issubclass(kind, KerasioError) else ArtifactError
+                raise kind(str(answer["error"]).replace(str(checked.copy), str(checked.shown)))
+            return answer
+
+        opened = ask({"op": "open", "format": checked.format.name, "path": str(checked.copy), "trust": trust,
+                      "signature": manifest.signature.to_dict() if manifest else None, "allow_ops": list(allow_ops),
+                      "imports": list(imports)})
+        signature = Signature.from_dict(opened["signature"])
+        calls = itertools.count()
+
+        def run(inputs: Any) -> dict[str, np.ndarray]:
+            sent = tmp / f"inputs-{next(calls)}.npz"
+            save_arrays(sent, inputs)
+            outputs = Path(ask({"op": "run", "path": str(checked.copy), "inputs": str(sent)})["outputs"])
+            return load_arrays(outputs, signature.output_names)
+
+        runner = Runner(run, format=checked.format.name, path=checked.shown, runtime=opened["runtime"],
+                        backend=opened["backend"], signature=signature, device=opened["device"],
+                        info={**opened["info"], "sandbox": worker.sandbox_status})
+        yield LoadedModel(runner, manifest.task if manifest else resolve_task("auto", signature), checked.sha256,
+                          manifest)
 
 
 def _load_copy(fmt: Format, copy: Path, shown: Path, **kwargs: Any) -> Runner:

@@ -73,6 +73,7 @@ class VerifyReport:
     resume: dict[str, Any] | None = None
     mode: str = "fresh-process"
     allowed_ops: list[str] = field(default_factory=list)  # SavedModel ops the caller allowed (--allow-op)
+    sandbox: dict[str, str] = field(default_factory=dict)  # what confined the worker of each backend
 
     def worker_failure(self) -> str:
         """The first check that failed because the verifying interpreter died or hung ('' if none)."""
@@ -100,6 +101,7 @@ class VerifyReport:
              "Argmax agree", "atol/rtol", "Result"], rows)
         devices = {c.device: c.device_name for c in self.checks if c.device}
         notes = [f"  devices: {', '.join(f'{d} = {n}' for d, n in devices.items())}"] if devices else []
+        notes += [f"  sandbox ({backend}): {status}" for backend, status in self.sandbox.items()]
         if self.allowed_ops:
             notes.append(f"  SavedModel ops allowed by the caller beyond the inference allowlist: {self.allowed_ops}")
         if any(c.tolerance_source == "override" for c in self.checks):
@@ -119,6 +121,7 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "ok": self.ok, "mode": self.mode, "allowed_ops": self.allowed_ops,
+                "sandbox": self.sandbox,
                 "checks": [asdict(c) | {"status": c.status} for c in self.checks], "resume": self.resume}
 
     def to_json(self, **kwargs: Any) -> str:
@@ -284,9 +287,14 @@ def _verify(bundle: Path, manifest: Manifest, formats: Any, in_process: bool, re
             from .worker import Worker, handle
 
             if in_process and child_backend == keras_backend():
+                report.sandbox.setdefault(child_backend, "off: in-process verification")
                 return handle({**request, "out_dir": tmp})
             if child_backend not in workers:
-                workers[child_backend] = stack.enter_context(Worker(child_backend, warm=("keras",), imports=imports))
+                # Artifacts of an existing bundle are not the caller's own: the worker reads only their checked
+                # copies (in tmp) and writes only its own directory. (An export's staged files are.)
+                workers[child_backend] = stack.enter_context(Worker(
+                    child_backend, warm=("keras",), imports=imports, sandbox=[tmp] if check_hashes else None))
+            report.sandbox.setdefault(child_backend, workers[child_backend].sandbox_status)
             return workers[child_backend].request(request)
 
         for art in arts:

@@ -90,6 +90,41 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "results": results}
 
 
+_OPEN: dict[str, Any] = {}  # path -> Runner: the artifacts `kerasio predict` opened in this worker
+
+
+def open_artifact(request: dict[str, Any]) -> dict[str, Any]:
+    """Load an artifact for ``run`` requests; answer with the signature it runs with."""
+    from .audit import allowing_ops
+    from .formats import get_format
+    from .signature import Signature
+
+    for module in request.get("imports", ()):
+        importlib.import_module(module)
+    signature = Signature.from_dict(request["signature"]) if request.get("signature") else None
+    with allowing_ops(request.get("allow_ops", ())):
+        runner = get_format(request["format"]).load(Path(request["path"]), signature=signature,
+                                                    device=request.get("device", "cpu"),
+                                                    trust=bool(request.get("trust")))
+    _OPEN[request["path"]] = runner
+    return {"ok": True, "signature": runner.signature.to_dict(), "runtime": runner.runtime, "backend": runner.backend,
+            "device": runner.device, "info": runner.info}
+
+
+def run_artifact(request: dict[str, Any]) -> dict[str, Any]:
+    """Run named inputs (an ``.npz``) through an opened artifact; write the named outputs next to them."""
+    from .manifest import load_arrays, save_arrays
+
+    runner = _OPEN[request["path"]]
+    x = load_arrays(Path(request["inputs"]), runner.signature.input_names)
+    out = Path(request["out_dir"]) / f"outputs-{next(_RUNS)}.npz"
+    save_arrays(out, runner.run(x))
+    return {"ok": True, "outputs": str(out)}
+
+
+_RUNS = itertools.count()
+
+
 def rehearse(formats: Sequence[str]) -> dict[str, Any]:
     """Save, load and run a two-unit model in each format, so that the real checks find everything warm.
 
@@ -139,6 +174,12 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
             return {"ok": True}
         if op == "rehearse":
             return rehearse(request.get("formats", ()))
+        if op == "status":
+            return {"ok": True, "sandbox": os.environ.get("KERASIO_SANDBOX_STATUS", "off")}
+        if op == "open":
+            return open_artifact(request)
+        if op == "run":
+            return run_artifact(request)
         if op == "call":  # a kerasio function run in this fresh process (e.g. the training replay of --resume)
             module, _, name = str(request["target"]).partition(":")
             if not module.startswith("kerasio."):
@@ -196,10 +237,13 @@ class Worker:
             the import runs while the caller does other work.
         imports: modules to import first (custom layers).
         rehearse: formats to save, load and run once with a tiny model while idle.
+        sandbox: for artifacts that are not the caller's own: the paths the worker may read besides the
+            Python environment. It is then confined with Landlock (:mod:`kerasio.sandbox`) and may write only
+            its own temporary directory; :attr:`sandbox_status` says what applied.
     """
 
     def __init__(self, backend: str | None = None, *, warm: Sequence[str] = ("keras",), imports: Sequence[str] = (),
-                 rehearse: Sequence[str] = ()):
+                 rehearse: Sequence[str] = (), sandbox: Sequence[str] | None = None):
         from .runtime import backend_env, default_backend
 
         self.backend = backend = backend or default_backend()
@@ -212,10 +256,17 @@ class Worker:
         clean_stale_temp("kerasio-verify-")  # left by verifications that were killed
         self.tmp = tempfile.TemporaryDirectory(prefix=f"kerasio-verify-{os.getpid()}-")
         self._stderr = open(Path(self.tmp.name) / "stderr.log", "w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kerasio.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._stderr, env=env, text=True, bufsize=1,
-        )
+        command = [sys.executable, "-m", "kerasio.worker"]
+        self._status: str | None = "off: the artifacts are the caller's own" if sandbox is None else None
+        if sandbox is not None:
+            from .sandbox import mode
+
+            if mode() == "off":
+                self._status = "off: KERASIO_SANDBOX=off"
+            else:
+                command = self._sandboxed(env, list(sandbox), mode())
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, env=env, text=True, bufsize=1)
         assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
         self._in, self._out = self.proc.stdin, self.proc.stdout
         self._fd, self._buffer = self._out.fileno(), b""  # answers are read from the raw pipe, with a deadline
@@ -227,6 +278,26 @@ class Worker:
         self.submit({"op": "warm", "modules": [*imports, *warm]}, keep=False)
         if rehearse:  # only when the caller has idle time to give (the pipeline trains meanwhile)
             self.submit({"op": "rehearse", "formats": list(rehearse)}, keep=False)
+
+    def _sandboxed(self, env: dict[str, str], readable: list[str], mode: str) -> list[str]:
+        """The command line of a Landlock-confined worker; its temp files and Keras config live in its own dir."""
+        import shutil
+
+        keras_home = Path(self.tmp.name) / "keras"
+        keras_home.mkdir()
+        user_config = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "keras.json"
+        if user_config.is_file():  # the user's floatx and image_data_format still apply
+            shutil.copyfile(user_config, keras_home / "keras.json")
+        env.update(KERAS_HOME=str(keras_home), TMPDIR=self.tmp.name)
+        config = {"mode": mode, "read": readable, "write": [self.tmp.name]}
+        return [sys.executable, str(Path(__file__).with_name("sandbox.py")), json.dumps(config)]
+
+    @property
+    def sandbox_status(self) -> str:
+        """What confines this worker: ``landlock ABI n: ...``, ``unavailable: <reason>`` or ``off: <why>``."""
+        if self._status is None:
+            self._status = str(self.request({"op": "status"}).get("sandbox", "unknown"))
+        return self._status
 
     def _send(self, message: dict[str, Any]) -> None:
         try:

@@ -46,7 +46,14 @@ class PickleFormat(Format):
             except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
                 raise ArtifactError(f"{path}: not a loadable pickle; re-export it. Received: {exc}") from None
 
-        return keras_runner(guarded_load(path, device, unpickle), self.name, path, signature, device, trusted=True)
+        model = guarded_load(path, device, unpickle)
+        import keras
+
+        if not isinstance(model, keras.Model):
+            kind = type(model).__name__
+            raise ArtifactError(f"{path}: the pickle holds an object of type {kind}, not a Keras model; re-export it "
+                                f"(kerasio export --formats pickle). Received: {kind}")
+        return keras_runner(model, self.name, path, signature, device, trusted=True)
 
     def describe(self, path: Path) -> dict[str, Any]:
         return {"needs_trust": True}
