@@ -10,6 +10,7 @@ cross-checked, so that a lying manifest cannot reach an ``IndexError`` later.
 """
 from __future__ import annotations
 
+import contextvars
 import re
 import warnings
 from typing import Any, Callable, Mapping
@@ -97,6 +98,9 @@ def _check_fields(value: Mapping[str, Any], fields: Mapping[str, Check], require
     for name, check in fields.items():
         if name in value:
             check(value[name], prefix + name)
+    unknown = _UNKNOWN.get()
+    if unknown is not None:
+        unknown.extend(prefix + str(name) for name in value if name not in fields)
 
 
 def _object(fields: Mapping[str, Check], required: tuple[str, ...] = ()) -> Check:
@@ -147,11 +151,20 @@ def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
+# Unknown field names found by the running validation (a newer kerasio's additions, anywhere in the manifest).
+_UNKNOWN: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("kerasio_unknown_fields", default=None)
+
+
 def validate_manifest(data: Mapping[str, Any], *, schema: int) -> None:
     """Check every known field's type and the required ones' presence; warn once about unknown fields."""
     fields, required = (FIELDS_1, REQUIRED_1) if schema == 1 else (FIELDS, REQUIRED)
-    _check_fields(data, fields, required, "")
-    unknown = sorted(set(data) - set(fields))
+    found: list[str] = []
+    token = _UNKNOWN.set(found)
+    try:
+        _check_fields(data, fields, required, "")
+    finally:
+        _UNKNOWN.reset(token)
+    unknown = sorted(set(found))
     if unknown:
         warnings.warn(f"kerasio.json has fields this kerasio does not know, ignored: {printable(str(unknown))[:200]} "
                       "(written by a newer kerasio?)", ManifestWarning, stacklevel=4)
