@@ -186,6 +186,10 @@ def load_isolated(path: str | Path, *, format: str | None = None, trust: bool = 
         tmp = stack.enter_context(private_dir("kerasio-predict-"))
         checked = _checked_copy(Path(path), format, public_key, tmp, stack)
         manifest = checked.manifest
+        if manifest is not None:  # as verify does: the custom-class modules this process has imported itself
+            from .verify import importable_custom_modules
+
+            imports = [*imports, *importable_custom_modules(manifest.custom_objects)]
         worker = stack.enter_context(Worker(checked.format.worker_backend(default_backend()), warm=("keras",),
                                             imports=imports, sandbox=[str(tmp)]))
 
