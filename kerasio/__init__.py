@@ -42,7 +42,7 @@ __version__ = "0.2.0"
 # binds the module to the package attribute of that name, so these functions must be bound eagerly.)
 from .export import ExportResult, export
 from .formats import REGISTRY as FORMATS
-from .loading import LoadedModel, load
+from .loading import LoadedModel, load, load_isolated
 from .manifest import Artifact, Manifest, read_manifest
 from .predict import predict
 from .signature import Signature, TensorSpec, derive_signature
@@ -67,7 +67,7 @@ __all__ = [  # written out so that linters and type checkers see the public name
     "fit", "set_determinism", "EpochTrace", "run_pipeline", "PipelineResult", "KerasioError", "DataError",
     "InputError", "ArtifactError", "IntegrityError", "UnsafeArtifactError", "UnsupportedFormatError",
     "VerificationError", "WorkerError", "BackendUnavailableError", "LegacyFormatWarning",
-    "ManifestWarning", "sign", "SignatureError",
+    "ManifestWarning", "sign", "SignatureError", "load_isolated",
 ]
 
 
