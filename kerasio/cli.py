@@ -29,6 +29,36 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated formats, or 'all' (default: keras,savedmodel); "
                         "known: keras, savedmodel, h5, weights, onnx, litert, pickle")
     p.add_argument("--max-shard-size", type=float, metavar="GB", help="shard the weights format above this size")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="training batch size (default: 32)")
+    p.add_argument("--learning-rate", type=float, default=0.01, metavar="LR", help="Adam learning rate (default: 0.01)")
+    p.add_argument("--hidden", type=_hidden, default=(32, 16), metavar="UNITS",
+                   help="hidden Dense layers' widths, comma-separated (default: 32,16)")
+    p.add_argument("--dropout", type=float, default=0.1, metavar="RATE", help="dropout after each hidden layer "
+                   "(default: 0.1)")
+    p.add_argument("--test-size", type=_test_size, default=0.2, metavar="SIZE",
+                   help="held-out rows: a fraction (0.2) or a count (200) (default: 0.2, stratified)")
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        units = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        units = ()
+    if not units or min(units) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden takes positive integers separated by commas, e.g. 64,32; "
+                                         f"received: {text!r}")
+    return units
+
+
+def _test_size(text: str) -> int | float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0 or (value >= 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(f"--test-size takes a fraction between 0 and 1 or a row count; received: "
+                                         f"{text!r}")
+    return int(value) if value >= 1 else value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, export, reload and verify a Keras classifier; every artifact proven against the "
                     "original model's outputs.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"kerasio {__version__}",
+                        help="print kerasio's version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -50,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="reload every artifact of a bundle and compare outputs")
     ver.add_argument("path", help="bundle directory")
     ver.add_argument("--format", action="append", dest="formats", metavar="NAME", help="check only this format")
-    ver.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "all"])
+    ver.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "all"],
+                     help="auto: the GPU when the runtime sees one; all: every device, with the CPU-vs-GPU drift")
     ver.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
                      help="Keras backend for .keras/.h5/weights/pickle (runs in a subprocess)")
     ver.add_argument("--precision", default="highest", choices=["highest", "fast"],
@@ -100,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("path", help="bundle directory")
     req.add_argument("--input", required=True, metavar="FILE", help="CSV, Parquet, .npz or .npy inputs")
     req.add_argument("--columnar", action="store_true", help="use the columnar 'inputs' format")
-    req.add_argument("--signature", default="serving_default", choices=["serving_default", "predict_labels"])
+    req.add_argument("--signature", default="serving_default", choices=["serving_default", "predict_labels"],
+                     help="which SavedModel signature the body is for (default: serving_default)")
     return parser
 
 
@@ -139,7 +175,8 @@ def _run(args) -> int:
 
     result = run_pipeline(
         args.data, label=args.label, out=args.out, epochs=args.epochs, seed=args.seed, formats=args.formats,
-        verify=not args.no_verify, in_process=args.in_process, trust_pickle=args.trust_pickle,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, hidden=args.hidden, dropout=args.dropout,
+        test_size=args.test_size, verify=not args.no_verify, in_process=args.in_process, trust_pickle=args.trust_pickle,
         max_shard_size=args.max_shard_size, echo=None if args.json else print,
     )
     if args.json:

@@ -62,6 +62,17 @@ def read_warmup(version_dir: Path) -> list[Any]:
     return logs
 
 
+def _json_values(array: np.ndarray) -> Any:
+    """Nested lists for JSON; float32 values with the shortest repr that reads back as the same float32.
+
+    (``6.42`` stored as float32 is 6.420000076293945 as a Python float; TF Serving parses ``6.42`` back into
+    the very same float32, so the long form only adds noise.)
+    """
+    if array.dtype == np.float32 or array.dtype == np.float16:
+        return array.astype(str).astype(np.float64).tolist()
+    return array.tolist()
+
+
 def rest_body(inputs: Mapping[str, np.ndarray], *, signature: str = "serving_default",
               columnar: bool = False) -> dict[str, Any]:
     """The JSON body of ``POST /v1/models/<name>:predict`` for named inputs (already coerced).
@@ -69,7 +80,7 @@ def rest_body(inputs: Mapping[str, np.ndarray], *, signature: str = "serving_def
     Row format: ``{"signature_name": ..., "instances": [{name: value, ...}, ...]}``.
     Columnar format (``columnar=True``): ``{"signature_name": ..., "inputs": {name: [...], ...}}``.
     """
-    lists = {name: np.asarray(values).tolist() for name, values in inputs.items()}
+    lists = {name: _json_values(np.asarray(values)) for name, values in inputs.items()}
     if columnar:
         return {"signature_name": signature, "inputs": lists}
     rows = len(next(iter(lists.values()))) if lists else 0

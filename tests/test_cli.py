@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bundles import copy_bundle, named  # noqa: F401
+import pytest
+from bundles import copy_bundle
 
 import kerasio
 from kerasio.cli import main
@@ -177,3 +178,50 @@ def test_run_publishes_nothing_when_verification_fails(tmp_path, capsys, monkeyp
     assert "[6/6] predict  skipped: nothing was published" in captured.out
     assert captured.err.startswith("kerasio: verification failed, nothing was published: serving/1 (savedmodel")
     assert not (out / "kerasio.json").exists() and not (out / "model.keras").exists()
+
+
+def test_version_and_every_option_has_help(capsys):
+    import argparse
+
+    from kerasio import __version__
+    from kerasio.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"kerasio {__version__}"
+    missing = []
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    walk(sub, sub_name)
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append((name, action.option_strings or action.dest))
+
+    walk(build_parser(), "kerasio")
+    assert missing == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--hidden", "64,x"], "--hidden takes positive integers separated by commas, e.g. 64,32; received: '64,x'"),
+    (["--hidden", "0"], "--hidden takes positive integers"),
+    (["--test-size", "1.5"], "--test-size takes a fraction between 0 and 1 or a row count; received: '1.5'"),
+])
+def test_run_hyperparameter_options_are_checked(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_run_takes_the_architecture_and_training_options(tmp_path):
+    out = tmp_path / "b"
+    assert main(["run", "--out", str(out), "--epochs", "1", "--hidden", "8,4", "--dropout", "0", "--batch-size",
+                 "64", "--learning-rate", "0.005", "--test-size", "150", "--formats", "keras", "--json"]) == 0
+    manifest = kerasio.read_manifest(out)
+    config = manifest.training["config"]
+    assert config["hidden"] == [8, 4] and config["dropout"] == 0 and config["batch_size"] == 64
+    assert config["learning_rate"] == 0.005 and config["test_size"] == 150
+    assert manifest.reference["rows"] == 150
+    dense = [layer for layer in kerasio.load(out).model.layers if layer.__class__.__name__ == "Dense"]
+    assert [layer.units for layer in dense] == [8, 4, 3]

@@ -86,3 +86,12 @@ def test_predict_labels_signature_returns_class_names(keras_bundle):
     out = loaded.model.signatures["predict_labels"](features=tf.constant(x))
     labels = [v.decode() for v in out["labels"].numpy()]
     assert labels == list(kerasio.predict(kerasio.load(keras_bundle), x))
+
+
+def test_float32_values_print_in_their_shortest_form_and_read_back_exactly():
+    values = np.array([[6.42, 0.1, 1e-8, 3.4028235e38]], np.float32)
+    body = rest_body({"features": values})
+    text = json.dumps(body)
+    assert '[6.42, 0.1, 1e-08, 3.4028235e+38]' in text and "6.420000076293945" not in text
+    parsed = np.array(json.loads(text)["instances"][0]["features"], np.float32)
+    assert parsed.tobytes() == values[0].tobytes()  # TF Serving reads back the very same float32s

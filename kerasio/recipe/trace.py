@@ -164,29 +164,43 @@ def _num(value) -> float | None:
 
 
 def observe(previous: list[dict[str, Any]], record: dict[str, Any]) -> str:
-    """A one-line reading of an epoch's numbers, given the epochs before it."""
+    """A one-line reading of an epoch's numbers, given the epochs before it.
+
+    Read off trends, not single-epoch noise: "overfitting" only when
+    ``val_loss`` has risen two epochs running (by more than 1% in all) while
+    ``loss`` fell over the same epochs; "learning rate may be too high" only
+    when ``loss`` jumps by more than 5% and its 3-epoch mean rises too.
+    """
     loss, acc = record.get("loss"), record.get("accuracy")
-    val_loss = record.get("val_loss")
     if loss is None:
         return "no loss reported"
     if not previous:
         return "starts learning" if (acc or 0) > 0 else "starts training"
+    history = [*previous, record]
+    losses = [r.get("loss") for r in history]
     prev = previous[-1]
+    if len(history) >= 3 and None not in losses[-3:]:
+        vals = [r.get("val_loss") for r in history[-3:]]
+        if None not in vals and vals[0] < vals[1] < vals[2] and vals[2] > vals[0] * 1.01 and losses[-1] < losses[-3]:
+            return "val_loss rose 2 epochs running while loss fell: overfitting"
     d_loss = loss - prev["loss"]
-    d_acc = (acc or 0) - (prev.get("accuracy") or 0)
-    if val_loss is not None and prev.get("val_loss") is not None:
-        if val_loss > prev["val_loss"] * 1.01 and d_loss < 0:
-            return "val_loss rises while loss falls: overfitting"
     rel = abs(d_loss) / max(prev["loss"], 1e-12)
-    if d_loss > 0 and rel > 0.01:
+    if d_loss > 0 and rel > 0.05 and _mean(losses[-3:]) > _mean(losses[-4:-1]):
         return "loss rises: learning rate may be too high"
+    if d_loss > 0:
+        return "loss flat (noise)" if rel <= 0.05 else "loss jumps once"
     if rel < 0.01:
         return "training stabilizes"
     if rel < 0.05 and (acc or 0) >= 0.85:
         return "good convergence"
-    if d_acc > 0:
+    if (acc or 0) - (prev.get("accuracy") or 0) > 0:
         return "loss decreases and accuracy improves"
     return "loss decreases"
+
+
+def _mean(values: list[Any]) -> float:
+    numbers = [v for v in values if v is not None]
+    return sum(numbers) / len(numbers) if numbers else 0.0
 
 
 def trace_table(records: list[dict[str, Any]]) -> str:
