@@ -180,8 +180,9 @@ def observe(previous: list[dict[str, Any]], record: dict[str, Any]) -> str:
     losses = [r.get("loss") for r in history]
     prev = previous[-1]
     if len(history) >= 3 and None not in losses[-3:]:
-        vals = [r.get("val_loss") for r in history[-3:]]
-        if None not in vals and vals[0] < vals[1] < vals[2] and vals[2] > vals[0] * 1.01 and losses[-1] < losses[-3]:
+        found = [r.get("val_loss") for r in history[-3:]]
+        vals = [float(v) for v in found if v is not None]
+        if len(vals) == 3 and vals[0] < vals[1] < vals[2] and vals[2] > vals[0] * 1.01 and losses[-1] < losses[-3]:
             return "val_loss rose 2 epochs running while loss fell: overfitting"
     d_loss = loss - prev["loss"]
     rel = abs(d_loss) / max(prev["loss"], 1e-12)
