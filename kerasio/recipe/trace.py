@@ -179,10 +179,11 @@ def observe(previous: list[dict[str, Any]], record: dict[str, Any]) -> str:
     history = [*previous, record]
     losses = [r.get("loss") for r in history]
     prev = previous[-1]
-    if len(history) >= 3 and None not in losses[-3:]:
+    recent = [float(v) for v in losses[-3:] if v is not None]
+    if len(history) >= 3 and len(recent) == 3:
         found = [r.get("val_loss") for r in history[-3:]]
         vals = [float(v) for v in found if v is not None]
-        if len(vals) == 3 and vals[0] < vals[1] < vals[2] and vals[2] > vals[0] * 1.01 and losses[-1] < losses[-3]:
+        if len(vals) == 3 and vals[0] < vals[1] < vals[2] and vals[2] > vals[0] * 1.01 and recent[2] < recent[0]:
             return "val_loss rose 2 epochs running while loss fell: overfitting"
     d_loss = loss - prev["loss"]
     rel = abs(d_loss) / max(prev["loss"], 1e-12)
