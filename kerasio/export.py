@@ -15,10 +15,10 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import ArtifactError, KerasioError, UnsafeArtifactError, UnsupportedFormatError, VerificationError
-from .formats import ExportContext, Format, explicit, resolve_formats
+from .formats import REGISTRY, ExportContext, Format, explicit, resolve_formats
 from .fsutil import (
     bundle_lock,
     clean_stale,
@@ -27,7 +27,7 @@ from .fsutil import (
     writable_error,
     write_text_atomic,
 )
-from .manifest import REFERENCE_FILES, Artifact, Manifest, hash_entry, library_versions, save_arrays
+from .manifest import MANIFEST_NAME, REFERENCE_FILES, Artifact, Manifest, hash_entry, library_versions, save_arrays
 from .publish import commit, crash_point, repair
 from .runtime import available_devices, device_name, keras_backend, keras_forward, outputs_from_run
 from .signature import Signature, derive_signature, mark_probabilities
@@ -85,6 +85,7 @@ def export(
     atol: float | None = None,
     verifier: Any = None,
     workers: dict[str, Any] | None = None,
+    attachments: Mapping[str, bytes | Callable[[], bytes | None]] | None = None,
 ) -> ExportResult:
     """Export any Keras model to ``bundle_dir`` in several formats, with a manifest.
 
@@ -114,6 +115,9 @@ def export(
         verifier: a verifying interpreter started earlier with :func:`kerasio.verifier`
             (its import then overlaps your work instead of this export); not closed here.
         workers: verification workers already started, by backend (not closed here).
+        attachments: extra files for the bundle, by file name (``trace.csv``, a plot, notes): bytes, or a
+            callable returning bytes (or ``None`` to skip), called once the artifacts are written. They go
+            into the same generation, hashed and listed in the manifest's ``attachments``.
 
     Returns:
         An :class:`ExportResult` whose ``manifest`` lists every artifact's hash.
@@ -148,6 +152,12 @@ def export(
 
         own_worker = Worker(None, warm=["keras"])  # started first: its import overlaps everything below
         workers[own_worker.backend] = own_worker
+    attachments = dict(attachments or {})
+    taken = {Path(f.filename).name for f in REGISTRY.values()} | set(REFERENCE_FILES.values()) | {MANIFEST_NAME}
+    for name in attachments:
+        if not name or "/" in name or "\\" in name or name.startswith(".") or name in taken:
+            raise ArtifactError(f"{bundle}: attachment name {name!r} must be a plain file name that no artifact, "
+                                f"reference file or the manifest uses. Rename it. Received: {name!r}")
     seconds: dict[str, float] = {}
     custom = _custom_objects(model)
     submitted: dict[str, Any] = {}
@@ -193,6 +203,12 @@ def export(
             for name, rel, info, digest_size_files in pending:
                 digest, size, files = digest_size_files.result()
                 artifacts.append(Artifact(format=name, path=rel, size=size, sha256=digest, files=files, info=info))
+        for name, given in list(attachments.items()):  # a callable is resolved now, after the artifacts
+            content = given() if callable(given) else given
+            if content is None:
+                del attachments[name]
+            else:
+                (stage / name).write_bytes(content)
         if not artifacts:
             raise UnsupportedFormatError(
                 f"{bundle}: none of the formats could carry this model, so nothing was written: "
@@ -203,7 +219,7 @@ def export(
             trace=list(trace), metrics=dict(metrics or {}), training=dict(training or {}),
             reference={"rows": int(len(next(iter(x_ref.values())))),
                        **{key: hash_entry(stage, name) for key, name in REFERENCE_FILES.items()}},
-            custom_objects=custom,
+            custom_objects=custom, attachments=[hash_entry(stage, name) for name in attachments],
         )
         report = None
         manifest.write(stage)  # the staged export is a bundle of its own: verified as one, published as one

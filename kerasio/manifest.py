@@ -134,6 +134,7 @@ class Manifest(NamedColumns):
     training: dict[str, Any] = field(default_factory=dict)
     reference: dict[str, Any] = field(default_factory=dict)
     custom_objects: list[dict[str, Any]] = field(default_factory=list)
+    attachments: list[dict[str, Any]] = field(default_factory=list)  # hashed extra files (trace.csv, ...)
 
     # -- conversion -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -143,7 +144,7 @@ class Manifest(NamedColumns):
             "signature": self.signature.to_dict(), "task": self.task.to_dict(),
             "artifacts": [vars(a).copy() for a in self.artifacts], "skipped": dict(self.skipped),
             "label": self.label, "trace": self.trace, "metrics": self.metrics, "training": self.training,
-            "reference": self.reference, "custom_objects": self.custom_objects,
+            "reference": self.reference, "custom_objects": self.custom_objects, "attachments": self.attachments,
         }
 
     @classmethod
@@ -176,6 +177,7 @@ class Manifest(NamedColumns):
             art["path"] = f"{prefix}/{art['path']}"
         data["reference"] = {k: {**v, "path": f"{prefix}/{v['path']}"} if isinstance(v, dict) else v
                              for k, v in data["reference"].items()}
+        data["attachments"] = [{**a, "path": f"{prefix}/{a['path']}"} for a in data["attachments"]]
         return Manifest.from_dict(data)
 
     def write(self, bundle: Path) -> Path:

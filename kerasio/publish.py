@@ -158,6 +158,7 @@ def sync_conveniences(bundle: Path, manifest: Manifest) -> None:
     """Point the top-level names and ``serving/<n>`` at the current generation (idempotent)."""
     bundle = Path(bundle)
     rels = [a.path for a in manifest.artifacts] + [e["path"] for e in manifest.reference.values() if isinstance(e, dict)]
+    rels += [a["path"] for a in manifest.attachments]
     for rel in rels:
         gen = generation_of(rel)
         if gen is None:

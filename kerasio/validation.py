@@ -129,7 +129,7 @@ FIELDS: dict[str, Check] = {
     "schema_version": INT, "created_utc": STR, "versions": _map_of(STR), "backend": STR, "device": STR,
     "device_name": STR, "signature": _SIGNATURE, "task": _TASK, "artifacts": _list_of(_ARTIFACT),
     "skipped": _map_of(STR), "label": STR, "trace": _list_of(DICT), "metrics": _map_of(NUMBER),
-    "training": DICT, "reference": _REFERENCE, "custom_objects": _list_of(DICT),
+    "training": DICT, "reference": _REFERENCE, "custom_objects": _list_of(DICT), "attachments": _list_of(_ENTRY),
 }
 REQUIRED = ("schema_version", "signature", "artifacts", "reference")
 # kerasio 0.1 (schema 1) wrote these instead of signature/task; they are translated after this check.

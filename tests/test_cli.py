@@ -225,3 +225,4 @@ def test_run_takes_the_architecture_and_training_options(tmp_path):
     assert manifest.reference["rows"] == 150
     dense = [layer for layer in kerasio.load(out).model.layers if layer.__class__.__name__ == "Dense"]
     assert [layer.units for layer in dense] == [8, 4, 3]
+    assert (out / "trace.png").read_bytes()[:4] == b"\x89PNG"  # drawn by the verification worker

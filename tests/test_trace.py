@@ -72,19 +72,19 @@ def test_trace_without_validation_has_no_val_columns():
 @pytest.mark.parametrize("prev, cur, expected", [
     ([], {"loss": 1.0, "accuracy": 0.4}, "starts learning"),
     ([{"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0}], {"loss": 0.7, "accuracy": 0.7, "val_loss": 0.8},
-     "loss decreases and accuracy improves"),
+     "loss decreases, accuracy improves"),
     ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.3}], {"loss": 0.29, "accuracy": 0.91, "val_loss": 0.29},
      "good convergence"),
     ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.3}], {"loss": 0.299, "accuracy": 0.90, "val_loss": 0.3},
      "training stabilizes"),
     ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.30}], {"loss": 0.25, "accuracy": 0.92, "val_loss": 0.35},
-     "loss decreases and accuracy improves"),  # one rise of val_loss is not a trend
+     "loss decreases, accuracy improves"),  # one rise of val_loss is not a trend
     ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.30}, {"loss": 0.28, "accuracy": 0.91, "val_loss": 0.32}],
-     {"loss": 0.25, "accuracy": 0.92, "val_loss": 0.35}, "val_loss rose 2 epochs running while loss fell: overfitting"),
+     {"loss": 0.25, "accuracy": 0.92, "val_loss": 0.35}, "overfitting: val_loss up 2 epochs"),
     ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.30}], {"loss": 0.305, "accuracy": 0.90, "val_loss": 0.30},
      "loss flat (noise)"),
     ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.30}], {"loss": 0.40, "accuracy": 0.85, "val_loss": 0.30},
-     "loss rises: learning rate may be too high"),
+     "loss rises: learning rate too high"),
 ])
 def test_observations(prev, cur, expected):
     assert observe(prev, cur) == expected
@@ -131,6 +131,30 @@ def test_a_50_epoch_run_with_each_problem_names_each():
     assert too_high == [45], observations
 
 
+def test_50_epochs_fit_in_100_columns():
+    records = _noisy_run()
+    for r, note in zip(records, _observed(records)):
+        r["observation"], r["seconds"] = note, 12.5
+    records[3]["observation"] = "an observation far longer than the column has room for, in any case"
+    for text in (trace_table(records), ascii_chart(records), ascii_chart(records, key="accuracy")):
+        assert max(len(line) for line in text.splitlines()) <= 100, text
+    chart = ascii_chart(records)
+    assert " 1 " in chart.splitlines()[-2] + " " and chart.splitlines()[-2].rstrip().endswith("50")  # first, last
+
+
+def test_plot_is_a_figure_with_both_curves_and_a_png():
+    from kerasio.recipe.trace import TraceRecords
+
+    trace = TraceRecords(_noisy_run(12))
+    fig = trace.plot()
+    loss_ax, acc_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.lines] == ["loss", "val_loss"]
+    assert [line.get_label() for line in acc_ax.lines] == ["accuracy", "val_accuracy"]
+    assert list(loss_ax.lines[0].get_xdata()) == list(range(1, 13))
+    png = trace.png_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
 def test_ascii_chart_places_points():
     records = [{"epoch": i + 1, "loss": v, "val_loss": None} for i, v in enumerate([1.0, 0.5, 0.25])]
     chart = ascii_chart(records, height=5)
@@ -145,3 +169,29 @@ def test_pipeline_trace_rendered(pipeline):
     table = pipeline.trace.table()
     assert table.splitlines()[0].startswith("| Epoch | Loss ↓ | Accuracy ↑ | Val loss | Val acc")
     assert "starts learning" in table
+
+
+def test_run_writes_the_trace_into_the_bundle_and_lists_it(pipeline):
+    import os
+
+    from kerasio.fsutil import sha256_file
+    from kerasio.publish import flat_name
+
+    bundle = pipeline.bundle
+    manifest = kerasio.read_manifest(bundle)
+    assert [flat_name(a["path"]) for a in manifest.attachments] == ["trace.csv", "trace.json", "trace.png"]
+    for entry in manifest.attachments:
+        assert sha256_file(bundle / entry["path"]) == entry["sha256"]
+        assert os.path.samefile(bundle / entry["path"], bundle / flat_name(entry["path"]))
+    rows = list(csv.DictReader((bundle / "trace.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [r["epoch"] for r in pipeline.trace.records]
+    assert json.loads((bundle / "trace.json").read_text()) == pipeline.trace.records
+    assert (bundle / "trace.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_attachment_names_that_would_clash_are_refused(pipeline, tmp_path):
+    for name in ("model.keras", "kerasio.json", "../up.txt", ".hidden"):
+        with pytest.raises(kerasio.ArtifactError, match=r"attachment name .* must be a plain file name"):
+            kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test[:4],
+                           attachments={name: b"x"})
+    assert not (tmp_path / "b" / "kerasio.json").exists()

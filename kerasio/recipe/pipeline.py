@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 from ..export import choose_formats
 from .data import Dataset, Split, load_dataset, split_dataset
 from .model import TrainConfig
+from .trace import plot_available
 
 __all__ = ["run_pipeline", "PipelineResult", "DEFAULT_OUT"]
 
@@ -111,6 +112,10 @@ def run_pipeline(
             rehearse = [f.name for f in chosen if f.runtime == "keras" and not f.legacy and not f.needs_trust]
             worker = stack.enter_context(Worker(None, warm=warm, rehearse=rehearse))
             workers[worker.backend] = worker
+            if plot_available():  # it draws trace.png later: import matplotlib and warm its fonts while idle
+                warm_png = str(Path(worker.tmp.name) / "warm.png")
+                worker.submit({"op": "call", "target": "kerasio.recipe.trace:render_png",
+                               "args": [[{"epoch": 1, "loss": 1.0}], warm_png]}, keep=False)
         from ..runtime import import_keras_quietly
 
         import_keras_quietly()
@@ -138,6 +143,11 @@ def run_pipeline(
         from ..export import export
 
         mode = ("in-process" if in_process else "fresh-process") if verify else False
+        attachments = {"trace.csv": trace.csv_text().encode(), "trace.json": trace.json_text().encode()}
+        if plot_available():
+            attachments["trace.png"] = _trace_png(trace, workers)  # drawn while the artifacts are written
+        else:
+            say("         trace.png skipped: matplotlib is not installed (pip install 'kerasio[notebooks]')")
         try:
             result = export(
                 model, out, reference_inputs=split.x_test, formats=formats, feature_names=dataset.feature_names,
@@ -145,9 +155,10 @@ def run_pipeline(
                 training={"config": cfg.to_dict(),
                           "data": {"source": dataset.source, "sha256": dataset.sha256, "label": dataset.label}},
                 trust_pickle=trust_pickle, max_shard_size=max_shard_size, verify=mode, workers=workers,
+                attachments=attachments,
             )
             report = result.report
-            say(f"[4/6] export   -> {out} (manifest {out / 'kerasio.json'})")
+            say(f"[4/6] export   -> {out} (manifest {out / 'kerasio.json'}; trace: {', '.join(attachments)})")
             say(_indent(result.table()))
         except VerificationError as exc:
             result, report = None, getattr(exc, "report", None)
@@ -206,3 +217,18 @@ def _check_writable(out: Path) -> None:
 
 def _indent(text: str, pad: str = "         ") -> str:
     return "\n".join(pad + line for line in text.splitlines())
+
+
+def _trace_png(trace: Any, workers: dict[str, Any]) -> Callable[[], bytes]:
+    """trace.png: asked of the verification worker now (its matplotlib is warm), collected when export needs it."""
+    for worker in workers.values():
+        path = Path(worker.tmp.name) / "trace.png"
+        ticket = worker.submit({"op": "call", "target": "kerasio.recipe.trace:render_png",
+                                "args": [trace.records, str(path)]})
+
+        def collect() -> bytes:
+            answer = worker.collect(ticket)
+            return path.read_bytes() if answer.get("ok") else trace.png_bytes()
+
+        return collect
+    return trace.png_bytes
