@@ -281,35 +281,40 @@ def _inspect(args) -> int:
     if args.json:
         _out(json.dumps({"manifest": manifest.to_dict(), "last_verification": last}, indent=2))
         return 0
+    from .publish import flat_name
+    from .tables import wrap_notes
+
     v = manifest.versions
     sig = manifest.signature
-    _out(f"bundle      {bundle}")
-    _out(f"created     {manifest.created_utc} (schema {manifest.schema_version}); backend {manifest.backend}, "
-          f"device {manifest.device}")
-    _out("versions    " + ", ".join(f"{k} {v[k]}" for k in v))
-    _out(f"model       {sig.model_kind}, compute {sig.compute_dtype}, task {manifest.task.kind}")
+    lines = [f"bundle      {bundle}",
+             f"created     {manifest.created_utc} (schema {manifest.schema_version}); backend {manifest.backend}, "
+             f"device {manifest.device}",
+             "versions    " + ", ".join(f"{k} {v[k]}" for k in v),
+             f"model       {sig.model_kind}, compute {sig.compute_dtype}, task {manifest.task.kind}"]
     for spec in sig.inputs:
         cols = f" columns {sig.feature_names}" if sig.feature_names and len(sig.inputs) == 1 else ""
-        _out(f"input       {spec.describe()}{cols}")
+        lines.append(f"input       {spec.describe()}{cols}")
     for spec in sig.outputs:
         extra = " (probabilities)" if spec.probabilities else ""
-        _out(f"output      {spec.describe()}{extra}")
+        lines.append(f"output      {spec.describe()}{extra}")
     if manifest.task.is_classification:
-        _out(f"classes     {manifest.class_names} (label column {manifest.label!r})")
+        lines.append(f"classes     {manifest.class_names} (label column {manifest.label!r})")
     if manifest.metrics:
-        _out("metrics     " + ", ".join(f"{k} {val:.4f}" for k, val in manifest.metrics.items()))
+        lines.append("metrics     " + ", ".join(f"{k} {val:.4f}" for k, val in manifest.metrics.items()))
+    if manifest.attachments:
+        lines.append("attached    " + ", ".join(flat_name(a["path"]) for a in manifest.attachments))
+    _out("\n".join(wrap_notes(lines, indent="")))
     last_by: dict[str, list[str]] = {}
     for c in (last or {}).get("checks", []):
         diff = "-" if c.get("max_abs_diff") is None else f"{c['max_abs_diff']:.1e}"
-        last_by.setdefault(str(c.get("artifact")), []).append(
-            f"{c.get('status')} on {c.get('device') or '?'} (max diff {diff})")
-    rows = []
-    for a in manifest.artifacts:
-        rows.append([a.format, a.path, str(a.size), a.sha256[:16], _io_summary(a.info),
-                     "; ".join(last_by.get(a.path, ["never verified"]))])
-    rows += [[name, "-", "-", "-", f"skipped: {why}", "-"] for name, why in manifest.skipped.items()]
-    _out("\nartifacts")
-    _out(render_table(["Format", "Path", "Bytes", "sha256", "Signature / I/O", "Last verification"], rows))
+        last_by.setdefault(str(c.get("artifact")), []).append(f"{c.get('status')} {c.get('device') or '?'} {diff}")
+    rows = [[a.format, flat_name(a.path), str(a.size), a.sha256[:12],
+             ", ".join(last_by.get(a.path, ["never verified"]))] for a in manifest.artifacts]
+    _out("\nartifacts (sha256 prefixes; --json has the full hashes)")
+    _out(render_table(["Format", "Path", "Bytes", "sha256", "Last verification (max abs diff)"], rows))
+    notes = [f"  {a.format}: {line}" for a in manifest.artifacts for line in _io_summary(a.info)]
+    notes += [f"  {name} skipped: {why}" for name, why in manifest.skipped.items()]
+    _out("\n".join(wrap_notes(notes)))
     if last:
         _out(f"last verification: {'PASS' if last.get('ok') else 'FAIL'} ({last.get('mode')})")
     if manifest.trace:
@@ -339,24 +344,26 @@ def _last_verification(path: Path) -> dict | None:
         return None
 
 
-def _io_summary(info: dict) -> str:
+def _io_summary(info: dict) -> list[str]:
+    """One line per signature of an artifact (its I/O names, dtypes and shapes)."""
     try:
         return _describe_io(info)
     except (AttributeError, KeyError, TypeError, ValueError):
-        return "?"
+        return ["?"]
 
 
-def _describe_io(info: dict) -> str:
+def _describe_io(info: dict) -> list[str]:
+    def spec(name: str, v: dict) -> str:
+        shape = ",".join("None" if d is None else str(d) for d in v["shape"])
+        return f"{name}: {v['dtype']}[{shape}]"
+
     if "signatures" in info:
-        parts = []
-        for name, sig in sorted(info["signatures"].items()):
-            ins = ",".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in sorted(sig["inputs"].items()))
-            outs = ",".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in sorted(sig["outputs"].items()))
-            parts.append(f"{name}({ins})->{outs}")
-        return " ".join(parts)
+        return [f"{name}({', '.join(spec(k, v) for k, v in sorted(sig['inputs'].items()))}) -> "
+                f"{', '.join(spec(k, v) for k, v in sorted(sig['outputs'].items()))}"
+                for name, sig in sorted(info["signatures"].items())]
     if "inputs" in info:
-        return f"{', '.join(info['inputs'])} -> {', '.join(info.get('outputs', []))}"
-    return "the model's own I/O"
+        return [f"{', '.join(info['inputs'])} -> {', '.join(info.get('outputs', []))}"]
+    return ["the model's own I/O"]
 
 
 def _serving_request(args) -> int:

@@ -44,13 +44,16 @@ class ExportResult:
         self.bundle, self.manifest, self.seconds, self.skipped = bundle, manifest, seconds, skipped
         self.report = report  # a VerifyReport when export(..., verify=True)
 
-    def table(self) -> str:
-        from .tables import render_table
+    def table(self, width: int = 100) -> str:
+        """The written artifacts as a text table, skipped formats with their reasons below, at most ``width`` wide."""
+        from .publish import flat_name
+        from .tables import render_table, wrap_notes
 
-        rows = [[a.format, a.path, _size(a.size), a.sha256[:12], f"{self.seconds.get(a.format, 0):.2f}"]
+        rows = [[a.format, flat_name(a.path), _size(a.size), a.sha256[:12], f"{self.seconds.get(a.format, 0):.2f}"]
                 for a in self.manifest.artifacts]
-        rows += [[name, "-", "-", "-", f"skipped: {why}"] for name, why in self.skipped.items()]
-        return render_table(["Format", "Path", "Size", "sha256", "Seconds"], rows)
+        notes = [f"  {name} skipped: {why}" for name, why in self.skipped.items()]
+        text = render_table(["Format", "Path", "Size", "sha256", "Seconds"], rows, width=width)
+        return text + ("\n" + "\n".join(wrap_notes(notes, width=width)) if notes else "")
 
     def __repr__(self) -> str:
         return f"ExportResult({self.bundle}, formats={[a.format for a in self.manifest.artifacts]})"

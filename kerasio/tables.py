@@ -14,7 +14,8 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["read_input_file", "prediction_columns", "write_predictions", "render_table", "INPUT_SUFFIXES"]
+__all__ = ["read_input_file", "prediction_columns", "write_predictions", "render_table", "wrap_notes", "WIDTH",
+           "INPUT_SUFFIXES"]
 
 INPUT_SUFFIXES = (".csv", ".parquet", ".pq", ".npz", ".npy")
 
@@ -108,12 +109,36 @@ def write_predictions(path: str | Path, outputs: Mapping[str, np.ndarray],
     return file
 
 
-def render_table(head: list[str], rows: list[list[str]]) -> str:
-    """A plain ``|``-separated text table (export, verify, inspect and the trace use it)."""
+WIDTH = 100  # every table and note kerasio prints fits in this many columns
+
+
+def render_table(head: list[str], rows: list[list[str]], *, width: int = WIDTH) -> str:
+    """A plain ``|``-separated text table (export, verify, inspect and the trace use it), at most ``width`` wide.
+
+    When the content is wider, the widest columns are narrowed and their
+    cells cut with ``…`` (a hash or a path keeps its start).
+    """
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    while sum(widths) + 3 * len(widths) + 1 > width and max(widths) > 6:
+        widths[widths.index(max(widths))] -= 1
+
+    def cell(text: str, w: int) -> str:
+        return text.ljust(w) if len(text) <= w else text[:w - 1] + "…"
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+        return "| " + " | ".join(cell(c, w) for c, w in zip(cells, widths)) + " |"
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(head), sep, *(line(r) for r in rows)])
+
+
+def wrap_notes(notes: list[str], *, width: int = WIDTH, indent: str = "  ") -> list[str]:
+    """Each note wrapped to ``width`` columns, continuation lines indented under its text."""
+    import textwrap
+
+    out = []
+    for note in notes:
+        body = note[len(indent):] if note.startswith(indent) else note
+        out += textwrap.wrap(body, width=width, initial_indent=indent, subsequent_indent=indent + "  ",
+                             break_on_hyphens=False, break_long_words=True) or [indent]
+    return out

@@ -87,20 +87,27 @@ class VerifyReport:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
-    def table(self) -> str:
+    def table(self, width: int = 100) -> str:
+        """The checks as a text table with notes below, at most ``width`` columns."""
+        from .publish import flat_name
+        from .tables import wrap_notes
+
         rows = []
         for c in self.checks:
-            tol = "bit-identical" if c.atol == 0 and c.rtol == 0 else f"{_sci(c.atol)}/{_sci(c.rtol)}"
+            tol = "exact" if c.atol == 0 and c.rtol == 0 else f"{_short(c.atol)}/{_short(c.rtol)}"
             rows.append([
-                c.format, c.artifact, c.backend, c.device, c.precision, _sci(c.max_abs_diff), _sci(c.max_rel_diff),
+                c.format, flat_name(c.artifact), f"{c.backend}/{c.device}" if c.device else c.backend,
+                _sci(c.max_abs_diff), _sci(c.max_rel_diff),
                 "-" if c.argmax_agreement is None else f"{c.argmax_agreement:.1%}",
                 tol + ("*" if c.tolerance_source == "override" else ""), c.status,
             ])
-        text = render_table(
-            ["Format", "Artifact", "Backend", "Device", "Precision", "Max abs diff", "Max rel diff",
-             "Argmax agree", "atol/rtol", "Result"], rows)
+        text = render_table(["Format", "Artifact", "Runtime", "Max abs", "Max rel", "Argmax", "atol/rtol", "Result"],
+                            rows, width=width)
         devices = {c.device: c.device_name for c in self.checks if c.device}
         notes = [f"  devices: {', '.join(f'{d} = {n}' for d, n in devices.items())}"] if devices else []
+        precisions = sorted({c.precision for c in self.checks if c.precision})
+        if precisions:
+            notes.append(f"  precision: {', '.join(precisions)}")
         notes += [f"  sandbox ({backend}): {status}" for backend, status in self.sandbox.items()]
         if self.allowed_ops:
             notes.append(f"  SavedModel ops allowed by the caller beyond the inference allowlist: {self.allowed_ops}")
@@ -115,7 +122,7 @@ class VerifyReport:
         if self.resume is not None:
             r = self.resume
             notes.append(f"  resume: {'PASS' if r.get('passed') else 'FAIL'} - {r.get('detail', '')}")
-        return text + ("\n" + "\n".join(notes) if notes else "")
+        return text + ("\n" + "\n".join(wrap_notes(notes, width=width)) if notes else "")
 
     __str__ = table
 
@@ -162,6 +169,16 @@ def _failure_text(c: Check) -> str:
     where = ", ".join(f"output {o['name']!r} {_output_text(o)}" for o in bad)
     return (f"{c.artifact} ({c.format}, {c.backend}, {c.device}): {where}; tolerance atol {_sci(c.atol)}, "
             f"rtol {_sci(c.rtol)}")
+
+
+def _short(v: float | None) -> str:
+    """A tolerance in few characters: 1e-05 -> 1e-5, 0.0001 -> 1e-4, 0 -> 0."""
+    if v is None:
+        return "-"
+    if v == 0:
+        return "0"
+    mantissa, exponent = f"{v:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def _sci(v: float | None) -> str:

@@ -45,10 +45,12 @@ def test_inspect_does_not_import_tensorflow(bundle):
     assert out.stdout.strip().endswith("CLEAN 0"), out.stderr
     for fmt in ("keras", "savedmodel", "h5", "weights", "onnx", "litert", "pickle"):
         assert f"| {fmt}" in out.stdout
-    assert "serving_default(features:float32[None, 10])->class_id:int64[None],probabilities:float32[None, 3]" \
-        in out.stdout
-    assert "predict_labels(features:float32[None, 10])->labels:string[None]" in out.stdout
+    text = " ".join(out.stdout.split())  # the notes are wrapped at 100 columns
+    assert "serving_default(features: float32[None,10]) -> class_id: int64[None], probabilities: float32[None,3]" \
+        in text
+    assert "predict_labels(features: float32[None,10]) -> labels: string[None]" in text
     assert "| Epoch | Loss ↓ | Accuracy ↑" in out.stdout
+    assert max(len(line) for line in out.stdout.splitlines()) <= 100
 
 
 def test_run_verify_predict_end_to_end(tmp_path):
@@ -58,6 +60,8 @@ def test_run_verify_predict_end_to_end(tmp_path):
     for stage in ("[1/6] data", "[2/6] split", "[3/6] train", "[4/6] export", "[5/6] verify", "[6/6] predict"):
         assert stage in res.stdout
     assert "model loaded from" in res.stdout and "PASS" in res.stdout and "FAIL" not in res.stdout
+    too_wide = [line for line in res.stdout.splitlines() if len(line) > 100]
+    assert too_wide == []  # every table, chart and stage line fits in 100 columns
     assert (out / "serving" / "1" / "saved_model.pb").is_file()
 
     res = run_cli("verify", str(out), "--json")
@@ -174,7 +178,7 @@ def test_run_publishes_nothing_when_verification_fails(tmp_path, capsys, monkeyp
     out = tmp_path / "seed"
     assert main(["run", "--out", str(out), "--epochs", "1", "--in-process"]) == 1
     captured = capsys.readouterr()
-    assert "NOT published, the new artifacts failed verification" in captured.out
+    assert "NOT published, the new artifacts failed verification" in " ".join(captured.out.split())  # wrapped
     assert "[6/6] predict  skipped: nothing was published" in captured.out
     assert captured.err.startswith("kerasio: verification failed, nothing was published: serving/1 (savedmodel")
     assert not (out / "kerasio.json").exists() and not (out / "model.keras").exists()
@@ -226,3 +230,10 @@ def test_run_takes_the_architecture_and_training_options(tmp_path):
     dense = [layer for layer in kerasio.load(out).model.layers if layer.__class__.__name__ == "Dense"]
     assert [layer.units for layer in dense] == [8, 4, 3]
     assert (out / "trace.png").read_bytes()[:4] == b"\x89PNG"  # drawn by the verification worker
+
+
+def test_verify_and_export_tables_fit_in_100_columns(bundle, capsys):
+    assert main(["verify", str(bundle), "--in-process", "--trust-pickle"]) == 0
+    out = capsys.readouterr().out
+    assert "| onnx" in out and "| litert" in out and "precision: float32-pinned" in out
+    assert max(len(line) for line in out.splitlines()) <= 100, out

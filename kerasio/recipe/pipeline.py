@@ -75,7 +75,7 @@ def run_pipeline(
         >>> result.report.ok  # doctest: +SKIP
         True
     """
-    say = echo or (lambda _s: None)
+    say = _wrapping(echo) if echo else (lambda _s: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, hidden=tuple(hidden), dropout=dropout,
@@ -134,8 +134,8 @@ def run_pipeline(
         # The test split is the validation data, so the last epoch's val figures are the test metrics.
         loss, accuracy = trace.records[-1]["val_loss"], trace.records[-1]["val_accuracy"]
         metrics = {"test_loss": float(loss), "test_accuracy": float(accuracy)}
-        say(_indent(trace.table()))
-        say(_indent(trace.chart()))
+        say(_indent(trace.table(width=INNER)))
+        say(_indent(trace.chart(width=INNER)))
         say(f"         test: loss {loss:.4f}, accuracy {accuracy:.4f} on {len(split.y_test)} rows")
         mark("train")
         # 4-5. export, then verify the staged bundle before it is published
@@ -159,7 +159,7 @@ def run_pipeline(
             )
             report = result.report
             say(f"[4/6] export   -> {out} (manifest {out / 'kerasio.json'}; trace: {', '.join(attachments)})")
-            say(_indent(result.table()))
+            say(_indent(result.table(width=INNER)))
         except VerificationError as exc:
             result, report = None, getattr(exc, "report", None)
             say(f"[4/6] export   -> {out}: NOT published, the new artifacts failed verification; "
@@ -167,7 +167,7 @@ def run_pipeline(
         if report is not None:
             say(f"[5/6] verify   {report.mode}, before publishing; reference: {len(split.x_test)} test rows "
                 "(+ a 1-row batch)")
-            say(_indent(report.table()))
+            say(_indent(report.table(width=INNER)))
         else:
             say("[5/6] verify   skipped (--no-verify)")
         for worker in workers.values():
@@ -213,6 +213,25 @@ def _check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise writable_error(out, exc, "write the bundle there") from None
+
+
+def _wrapping(echo: Callable[[str], None]) -> Callable[[str], None]:
+    """``echo`` with stage lines wrapped to 100 columns under their text (tables already fit)."""
+    import textwrap
+
+    def say(text: str) -> None:
+        lines = []
+        for line in text.splitlines() or [""]:
+            if len(line) <= 100 or line.lstrip().startswith("|"):
+                lines.append(line)
+            else:
+                lines += textwrap.wrap(line, width=100, subsequent_indent=" " * 12, break_on_hyphens=False)
+        echo("\n".join(lines))
+
+    return say
+
+
+INNER = 100 - 9  # tables under a stage line are indented by 9 columns: the whole line stays within 100
 
 
 def _indent(text: str, pad: str = "         ") -> str:

@@ -37,9 +37,9 @@ class _Records:
 
         return pd.DataFrame(self.records, columns=list(TRACE_KEYS))
 
-    def table(self) -> str:
-        """``Epoch | Loss ↓ | Accuracy ↑ | Observation`` as a text table."""
-        return trace_table(self.records)
+    def table(self, width: int = 100) -> str:
+        """``Epoch | Loss ↓ | Accuracy ↑ | Observation`` as a text table, at most ``width`` columns."""
+        return trace_table(self.records, width=width)
 
     def chart(self, **kwargs) -> str:
         """An ASCII chart of the loss (and val_loss) per epoch."""
@@ -272,7 +272,7 @@ def _mean(values: list[Any]) -> float:
 OBSERVATION_WIDTH = 34  # the table then fits in 100 columns
 
 
-def trace_table(records: list[dict[str, Any]]) -> str:
+def trace_table(records: list[dict[str, Any]], width: int = 100) -> str:
     """Render ``Epoch | Loss ↓ | Accuracy ↑ | Observation`` (val figures when present)."""
     has_val = any(r.get("val_loss") is not None for r in records)
     head = ["Epoch", "Loss ↓", "Accuracy ↑"] + (["Val loss", "Val acc"] if has_val else []) + ["Time (s)", "Observation"]
@@ -284,7 +284,7 @@ def trace_table(records: list[dict[str, Any]]) -> str:
         note = str(r.get("observation", ""))
         row += [f"{r.get('seconds', 0):.2f}", note if len(note) <= OBSERVATION_WIDTH else note[:OBSERVATION_WIDTH - 1] + "…"]
         rows.append(row)
-    return render_table(head, rows)
+    return render_table(head, rows, width=width)
 
 
 def _fmt(value) -> str:
