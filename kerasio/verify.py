@@ -89,20 +89,20 @@ class VerifyReport:
 
     def table(self, width: int = 100) -> str:
         """The checks as a text table with notes below, at most ``width`` columns."""
-        from .publish import flat_name
         from .tables import wrap_notes
 
+        several = len({c.device for c in self.checks if c.device}) > 1
         rows = []
         for c in self.checks:
             tol = "exact" if c.atol == 0 and c.rtol == 0 else f"{_short(c.atol)}/{_short(c.rtol)}"
             rows.append([
-                c.format, flat_name(c.artifact), f"{c.backend}/{c.device}" if c.device else c.backend,
+                c.format, f"{c.backend}/{c.device}" if several and c.device else c.backend,
                 _sci(c.max_abs_diff), _sci(c.max_rel_diff),
                 "-" if c.argmax_agreement is None else f"{c.argmax_agreement:.1%}",
                 tol + ("*" if c.tolerance_source == "override" else ""), c.status,
             ])
-        text = render_table(["Format", "Artifact", "Runtime", "Max abs", "Max rel", "Argmax", "atol/rtol", "Result"],
-                            rows, width=width)
+        text = render_table(["Format", "Runtime", "Max abs", "Max rel", "Argmax", "atol/rtol", "Result"], rows,
+                            width=width)
         devices = {c.device: c.device_name for c in self.checks if c.device}
         notes = [f"  devices: {', '.join(f'{d} = {n}' for d, n in devices.items())}"] if devices else []
         precisions = sorted({c.precision for c in self.checks if c.precision})

@@ -72,19 +72,19 @@ def test_trace_without_validation_has_no_val_columns():
 @pytest.mark.parametrize("prev, cur, expected", [
     ([], {"loss": 1.0, "accuracy": 0.4}, "starts learning"),
     ([{"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0}], {"loss": 0.7, "accuracy": 0.7, "val_loss": 0.8},
-     "loss decreases, accuracy improves"),
+     "loss down, accuracy up"),
     ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.3}], {"loss": 0.29, "accuracy": 0.91, "val_loss": 0.29},
      "good convergence"),
     ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.3}], {"loss": 0.299, "accuracy": 0.90, "val_loss": 0.3},
      "training stabilizes"),
     ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.30}], {"loss": 0.25, "accuracy": 0.92, "val_loss": 0.35},
-     "loss decreases, accuracy improves"),  # one rise of val_loss is not a trend
+     "loss down, accuracy up"),  # one rise of val_loss is not a trend
     ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.30}, {"loss": 0.28, "accuracy": 0.91, "val_loss": 0.32}],
-     {"loss": 0.25, "accuracy": 0.92, "val_loss": 0.35}, "overfitting: val_loss up 2 epochs"),
+     {"loss": 0.25, "accuracy": 0.92, "val_loss": 0.35}, "overfitting: val_loss rising"),
     ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.30}], {"loss": 0.305, "accuracy": 0.90, "val_loss": 0.30},
      "loss flat (noise)"),
     ([{"loss": 0.30, "accuracy": 0.90, "val_loss": 0.30}], {"loss": 0.40, "accuracy": 0.85, "val_loss": 0.30},
-     "loss rises: learning rate too high"),
+     "learning rate too high"),
 ])
 def test_observations(prev, cur, expected):
     assert observe(prev, cur) == expected

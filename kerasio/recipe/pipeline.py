@@ -53,6 +53,7 @@ def run_pipeline(
     trust_pickle: bool = False,
     max_shard_size: float | None = None,
     echo: Callable[[str], None] | None = print,
+    progress_after: float = 2.0,
 ) -> PipelineResult:
     """Run the whole path and print each stage's trace.
 
@@ -65,7 +66,8 @@ def run_pipeline(
         verify: verify every artifact before it is published (in a fresh
             process unless ``in_process``); if one fails, the bundle is left
             as it was and ``result.ok`` is false.
-        echo: where the trace goes (``None`` for silence).
+        echo: where the trace goes (``None`` for silence); each epoch's row is printed as the epoch ends.
+        progress_after: on a terminal, show a progress bar once an epoch has run this long (seconds).
 
     Returns:
         A :class:`PipelineResult`; ``result.ok`` is the verification verdict.
@@ -129,12 +131,19 @@ def run_pipeline(
                             f"softmax({dataset.n_classes})"])
         say(f"[3/6] train    Sequential {arch}; Adam lr={learning_rate}, {epochs} epochs, batch {batch_size}")
         trace = EpochTrace()
+        live: list[Any] = []
+        if echo is not None:  # each epoch's row as it ends; a bar within epochs longer than 2 s, on a terminal
+            from .progress import live_callbacks
+            from .trace import trace_header
+
+            say(_indent(trace_header()))
+            steps = -(-len(split.y_train) // batch_size)
+            live = live_callbacks(lambda row: say(_indent(row)), trace, steps=steps, after=progress_after)
         fit(model, split.x_train, split.y_train, epochs=epochs, batch_size=batch_size, seed=seed,
-            validation_data=(split.x_test, split.y_test), callbacks=[trace])
+            validation_data=(split.x_test, split.y_test), callbacks=[trace, *live])
         # The test split is the validation data, so the last epoch's val figures are the test metrics.
         loss, accuracy = trace.records[-1]["val_loss"], trace.records[-1]["val_accuracy"]
         metrics = {"test_loss": float(loss), "test_accuracy": float(accuracy)}
-        say(_indent(trace.table(width=INNER)))
         say(_indent(trace.chart(width=INNER)))
         say(f"         test: loss {loss:.4f}, accuracy {accuracy:.4f} on {len(split.y_test)} rows")
         mark("train")

@@ -15,7 +15,8 @@ from typing import Any, Iterable
 
 from ..tables import render_table
 
-__all__ = ["EpochTrace", "observe", "trace_table", "ascii_chart", "TRACE_KEYS", "render_png", "plot_available"]
+__all__ = ["EpochTrace", "observe", "trace_table", "ascii_chart", "TRACE_KEYS", "render_png", "plot_available",
+           "trace_header", "trace_row"]
 
 TRACE_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds", "observation")
 
@@ -248,11 +249,11 @@ def observe(previous: list[dict[str, Any]], record: dict[str, Any]) -> str:
         found = [r.get("val_loss") for r in history[-3:]]
         vals = [float(v) for v in found if v is not None]
         if len(vals) == 3 and vals[0] < vals[1] < vals[2] and vals[2] > vals[0] * 1.01 and recent[2] < recent[0]:
-            return "overfitting: val_loss up 2 epochs"
+            return "overfitting: val_loss rising"
     d_loss = loss - prev["loss"]
     rel = abs(d_loss) / max(prev["loss"], 1e-12)
     if d_loss > 0 and rel > 0.05 and _mean(losses[-3:]) > _mean(losses[-4:-1]):
-        return "loss rises: learning rate too high"
+        return "learning rate too high"
     if d_loss > 0:
         return "loss flat (noise)" if rel <= 0.05 else "loss jumps once"
     if rel < 0.01:
@@ -260,7 +261,7 @@ def observe(previous: list[dict[str, Any]], record: dict[str, Any]) -> str:
     if rel < 0.05 and (acc or 0) >= 0.85:
         return "good convergence"
     if (acc or 0) - (prev.get("accuracy") or 0) > 0:
-        return "loss decreases, accuracy improves"
+        return "loss down, accuracy up"
     return "loss decreases"
 
 
@@ -269,7 +270,23 @@ def _mean(values: list[Any]) -> float:
     return sum(numbers) / len(numbers) if numbers else 0.0
 
 
-OBSERVATION_WIDTH = 34  # the table then fits in 100 columns
+OBSERVATION_WIDTH = 28  # the tables then fit in 100 columns (the live one under a 9-column indent)
+_LIVE = (("Epoch", 5), ("Loss ↓", 6), ("Accuracy ↑", 10), ("Val loss", 8), ("Val acc", 7), ("Sec", 5),
+         ("Observation", OBSERVATION_WIDTH))
+
+
+def trace_header() -> str:
+    """The header of the live trace (rows printed one by one as epochs end, with fixed widths)."""
+    return "| " + " | ".join(h.ljust(w) for h, w in _LIVE) + " |\n|" + "|".join("-" * (w + 2) for _, w in _LIVE) + "|"
+
+
+def trace_row(r: dict[str, Any]) -> str:
+    """One epoch's row of the live trace."""
+    note = str(r.get("observation", ""))
+    note = note if len(note) <= OBSERVATION_WIDTH else note[:OBSERVATION_WIDTH - 1] + "…"
+    cells = [str(r.get("epoch", "")), _fmt(r.get("loss")), _fmt(r.get("accuracy")), _fmt(r.get("val_loss")),
+             _fmt(r.get("val_accuracy")), f"{r.get('seconds', 0):.2f}", note]
+    return "| " + " | ".join(c.ljust(w) for c, (_, w) in zip(cells, _LIVE)) + " |"
 
 
 def trace_table(records: list[dict[str, Any]], width: int = 100) -> str:
