@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kerasio {__version__}",
                         help="print kerasio's version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true",
+                          help="print only the outcome (one line) and errors: no tables, trace or progress")
+    loudness.add_argument("-v", "--verbose", action="store_true",
+                          help="show the training progress bar from the first batch, not only in epochs over 2 s")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="data -> split -> train -> export -> verify -> predict, with a trace")
@@ -116,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--allow-op", action="append", dest="allow_ops", default=[], metavar="OP",
                       help="accept this SavedModel op beyond the inference allowlist (a file you trust)")
     pred.add_argument("--public-key", metavar="PEM", help="require the bundle's signature by this key (kerasio sign)")
+    pred.add_argument("--no-header", action="store_true",
+                      help="the CSV has no header row: its columns are the model's features, in order")
     pred.add_argument("--in-process", action="store_true",
                       help="load the artifact in this process instead of a sandboxed worker (for your own bundles)")
     pred.add_argument("--json", action="store_true", help="print predictions as JSON records")
@@ -177,8 +184,13 @@ def _run(args) -> int:
         args.data, label=args.label, out=args.out, epochs=args.epochs, seed=args.seed, formats=args.formats,
         batch_size=args.batch_size, learning_rate=args.learning_rate, hidden=args.hidden, dropout=args.dropout,
         test_size=args.test_size, verify=not args.no_verify, in_process=args.in_process, trust_pickle=args.trust_pickle,
-        max_shard_size=args.max_shard_size, echo=None if args.json else print,
+        max_shard_size=args.max_shard_size, echo=None if args.json or args.quiet else print,
+        progress_after=0.0 if args.verbose else 2.0,
     )
+    if args.quiet and result.ok:
+        count = len(result.export.manifest.artifacts) if result.export else 0
+        checks = f", {len(result.report.checks)} of {len(result.report.checks)} checks passed" if result.report else ""
+        _out(f"published {result.bundle}: {count} artifact{'' if count == 1 else 's'}{checks}")
     if args.json:
         print(json.dumps({
             "bundle": str(result.bundle), "metrics": result.metrics, "trace": result.trace.records,
@@ -216,7 +228,8 @@ def _verify(args) -> int:
         _out(report.to_json(indent=2))
     else:
         passed = sum(c.passed for c in report.checks)
-        _out(report.table())
+        if not args.quiet:
+            _out(report.table())
         _out(f"{passed} of {len(report.checks)} checks passed ({report.mode}) for {args.path}")
     if report.worker_failure():
         _out(f"kerasio: error: {report.worker_failure()}", file=sys.stderr)  # the verifier died: not a mismatch
@@ -250,11 +263,12 @@ def _predict(args) -> int:
             model = stack.enter_context(load_isolated(
                 args.path, format=args.format, trust=args.trust_pickle, allow_ops=args.allow_ops,
                 public_key=args.public_key, imports=args.imports))
-        found = predict_file(model, args.input)
+        found = predict_file(model, args.input, header=not args.no_header)
     if args.output:
         write_predictions(args.output, found.arrays(), found.columns)
-        _out(f"wrote {found.rows} predictions to {args.output} (model {model.path}, "
-              f"sha256 {(model.sha256 or '')[:12]})")
+        if not args.quiet:
+            _out(f"wrote {found.rows} predictions to {args.output} (model {model.path}, "
+                 f"sha256 {(model.sha256 or '')[:12]})")
         return 0
     if found.columns is None:
         from .errors import InputError

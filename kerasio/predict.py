@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
 from .loading import LoadedModel, load
 
 __all__ = ["predict", "predict_file", "Predictions"]
@@ -70,20 +71,54 @@ class Predictions:
         return self.outputs if self.labels is None else {"label": self.labels, **self.outputs}
 
 
-def predict_file(model: LoadedModel, path: str | Path) -> Predictions:
+def predict_file(model: LoadedModel, path: str | Path, *, header: bool = True) -> Predictions:
     """Predict for a CSV, Parquet, ``.npz`` or ``.npy`` file of inputs (what ``kerasio predict`` runs).
 
     A classification's table is ``label`` and one ``p_<class>`` column per class;
-    other models' outputs are columns named after them.
+    other models' outputs are columns named after them. CSV columns are matched
+    by name; with ``header=False`` the CSV has no header row and its columns are
+    taken in the order of the model's features (a single 2-D input only).
     """
     from .tables import prediction_columns
 
-    outputs = model.run(path)  # reads the file; errors name it
+    if header:
+        outputs = model.run(path)  # reads the file; errors name it
+    else:
+        outputs = model.runner.run(model.signature.coerce(_headerless(path, model), source=str(path)))
     task = model.task
     labels = task.labels(outputs) if task.is_classification else None
     shown = {str(task.output): outputs[str(task.output)]} if task.is_classification else outputs
     columns = prediction_columns(shown, labels=labels, class_names=task.class_names, binary=task.binary)
     return Predictions(outputs, labels, columns, len(next(iter(outputs.values()))))
+
+
+def _headerless(path: str | Path, model: LoadedModel) -> np.ndarray:
+    """A header-less CSV as one array, its columns in the order of the model's features."""
+    import pandas as pd
+
+    signature = model.signature
+    if len(signature.inputs) != 1 or signature.inputs[0].rank != 2:
+        raise InputError(f"{path}: --no-header reads columns by position, which needs a model with one 2-D input; "
+                         f"this one takes {signature.describe()}. Add a header row with the input names. "
+                         f"Received: --no-header")
+    try:
+        frame = pd.read_csv(path, header=None)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0][:200]}). Received: --no-header") \
+            from None
+    width = signature.inputs[0].shape[1]
+    if width is not None and frame.shape[1] != width:
+        names = signature.feature_names or []
+        raise InputError(f"{path}: {frame.shape[1]} columns, but the model takes {width} features"
+                         f"{' (' + ', '.join(names) + ')' if names else ''}, in that order. Received: "
+                         f"{frame.shape[1]} columns, --no-header")
+    numeric = frame.apply(pd.to_numeric, errors="coerce")
+    bad = numeric.isna() & frame.notna()
+    if bad.to_numpy().any():
+        row, col = map(int, np.argwhere(bad.to_numpy())[0])
+        raise InputError(f"{path}: row {row + 1}, column {col + 1} holds {frame.iat[row, col]!r}, not a number. "
+                         f"Fix that cell. Received: --no-header")
+    return numeric.to_numpy()
 
 
 def _wrap_keras(model: Any, inputs: Any) -> LoadedModel:

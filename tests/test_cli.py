@@ -237,3 +237,30 @@ def test_verify_and_export_tables_fit_in_100_columns(bundle, capsys):
     out = capsys.readouterr().out
     assert "| onnx" in out and "| litert" in out and "precision: float32-pinned" in out
     assert max(len(line) for line in out.splitlines()) <= 100, out
+
+
+def test_predict_no_header_reads_columns_in_feature_order(bundle, tmp_path, capsys):
+    manifest = kerasio.read_manifest(bundle)
+    x = manifest.reference_arrays(bundle)[0]["features"][:4]
+    named = tmp_path / "named.csv"
+    pd.DataFrame(x[:, ::-1], columns=manifest.feature_names[::-1]).to_csv(named, index=False)  # names, shuffled
+    bare = tmp_path / "bare.csv"
+    pd.DataFrame(x).to_csv(bare, index=False, header=False)  # positions, no header
+    assert main(["predict", str(bundle), "--input", str(named), "--in-process"]) == 0
+    by_name = capsys.readouterr().out
+    assert main(["predict", str(bundle), "--input", str(bare), "--no-header", "--in-process"]) == 0
+    assert capsys.readouterr().out == by_name  # the same predictions, whichever way the columns were matched
+    (tmp_path / "narrow.csv").write_text("1,2,3\n")
+    assert main(["predict", str(bundle), "--input", str(tmp_path / "narrow.csv"), "--no-header",
+                 "--in-process"]) == 2
+    assert "3 columns, but the model takes 10 features (sepal_length, " in capsys.readouterr().err
+    (tmp_path / "text.csv").write_text(",".join(["1"] * 9 + ["x"]) + "\n")
+    assert main(["predict", str(bundle), "--input", str(tmp_path / "text.csv"), "--no-header",
+                 "--in-process"]) == 2
+    assert "row 1, column 10 holds 'x', not a number" in capsys.readouterr().err
+
+
+def test_quiet_prints_one_line(keras_bundle, capsys):
+    assert main(["-q", "verify", str(keras_bundle), "--in-process"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"2 of 2 checks passed (in-process) for {keras_bundle}"]
