@@ -156,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from .errors import KerasioError
 
+    _warnings_once_to_stderr()
+
     try:
         return COMMANDS[args.command](args)
     except KerasioError as exc:
@@ -168,6 +170,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kerasio: interrupted; existing artifacts were left as they were.", file=sys.stderr)
         return 130
+
+
+def _warnings_once_to_stderr() -> None:
+    """Python warnings as ``kerasio: warning: ...`` lines on stderr, each text once (not file:line plus source)."""
+    import warnings
+
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        from .validation import printable
+
+        text = f"kerasio: warning: {message}"
+        if text not in shown:
+            shown.add(text)
+            print(printable(text), file=sys.stderr)
+
+    warnings.showwarning = show
 
 
 def _out(text: str = "", **kwargs) -> None:

@@ -29,7 +29,7 @@ from .fsutil import (
 )
 from .manifest import MANIFEST_NAME, REFERENCE_FILES, Artifact, Manifest, hash_entry, library_versions, save_arrays
 from .publish import commit, crash_point, repair
-from .runtime import available_devices, device_name, keras_backend, keras_forward, outputs_from_run
+from .runtime import available_devices, device_name, keras_backend, keras_forward, outputs_from_run, quiet_framework_logs
 from .signature import Signature, derive_signature, mark_probabilities
 from .task import resolve_task
 
@@ -331,7 +331,7 @@ def choose_formats(formats: str | Sequence[str] | None, signature: Signature | N
 
 def _save(fmt: Format, model: Any, dest: Path, ctx: ExportContext, final: Path) -> dict[str, Any]:
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_framework_logs():
             warnings.filterwarnings("ignore", module=r"(keras|tensorflow|tf2onnx)(\.|$)")
             written = fmt.save(model, dest, ctx) or {}
             return {**fmt.describe(dest), **written}

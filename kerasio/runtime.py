@@ -216,6 +216,35 @@ def precision_policy(mode: str = "highest", backend: str | None = None) -> Itera
 
 
 @contextlib.contextmanager
+def quiet_framework_logs():
+    """Hold back the converters' chatter while kerasio writes an artifact.
+
+    TensorFlow's "Assets written to <staging path>", its deprecation notices
+    from inside tf2onnx (printed once per call, so twice per export) and
+    Keras's absl warning that HDF5 is legacy (kerasio says that once, itself)
+    are not the user's concern. Errors still come through.
+    """
+    import logging
+
+    names = ("tensorflow", "absl", "tf2onnx", "keras")
+    loggers = [logging.getLogger(name) for name in names]
+    before = [logger.level for logger in loggers]
+    deprecation = sys.modules.get("tensorflow.python.util.deprecation")
+    printing = getattr(deprecation, "_PRINT_DEPRECATION_WARNINGS", None)
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    if deprecation is not None:
+        deprecation._PRINT_DEPRECATION_WARNINGS = False
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, before):
+            logger.setLevel(level)
+        if deprecation is not None and printing is not None:
+            deprecation._PRINT_DEPRECATION_WARNINGS = printing
+
+
+@contextlib.contextmanager
 def device_scope(device: str):
     """Place Keras variables and ops on ``cpu`` or ``gpu`` for the active backend.
 

@@ -264,3 +264,16 @@ def test_quiet_prints_one_line(keras_bundle, capsys):
     assert main(["-q", "verify", str(keras_bundle), "--in-process"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [f"2 of 2 checks passed (in-process) for {keras_bundle}"]
+
+
+def test_no_framework_noise_and_each_warning_once_on_stderr(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    res = subprocess.run([sys.executable, "-m", "kerasio", "run", "--out", str(tmp_path / "b"), "--epochs", "1",
+                          "--formats", "all"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    both = res.stdout + res.stderr
+    for noise in ("WARNING:tensorflow", "WARNING:absl", "deprecated", "Assets written", ".kerasio-staging",
+                  "oneDNN", "cudart", "Traceback"):
+        assert noise not in both, noise
+    err = res.stderr.strip().splitlines()
+    assert err == ["kerasio: warning: HDF5 (.h5) is Keras's legacy format; prefer .keras for round trips."]
