@@ -55,6 +55,17 @@ class ExportResult:
         text = render_table(["Format", "Path", "Size", "sha256", "Seconds"], rows, width=width)
         return text + ("\n" + "\n".join(wrap_notes(notes, width=width)) if notes else "")
 
+    def _repr_html_(self) -> str:
+        from .html import STYLE, escape, table
+
+        rows = [[a.format, a.path, _size(a.size), a.sha256, f"{self.seconds.get(a.format, 0):.2f}"]
+                for a in self.manifest.artifacts]
+        skipped = "".join(f"<li>{escape(k)} skipped: {escape(v)}</li>" for k, v in self.skipped.items())
+        verified = "" if self.report is None else self.report._repr_html_()
+        return (f'{STYLE}<div class="kerasio"><h4>Exported to {escape(self.bundle)}</h4>'
+                + table(["Format", "Path", "Size", "sha256", "Seconds"], rows)
+                + (f'<ul class="note">{skipped}</ul>' if skipped else "") + verified + "</div>")
+
     def __repr__(self) -> str:
         return f"ExportResult({self.bundle}, formats={[a.format for a in self.manifest.artifacts]})"
 

@@ -48,6 +48,17 @@ class LoadedModel(NamedColumns):
     def model(self) -> Any:
         return self.runner.model
 
+    def _repr_html_(self) -> str:
+        from .html import STYLE, escape, table
+
+        r = self.runner
+        facts: list[list[Any]] = [["format", r.format], ["path", r.path], ["sha256", self.sha256 or "-"],
+                 ["runtime", f"{r.runtime} on {r.device}"], ["signature", self.signature.describe()],
+                 ["task", self.task.kind + (f": {self.task.class_names}" if self.task.is_classification else "")]]
+        if "sandbox" in r.info:
+            facts.append(["sandbox", r.info["sandbox"]])
+        return f'{STYLE}<div class="kerasio"><h4>Loaded {escape(r.format)} artifact</h4>{table(["", ""], facts)}</div>'
+
     def run(self, inputs: Any) -> dict[str, np.ndarray]:
         """Every named output for ``inputs`` (array, list, dict by input name, DataFrame, or a file path).
 

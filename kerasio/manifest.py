@@ -185,6 +185,23 @@ class Manifest(NamedColumns):
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
+    def _repr_html_(self) -> str:
+        """What ``kerasio inspect`` shows, for a notebook."""
+        from .html import STYLE, escape, table, trace_svg
+
+        facts = [["created", self.created_utc], ["backend", f"{self.backend} on {self.device} {self.device_name}"],
+                 ["signature", self.signature.describe()], ["task", self.task.kind],
+                 ["versions", ", ".join(f"{k} {v}" for k, v in self.versions.items())]]
+        if self.task.is_classification:
+            facts.append(["classes", ", ".join(self.class_names)])
+        facts += [[k, f"{v:.4f}"] for k, v in self.metrics.items() if isinstance(v, (int, float))]
+        rows = [[a.format, a.path, a.size, a.sha256] for a in self.artifacts]
+        rows += [[name, "-", "-", f"skipped: {why}"] for name, why in self.skipped.items()]
+        chart = trace_svg(self.trace) if self.trace else ""
+        return (f'{STYLE}<div class="kerasio"><h4>kerasio bundle (schema {escape(self.schema_version)})</h4>'
+                + table(["", ""], facts) + "<h4>Artifacts</h4>" + table(["Format", "Path", "Bytes", "sha256"], rows)
+                + chart + "</div>")
+
     # -- queries ------------------------------------------------------------
     def artifact(self, fmt: str) -> Artifact:
         for art in self.artifacts:

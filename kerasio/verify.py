@@ -87,22 +87,8 @@ class VerifyReport:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
-    def table(self, width: int = 100) -> str:
-        """The checks as a text table with notes below, at most ``width`` columns."""
-        from .tables import wrap_notes
-
-        several = len({c.device for c in self.checks if c.device}) > 1
-        rows = []
-        for c in self.checks:
-            tol = "exact" if c.atol == 0 and c.rtol == 0 else f"{_short(c.atol)}/{_short(c.rtol)}"
-            rows.append([
-                c.format, f"{c.backend}/{c.device}" if several and c.device else c.backend,
-                _sci(c.max_abs_diff), _sci(c.max_rel_diff),
-                "-" if c.argmax_agreement is None else f"{c.argmax_agreement:.1%}",
-                tol + ("*" if c.tolerance_source == "override" else ""), c.status,
-            ])
-        text = render_table(["Format", "Runtime", "Max abs", "Max rel", "Argmax", "atol/rtol", "Result"], rows,
-                            width=width)
+    def _notes(self) -> list[str]:
+        """The lines under the table: devices, precision, sandbox, allowed ops, errors, drifts, resume."""
         devices = {c.device: c.device_name for c in self.checks if c.device}
         notes = [f"  devices: {', '.join(f'{d} = {n}' for d, n in devices.items())}"] if devices else []
         precisions = sorted({c.precision for c in self.checks if c.precision})
@@ -122,6 +108,40 @@ class VerifyReport:
         if self.resume is not None:
             r = self.resume
             notes.append(f"  resume: {'PASS' if r.get('passed') else 'FAIL'} - {r.get('detail', '')}")
+        return notes
+
+    def _repr_html_(self) -> str:
+        from .html import STYLE, escape, status, table
+
+        rows = [[c.format, c.artifact, c.backend, c.device, _sci(c.max_abs_diff), _sci(c.max_rel_diff),
+                 "-" if c.argmax_agreement is None else f"{c.argmax_agreement:.1%}",
+                 "exact" if c.atol == 0 and c.rtol == 0 else f"{_short(c.atol)}/{_short(c.rtol)}", c.status]
+                for c in self.checks]
+        notes = "".join(f"<li>{escape(n.strip())}</li>" for n in self._notes())
+        verdict = status("PASS" if self.ok else "FAIL")
+        return (f'{STYLE}<div class="kerasio"><h4>Verification of {escape(self.bundle)}: {verdict} '
+                f"({sum(c.passed for c in self.checks)} of {len(self.checks)} checks, {escape(self.mode)})</h4>"
+                + table(["Format", "Artifact", "Backend", "Device", "Max abs diff", "Max rel diff", "Argmax agree",
+                         "atol/rtol", "Result"], rows, status_column=8)
+                + (f'<ul class="note">{notes}</ul>' if notes else "") + "</div>")
+
+    def table(self, width: int = 100) -> str:
+        """The checks as a text table with notes below, at most ``width`` columns."""
+        from .tables import wrap_notes
+
+        several = len({c.device for c in self.checks if c.device}) > 1
+        rows = []
+        for c in self.checks:
+            tol = "exact" if c.atol == 0 and c.rtol == 0 else f"{_short(c.atol)}/{_short(c.rtol)}"
+            rows.append([
+                c.format, f"{c.backend}/{c.device}" if several and c.device else c.backend,
+                _sci(c.max_abs_diff), _sci(c.max_rel_diff),
+                "-" if c.argmax_agreement is None else f"{c.argmax_agreement:.1%}",
+                tol + ("*" if c.tolerance_source == "override" else ""), c.status,
+            ])
+        text = render_table(["Format", "Runtime", "Max abs", "Max rel", "Argmax", "atol/rtol", "Result"], rows,
+                            width=width)
+        notes = self._notes()
         return text + ("\n" + "\n".join(wrap_notes(notes, width=width)) if notes else "")
 
     __str__ = table

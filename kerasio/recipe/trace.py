@@ -42,6 +42,18 @@ class _Records:
         """``Epoch | Loss ↓ | Accuracy ↑ | Observation`` as a text table, at most ``width`` columns."""
         return trace_table(self.records, width=width)
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the loss and accuracy charts (inline SVG) above the table."""
+        from ..html import STYLE, table, trace_svg
+
+        rows = [[r.get("epoch"), _fmt(r.get("loss")), _fmt(r.get("accuracy")), _fmt(r.get("val_loss")),
+                 _fmt(r.get("val_accuracy")), f"{r.get('seconds') or 0:.2f}", r.get("observation", "")]
+                for r in self.records]
+        return (f'{STYLE}<div class="kerasio"><h4>Epoch trace ({len(self.records)} epochs)</h4>'
+                f'{trace_svg(self.records, key="loss")}{trace_svg(self.records, key="accuracy")}'
+                + table(["Epoch", "Loss ↓", "Accuracy ↑", "Val loss", "Val acc", "Time (s)", "Observation"], rows)
+                + "</div>")
+
     def chart(self, **kwargs) -> str:
         """An ASCII chart of the loss (and val_loss) per epoch."""
         return ascii_chart(self.records, **kwargs)
