@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--public-key", metavar="PEM", help="require the bundle's signature by this key (kerasio sign)")
     ins.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
+    rep = sub.add_parser("report", help="write one self-contained HTML page about a bundle (no network needed)")
+    rep.add_argument("path", help="bundle directory")
+    rep.add_argument("-o", "--output", metavar="FILE", help="where to write it (default: BUNDLE/report.html)")
+    rep.add_argument("--public-key", metavar="PEM", help="require the bundle's signature by this key (kerasio sign)")
+
     sig = sub.add_parser("sign", help="sign a bundle's manifest with an elliptic-curve private key (OpenSSF "
                                       "model-signing); verify/predict/inspect --public-key then require it")
     sig.add_argument("path", help="bundle directory")
@@ -443,8 +448,18 @@ def _sign(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from .report import write_report
+
+    target = write_report(args.path, args.output, public_key=args.public_key)
+    if not args.quiet:
+        _out(f"wrote {target}")
+    return 0
+
+
 COMMANDS = {"run": _run, "verify": _verify, "predict": _predict, "inspect": _inspect,
-            "serving-request": _serving_request, "sign": _sign}
+            "serving-request": _serving_request, "sign": _sign,
+            "report": _report}
 
 if __name__ == "__main__":
     sys.exit(main())
