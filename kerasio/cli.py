@@ -243,6 +243,7 @@ def _verify(args) -> int:
         args.path, formats=args.formats, in_process=args.in_process, device=args.device, backend=args.backend,
         precision=args.precision, trust_pickle=args.trust_pickle, imports=args.imports, rtol=args.rtol,
         atol=args.atol, allow_ops=args.allow_ops, public_key=args.public_key,
+        progress=None if args.json or args.quiet else (lambda line: _out(f"  {line}", flush=True)),
     )
     if args.resume:
         from .recipe.resume import resume_in_fresh_process

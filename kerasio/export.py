@@ -28,7 +28,7 @@ from .fsutil import (
     write_text_atomic,
 )
 from .manifest import MANIFEST_NAME, REFERENCE_FILES, Artifact, Manifest, hash_entry, library_versions, save_arrays
-from .publish import commit, crash_point, repair
+from .publish import commit, crash_point, flat_name, repair
 from .runtime import available_devices, device_name, keras_backend, keras_forward, outputs_from_run, quiet_framework_logs
 from .signature import Signature, derive_signature, mark_probabilities
 from .task import resolve_task
@@ -100,6 +100,7 @@ def export(
     verifier: Any = None,
     workers: dict[str, Any] | None = None,
     attachments: Mapping[str, bytes | Callable[[], bytes | None]] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export any Keras model to ``bundle_dir`` in several formats, with a manifest.
 
@@ -132,6 +133,7 @@ def export(
         attachments: extra files for the bundle, by file name (``trace.csv``, a plot, notes): bytes, or a
             callable returning bytes (or ``None`` to skip), called once the artifacts are written. They go
             into the same generation, hashed and listed in the manifest's ``attachments``.
+        progress: called with one line per artifact as it is written, and per check as it completes.
 
     Returns:
         An :class:`ExportResult` whose ``manifest`` lists every artifact's hash.
@@ -211,6 +213,8 @@ def export(
                     continue
                 seconds[fmt.name] = time.perf_counter() - start
                 crash_point(f"saved:{fmt.name}")
+                if progress is not None:
+                    progress(f"{fmt.name:<10} wrote {flat_name(rel)} in {seconds[fmt.name]:.2f} s")
                 pending.append((fmt.name, rel, info, hasher.submit(hash_artifact, dest)))
                 if verify and verify != "in-process":  # the worker checks it while the next one is written
                     _submit_check(fmt, dest, stage, signature, custom, workers, submitted, trust_pickle)
@@ -245,7 +249,7 @@ def export(
 
             report = run_verify(stage, workers=workers, record=False, in_process=verify == "in-process",
                                 trust_pickle=trust_pickle, check_hashes=False, rtol=rtol, atol=atol,
-                                submitted=submitted)
+                                submitted=submitted, progress=progress)
             report.bundle = str(bundle)
             if not report.ok:
                 error = VerificationError(

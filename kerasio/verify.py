@@ -191,6 +191,13 @@ def _failure_text(c: Check) -> str:
             f"rtol {_sci(c.rtol)}")
 
 
+def _tell(progress: Callable[[str], None] | None, c: Check) -> None:
+    """One line per check as it completes, for a live display."""
+    if progress is not None:
+        detail = f"max abs diff {_sci(c.max_abs_diff)}" if not c.error else c.error.split(". ")[0][:60]
+        progress(f"{c.format:<10} checked: {c.status} on {c.device or '-'}, {detail}")
+
+
 def _short(v: float | None) -> str:
     """A tolerance in few characters: 1e-05 -> 1e-5, 0.0001 -> 1e-4, 0 -> 0."""
     if v is None:
@@ -242,6 +249,7 @@ def verify(
     check_hashes: bool = True,
     submitted: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
     public_key: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> VerifyReport:
     """Reload every artifact of a bundle and compare each of its outputs with the reference.
 
@@ -273,6 +281,7 @@ def verify(
             answer); export sends one as soon as an artifact is written.
         public_key: require a valid signature of the manifest by this key (``kerasio sign``) before anything
             else is read; :class:`SignatureError` otherwise.
+        progress: called with one line per check as it completes (a live display).
 
     Returns:
         A :class:`VerifyReport`; call ``.raise_for_failure()`` to assert.
@@ -289,13 +298,14 @@ def verify(
     pins = contextlib.ExitStack()
     with pins:
         return _verify(bundle, read_pinned(bundle, pins, public_key), formats, in_process, record, device, backend, precision,
-                       trust_pickle, imports, check_hashes, rtol, atol, workers, submitted, verifier, allow_ops)
+                       trust_pickle, imports, check_hashes, rtol, atol, workers, submitted, verifier, allow_ops,
+                       progress)
 
 
 def _verify(bundle: Path, manifest: Manifest, formats: Any, in_process: bool, record: bool, device: str,
             backend: str | None, precision: str, trust_pickle: bool, imports: Sequence[str], check_hashes: bool,
             rtol: float | None, atol: float | None, workers: Any, submitted: Any, verifier: Any,
-            allow_ops: Sequence[str]) -> VerifyReport:
+            allow_ops: Sequence[str], progress: Callable[[str], None] | None = None) -> VerifyReport:
     x_ref, y_ref = manifest.reference_arrays(bundle)
     y_one = manifest.reference_one_row(bundle)
     wanted = None
@@ -360,11 +370,15 @@ def _verify(bundle: Path, manifest: Manifest, formats: Any, in_process: bool, re
                         answer["error"] = str(answer["error"]).replace(str(path), str(bundle / art.path))
                 if not answer["ok"]:
                     raise KerasioError(answer["error"])
-                report.checks.extend(_judge(manifest, art, answer["results"], y_ref, y_one, start, rtol, atol))
+                judged = _judge(manifest, art, answer["results"], y_ref, y_one, start, rtol, atol)
+                report.checks.extend(judged)
+                for c in judged:
+                    _tell(progress, c)
             except KerasioError as exc:
                 report.checks.append(Check(artifact=art.path, format=art.format, rows=rows, error=str(exc),
                                            error_type=type(exc).__name__, backend=child_backend,
                                            seconds=time.perf_counter() - start))
+                _tell(progress, report.checks[-1])
                 if isinstance(exc, WorkerError):  # the next check starts a new worker; answers pending here are lost
                     dead = workers.pop(child_backend, None)
                     if dead is not None:

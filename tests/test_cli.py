@@ -60,6 +60,9 @@ def test_run_verify_predict_end_to_end(tmp_path):
     for stage in ("[1/6] data", "[2/6] split", "[3/6] train", "[4/6] export", "[5/6] verify", "[6/6] predict"):
         assert stage in res.stdout
     assert "model loaded from" in res.stdout and "PASS" in res.stdout and "FAIL" not in res.stdout
+    text = res.stdout  # each artifact's line as it is written, each check's as it completes, then the tables
+    wrote, checked = text.index("keras      wrote model.keras in"), text.index("keras      checked: PASS on cpu")
+    assert text.index("[4/6] export") < wrote < checked < text.index("| Format     | Path")
     too_wide = [line for line in res.stdout.splitlines() if len(line) > 100]
     assert too_wide == []  # every table, chart and stage line fits in 100 columns
     assert (out / "serving" / "1" / "saved_model.pb").is_file()
@@ -258,6 +261,13 @@ def test_predict_no_header_reads_columns_in_feature_order(bundle, tmp_path, caps
     assert main(["predict", str(bundle), "--input", str(tmp_path / "text.csv"), "--no-header",
                  "--in-process"]) == 2
     assert "row 1, column 10 holds 'x', not a number" in capsys.readouterr().err
+
+
+def test_verify_prints_each_check_as_it_completes(keras_bundle, capsys):
+    assert main(["verify", str(keras_bundle), "--in-process"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("  keras      checked: PASS on cpu, max abs diff 0") < out.index("  savedmodel checked: PASS") \
+        < out.index("| Format")
 
 
 def test_quiet_prints_one_line(keras_bundle, capsys):

@@ -157,6 +157,7 @@ def run_pipeline(
             attachments["trace.png"] = _trace_png(trace, workers)  # drawn while the artifacts are written
         else:
             say("         trace.png skipped: matplotlib is not installed (pip install 'kerasio[notebooks]')")
+        say(f"[4/6] export   -> {out} (manifest {out / 'kerasio.json'}; trace: {', '.join(attachments)})")
         try:
             result = export(
                 model, out, reference_inputs=split.x_test, formats=formats, feature_names=dataset.feature_names,
@@ -164,15 +165,13 @@ def run_pipeline(
                 training={"config": cfg.to_dict(),
                           "data": {"source": dataset.source, "sha256": dataset.sha256, "label": dataset.label}},
                 trust_pickle=trust_pickle, max_shard_size=max_shard_size, verify=mode, workers=workers,
-                attachments=attachments,
+                attachments=attachments, progress=(lambda line: say(_indent(line))) if echo else None,
             )
             report = result.report
-            say(f"[4/6] export   -> {out} (manifest {out / 'kerasio.json'}; trace: {', '.join(attachments)})")
             say(_indent(result.table(width=INNER)))
         except VerificationError as exc:
             result, report = None, getattr(exc, "report", None)
-            say(f"[4/6] export   -> {out}: NOT published, the new artifacts failed verification; "
-                "the bundle is as it was")
+            say(f"         -> {out}: NOT published, the new artifacts failed verification; the bundle is as it was")
         if report is not None:
             say(f"[5/6] verify   {report.mode}, before publishing; reference: {len(split.x_test)} test rows "
                 "(+ a 1-row batch)")
