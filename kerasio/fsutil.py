@@ -249,7 +249,10 @@ def place(src: Path, dest: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling and rename it over ``path``."""
+    """Write ``text`` to a temporary sibling, fsync it, rename it over ``path`` and fsync the directory.
+
+    After a crash or a power cut, ``path`` holds either the old text or the new, whole.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -257,6 +260,11 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -120,8 +120,14 @@ def commit(stage: Path, bundle: Path, manifest: Manifest) -> Manifest:
         crash_point("generation-renamed")
         published.write(bundle)  # the swap: fsynced, renamed, directory fsynced
         crash_point("manifest-swapped")
-    sync_conveniences(bundle, published)
-    prune(bundle, published)
+    try:  # published already: a failure from here on costs conveniences, never the export
+        sync_conveniences(bundle, published)
+        prune(bundle, published)
+    except OSError as exc:
+        import warnings
+
+        warnings.warn(f"{bundle}: the export is published, but its top-level links or the pruning of old "
+                      f"generations failed ({exc.strerror or exc}); the next export completes them", stacklevel=3)
     crash_point("pruned")
     return published
 

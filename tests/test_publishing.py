@@ -1,6 +1,7 @@
 """Publishing under concurrency and failure: one writer at a time, leftovers cleaned, write errors named."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -358,3 +359,27 @@ def test_eight_readers_during_re_exports_never_see_a_mix(tmp_path):
     assert len(cli_runs) >= 2 and all(code == 0 for code, _ in cli_runs), cli_runs
     for r in published:  # every reported success is present, with the bytes it reported
         assert hash_artifact(bundle / flat_name(r["version"]))[0] == r["sha256"]
+
+
+def test_a_failure_after_the_swap_keeps_the_export_and_the_next_writer_completes_it(pipeline, tmp_path, monkeypatch):
+    import kerasio.publish as publish
+
+    bundle = tmp_path / "b"
+    kerasio.export(pipeline.model, bundle, reference_inputs=pipeline.split.x_test[:4], formats="keras")
+
+    real = publish.sync_conveniences
+
+    def full_after_the_swap(target, manifest):  # the repair before staging still works; the new links fail
+        if manifest.artifact("keras").path.startswith("generations/2/"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(target, manifest)
+
+    monkeypatch.setattr(publish, "sync_conveniences", full_after_the_swap)
+    with pytest.warns(UserWarning, match=r"the export is published, but its top-level links .*\(No space left"):
+        result = kerasio.export(pipeline.model, bundle, reference_inputs=pipeline.split.x_test[:4], formats="keras")
+    assert result.manifest.artifact("keras").path == "generations/2/model.keras"
+    assert not os.path.samefile(bundle / "model.keras", bundle / "generations/2/model.keras")  # links not made
+    assert kerasio.load(bundle).sha256 == result.manifest.artifact("keras").sha256  # kerasio reads the manifest
+    monkeypatch.undo()
+    kerasio.export(pipeline.model, bundle, reference_inputs=pipeline.split.x_test[:4], formats="keras")
+    assert os.path.samefile(bundle / "model.keras", bundle / "generations/3/model.keras")
