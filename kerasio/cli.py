@@ -8,6 +8,7 @@ inspect`` never import TensorFlow.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -269,7 +270,6 @@ def _verify(args) -> int:
 
 
 def _predict(args) -> int:
-    import contextlib
     import importlib
 
     from .loading import load, load_isolated
@@ -288,12 +288,13 @@ def _predict(args) -> int:
             model = stack.enter_context(load_isolated(
                 args.path, format=args.format, trust=args.trust_pickle, allow_ops=args.allow_ops,
                 public_key=args.public_key, imports=args.imports))
-        found = predict_file(model, args.input, header=not args.no_header)
+        with _rows_progress(enabled=not args.quiet) as progress:
+            found = predict_file(model, args.input, header=not args.no_header, progress=progress)
     if args.output:
         write_predictions(args.output, found.arrays(), found.columns)
         if not args.quiet:
-            _out(f"wrote {found.rows} predictions to {args.output} (model {model.path}, "
-                 f"sha256 {(model.sha256 or '')[:12]})")
+            _out(f"wrote {found.rows} predictions to {args.output} ({found.rows_per_second:,.0f} rows/s; model "
+                 f"{model.path}, sha256 {(model.sha256 or '')[:12]})")
         return 0
     if found.columns is None:
         from .errors import InputError
@@ -306,6 +307,26 @@ def _predict(args) -> int:
     frame = pd.DataFrame(found.columns)
     _out(frame.to_json(orient="records") if args.json else frame.to_csv(index=False), end="" if not args.json else "\n")
     return 0
+
+
+@contextlib.contextmanager
+def _rows_progress(enabled: bool):
+    """On a terminal (stderr), a bar of rows done and rows/s while a large file is predicted; else nothing."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[speed]} rows/s"),
+                  console=Console(file=sys.stderr, width=100), transient=True) as bar:
+        task = bar.add_task("rows", total=None, speed="-")
+
+        def update(done: int, total: int, seconds: float) -> None:
+            bar.update(task, completed=done, total=total, speed=f"{done / seconds:,.0f}" if seconds > 0 else "-")
+            bar.refresh()
+
+        yield update
 
 
 def _inspect(args) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -65,31 +65,52 @@ class Predictions:
     labels: np.ndarray | None
     columns: dict[str, np.ndarray] | None
     rows: int
+    seconds: float = 0.0  # running the model (reading the file excluded)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("inf")
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What an ``.npz`` of these predictions holds: the labels (if any) and every output."""
         return self.outputs if self.labels is None else {"label": self.labels, **self.outputs}
 
 
-def predict_file(model: LoadedModel, path: str | Path, *, header: bool = True) -> Predictions:
+CHUNK_ROWS = 65_536
+
+
+def predict_file(model: LoadedModel, path: str | Path, *, header: bool = True,
+                 progress: Callable[[int, int, float], None] | None = None) -> Predictions:
     """Predict for a CSV, Parquet, ``.npz`` or ``.npy`` file of inputs (what ``kerasio predict`` runs).
 
     A classification's table is ``label`` and one ``p_<class>`` column per class;
     other models' outputs are columns named after them. CSV columns are matched
     by name; with ``header=False`` the CSV has no header row and its columns are
-    taken in the order of the model's features (a single 2-D input only).
+    taken in the order of the model's features (a single 2-D input only). The
+    rows run in chunks of :data:`CHUNK_ROWS`; ``progress(rows done, rows in all,
+    seconds)`` is called after each.
     """
-    from .tables import prediction_columns
+    import time
+
+    from .tables import prediction_columns, read_input_file
 
     if header:
-        outputs = model.run(path)  # reads the file; errors name it
+        inputs = model.signature.coerce(read_input_file(path), source=str(path))  # errors name the file
     else:
-        outputs = model.runner.run(model.signature.coerce(_headerless(path, model), source=str(path)))
+        inputs = model.signature.coerce(_headerless(path, model), source=str(path))
+    total = len(next(iter(inputs.values())))
+    start, parts = time.perf_counter(), []
+    for first in range(0, max(total, 1), CHUNK_ROWS):
+        parts.append(model.runner.run({k: v[first:first + CHUNK_ROWS] for k, v in inputs.items()}))
+        if progress is not None:
+            progress(min(first + CHUNK_ROWS, total), total, time.perf_counter() - start)
+    outputs = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+    seconds = time.perf_counter() - start
     task = model.task
     labels = task.labels(outputs) if task.is_classification else None
     shown = {str(task.output): outputs[str(task.output)]} if task.is_classification else outputs
     columns = prediction_columns(shown, labels=labels, class_names=task.class_names, binary=task.binary)
-    return Predictions(outputs, labels, columns, len(next(iter(outputs.values()))))
+    return Predictions(outputs, labels, columns, total, seconds)
 
 
 def _headerless(path: str | Path, model: LoadedModel) -> np.ndarray:

@@ -13,6 +13,8 @@ import time
 import numpy as np
 import pandas as pd
 
+import kerasio
+
 
 def _big_csv(path, rows=100_000, seed=0):
     rng = np.random.default_rng(seed)
@@ -77,3 +79,17 @@ def test_each_epoch_row_appears_as_its_epoch_ends_with_a_bar_within_long_epochs(
     assert re.search(r"epoch [1-3] \S+ \d+/2500 \d+:\d\d:\d\d loss \d\.\d{4}", plain), plain[-3000:]
     # ... and was gone once each epoch ended: the final screen has the rows, not a bar.
     assert "| 3     |" in text
+
+
+def test_predict_over_a_large_file_shows_rows_done_and_rows_per_second(tmp_path, bundle):
+    features = kerasio.read_manifest(bundle).feature_names
+    rows = 400_000
+    x = np.random.default_rng(1).normal(size=(rows, len(features))).astype(np.float32)
+    pd.DataFrame(x, columns=features).to_csv(tmp_path / "big.csv", index=False)
+    code, chunks = _run_in_pty([sys.executable, "-m", "kerasio", "predict", str(bundle), "--input",
+                                str(tmp_path / "big.csv"), "--output", str(tmp_path / "out.csv")])
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", "".join(c for _, c in chunks))
+    assert code == 0, text[-3000:]
+    assert re.search(r"predict .*\d+/400000 [\d,]+ rows/s", text), text[-3000:]  # the bar, while it ran
+    assert re.search(r"wrote 400000 predictions to .*out\.csv \([\d,]+ rows/s; model ", text), text[-3000:]
+    assert len(pd.read_csv(tmp_path / "out.csv")) == rows
