@@ -195,3 +195,16 @@ def test_attachment_names_that_would_clash_are_refused(pipeline, tmp_path):
             kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test[:4],
                            attachments={name: b"x"})
     assert not (tmp_path / "b" / "kerasio.json").exists()
+
+
+def test_without_matplotlib_the_png_is_skipped_with_a_note(tmp_path, monkeypatch):
+    from kerasio.publish import flat_name
+    from kerasio.recipe import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "plot_available", lambda: False)
+    lines = []
+    result = kerasio.run_pipeline(out=tmp_path / "b", epochs=1, formats="keras", verify=False, echo=lines.append)
+    assert any("trace.png skipped: matplotlib is not installed (pip install 'kerasio[notebooks]')" in line
+               for line in lines)
+    names = [flat_name(a["path"]) for a in kerasio.read_manifest(result.bundle).attachments]
+    assert names == ["trace.csv", "trace.json"] and not (result.bundle / "trace.png").exists()
