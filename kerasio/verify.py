@@ -295,99 +295,90 @@ def verify(
         if value is not None and not (isinstance(value, (int, float)) and value >= 0):
             raise InputError(f"{name} must be a number >= 0; pass e.g. {name}=1e-5. Received: {name}={value!r}")
     bundle = Path(bundle)
-    pins = contextlib.ExitStack()
-    with pins:
-        return _verify(bundle, read_pinned(bundle, pins, public_key), formats, in_process, record, device, backend, precision,
-                       trust_pickle, imports, check_hashes, rtol, atol, workers, submitted, verifier, allow_ops,
-                       progress)
+    with contextlib.ExitStack() as pins:  # the generation it reads stays pinned until the report is done
+        manifest = read_pinned(bundle, pins, public_key)
+        x_ref, y_ref = manifest.reference_arrays(bundle)
+        y_one = manifest.reference_one_row(bundle)
+        wanted = None
+        if formats:
+            wanted = [formats] if isinstance(formats, str) else list(formats)
+            wanted = [w for part in wanted for w in part.split(",")]
+            for name in wanted:
+                manifest.artifact(name)  # clear error for a format the bundle lacks
+        arts = [a for a in manifest.artifacts if wanted is None or a.format in wanted]
+        imports = list(imports) + importable_custom_modules(manifest.custom_objects)
+        report = VerifyReport(bundle=str(bundle), mode="in-process" if in_process else "fresh-process",
+                              allowed_ops=sorted(set(allow_ops)))
+        requested = backend or default_backend()
+        workers = dict(workers or {})
+        if verifier is not None:
+            workers.setdefault(verifier.backend, verifier)
+        rows = len(next(iter(x_ref.values())))
+        signature = manifest.signature.to_dict()
+        with tempfile.TemporaryDirectory(prefix=f"kerasio-verify-{os.getpid()}-ref-") as tmp, \
+                contextlib.ExitStack() as stack:
+            inputs = Path(tmp) / "inputs.npz"
+            save_arrays(inputs, x_ref)
 
+            def ask(child_backend: str, request: dict[str, Any]) -> dict[str, Any]:
+                """Send a request to this process (in_process, same backend) or to a fresh worker."""
+                from .worker import Worker, handle
 
-def _verify(bundle: Path, manifest: Manifest, formats: Any, in_process: bool, record: bool, device: str,
-            backend: str | None, precision: str, trust_pickle: bool, imports: Sequence[str], check_hashes: bool,
-            rtol: float | None, atol: float | None, workers: Any, submitted: Any, verifier: Any,
-            allow_ops: Sequence[str], progress: Callable[[str], None] | None = None) -> VerifyReport:
-    x_ref, y_ref = manifest.reference_arrays(bundle)
-    y_one = manifest.reference_one_row(bundle)
-    wanted = None
-    if formats:
-        wanted = [formats] if isinstance(formats, str) else list(formats)
-        wanted = [w for part in wanted for w in part.split(",")]
-        for name in wanted:
-            manifest.artifact(name)  # clear error for a format the bundle lacks
-    arts = [a for a in manifest.artifacts if wanted is None or a.format in wanted]
-    imports = list(imports) + importable_custom_modules(manifest.custom_objects)
-    report = VerifyReport(bundle=str(bundle), mode="in-process" if in_process else "fresh-process",
-                          allowed_ops=sorted(set(allow_ops)))
-    requested = backend or default_backend()
-    workers = dict(workers or {})
-    if verifier is not None:
-        workers.setdefault(verifier.backend, verifier)
-    rows = len(next(iter(x_ref.values())))
-    signature = manifest.signature.to_dict()
-    with tempfile.TemporaryDirectory(prefix=f"kerasio-verify-{os.getpid()}-ref-") as tmp, \
-            contextlib.ExitStack() as stack:
-        inputs = Path(tmp) / "inputs.npz"
-        save_arrays(inputs, x_ref)
+                if in_process and child_backend == keras_backend():
+                    report.sandbox.setdefault(child_backend, "off: in-process verification")
+                    return handle({**request, "out_dir": tmp})
+                if child_backend not in workers:
+                    # Artifacts of an existing bundle are not the caller's own: the worker reads only their checked
+                    # copies (in tmp) and writes only its own directory. (An export's staged files are.)
+                    workers[child_backend] = stack.enter_context(Worker(
+                        child_backend, warm=("keras",), imports=imports, sandbox=[tmp] if check_hashes else None))
+                report.sandbox.setdefault(child_backend, workers[child_backend].sandbox_status)
+                return workers[child_backend].request(request)
 
-        def ask(child_backend: str, request: dict[str, Any]) -> dict[str, Any]:
-            """Send a request to this process (in_process, same backend) or to a fresh worker."""
-            from .worker import Worker, handle
-
-            if in_process and child_backend == keras_backend():
-                report.sandbox.setdefault(child_backend, "off: in-process verification")
-                return handle({**request, "out_dir": tmp})
-            if child_backend not in workers:
-                # Artifacts of an existing bundle are not the caller's own: the worker reads only their checked
-                # copies (in tmp) and writes only its own directory. (An export's staged files are.)
-                workers[child_backend] = stack.enter_context(Worker(
-                    child_backend, warm=("keras",), imports=imports, sandbox=[tmp] if check_hashes else None))
-            report.sandbox.setdefault(child_backend, workers[child_backend].sandbox_status)
-            return workers[child_backend].request(request)
-
-        for art in arts:
-            fmt = get_format(art.format)
-            start = time.perf_counter()
-            child_backend = fmt.worker_backend(requested)
-            try:
-                if not _importable(child_backend):  # a Keras backend's name is its module's
-                    raise BackendUnavailableError(
-                        f"verifying the {fmt.name} artifact needs {child_backend}, which cannot be imported here. "
-                        f"Install it (pip install {child_backend}) or verify the other formats (--format keras). "
-                        f"Received: backend={child_backend!r}"
-                    )
-                if fmt.runtime == "keras" and not in_process:
-                    _refuse_main_classes(manifest, art)
-                if submitted and art.format in submitted:
-                    answer = submitted[art.format]()
-                else:
-                    # The worker loads a private copy made from the very reads that were hashed.
-                    path = art.materialize(bundle, Path(tmp) / f"artifact-{len(report.checks)}-{art.format}") \
-                        if check_hashes else bundle / art.path
-                    answer = ask(child_backend, check_request(
-                        art.format, path, signature, inputs, device=device, precision=precision,
-                        trust=trust_pickle, imports=imports, allow_ops=allow_ops))
+            for art in arts:
+                fmt = get_format(art.format)
+                start = time.perf_counter()
+                child_backend = fmt.worker_backend(requested)
+                try:
+                    if not _importable(child_backend):  # a Keras backend's name is its module's
+                        raise BackendUnavailableError(
+                            f"verifying the {fmt.name} artifact needs {child_backend}, which cannot be imported here. "
+                            f"Install it (pip install {child_backend}) or verify the other formats (--format keras). "
+                            f"Received: backend={child_backend!r}"
+                        )
+                    if fmt.runtime == "keras" and not in_process:
+                        _refuse_main_classes(manifest, art)
+                    if submitted and art.format in submitted:
+                        answer = submitted[art.format]()
+                    else:
+                        # The worker loads a private copy made from the very reads that were hashed.
+                        path = art.materialize(bundle, Path(tmp) / f"artifact-{len(report.checks)}-{art.format}") \
+                            if check_hashes else bundle / art.path
+                        answer = ask(child_backend, check_request(
+                            art.format, path, signature, inputs, device=device, precision=precision,
+                            trust=trust_pickle, imports=imports, allow_ops=allow_ops))
+                        if not answer["ok"]:
+                            answer["error"] = str(answer["error"]).replace(str(path), str(bundle / art.path))
                     if not answer["ok"]:
-                        answer["error"] = str(answer["error"]).replace(str(path), str(bundle / art.path))
-                if not answer["ok"]:
-                    raise KerasioError(answer["error"])
-                judged = _judge(manifest, art, answer["results"], y_ref, y_one, start, rtol, atol)
-                report.checks.extend(judged)
-                for c in judged:
-                    _tell(progress, c)
-            except KerasioError as exc:
-                report.checks.append(Check(artifact=art.path, format=art.format, rows=rows, error=str(exc),
-                                           error_type=type(exc).__name__, backend=child_backend,
-                                           seconds=time.perf_counter() - start))
-                _tell(progress, report.checks[-1])
-                if isinstance(exc, WorkerError):  # the next check starts a new worker; answers pending here are lost
-                    dead = workers.pop(child_backend, None)
-                    if dead is not None:
-                        dead.close()
-                    submitted = {}
-    if record:
-        with contextlib.suppress(OSError):
-            write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))
-    return report
+                        raise KerasioError(answer["error"])
+                    judged = _judge(manifest, art, answer["results"], y_ref, y_one, start, rtol, atol)
+                    report.checks.extend(judged)
+                    for c in judged:
+                        _tell(progress, c)
+                except KerasioError as exc:
+                    report.checks.append(Check(artifact=art.path, format=art.format, rows=rows, error=str(exc),
+                                               error_type=type(exc).__name__, backend=child_backend,
+                                               seconds=time.perf_counter() - start))
+                    _tell(progress, report.checks[-1])
+                    if isinstance(exc, WorkerError):  # the next check starts a new worker; answers pending here are lost
+                        dead = workers.pop(child_backend, None)
+                        if dead is not None:
+                            dead.close()
+                        submitted = {}
+        if record:
+            with contextlib.suppress(OSError):
+                write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))
+        return report
 
 
 def check_request(fmt: str, path: Path, signature: dict[str, Any], inputs: Path, *, device: str = "auto",
