@@ -333,11 +333,11 @@ def _inspect(args) -> int:
     from .manifest import read_manifest
     from .recipe.trace import TraceRecords
     from .tables import render_table
-    from .verify import VERIFICATION_FILE
+    from .verify import last_report
 
     bundle = Path(args.path)
     manifest = read_manifest(bundle, public_key=args.public_key)
-    last = _last_verification(bundle / VERIFICATION_FILE)
+    last = last_report(bundle)
     if args.json:
         _out(json.dumps({"manifest": manifest.to_dict(), "last_verification": last}, indent=2))
         return 0
@@ -381,27 +381,6 @@ def _inspect(args) -> int:
         _out("\ntrace")
         _out(TraceRecords(manifest.trace).table())
     return 0
-
-
-def _last_verification(path: Path) -> dict | None:
-    """``verification.json`` (not hashed: a report, not evidence) if it is a sane report, else ``None``."""
-    from .errors import KerasioError
-    from .validation import MAX_MANIFEST_BYTES, check_depth
-
-    try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_MANIFEST_BYTES:
-            return None
-        last = json.loads(path.read_text(encoding="utf-8"))
-        check_depth(last)
-        checks = last.get("checks") if isinstance(last, dict) else None
-        if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
-            return None
-        for c in checks:
-            if not isinstance(c.get("max_abs_diff"), (int, float, type(None))):
-                return None
-        return last
-    except (OSError, ValueError, RecursionError, KerasioError):
-        return None
 
 
 def _io_summary(info: dict) -> list[str]:

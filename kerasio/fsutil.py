@@ -16,7 +16,7 @@ from typing import Any
 from .errors import ArtifactError, UnsafeArtifactError
 
 __all__ = ["sha256_file", "hash_artifact", "confined", "place", "staging_dir", "write_text_atomic",
-           "interrupts_deferred", "bundle_lock", "clean_stale", "clean_stale_temp", "writable_error", "private_dir"]
+           "interrupts_deferred", "bundle_lock", "clean_stale", "clean_stale_temp", "writable_error", "private_dir", "fsync_dir"]
 
 LOCK_NAME = ".kerasio.lock"
 
@@ -175,7 +175,7 @@ def clean_stale(bundle: Path) -> list[str]:
     places = [Path(bundle)] + [Path(bundle) / sub for sub in ("serving", "generations") if (Path(bundle) / sub).is_dir()]
     for entry in [e for place in places for e in place.iterdir()]:
         name = entry.name
-        if name.startswith((".kerasio-staging-", ".old-")) or ".old-" in name or ".tmp-" in name:
+        if name.startswith(".kerasio-staging-") or ".old-" in name or ".tmp-" in name:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -260,13 +260,18 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so that the renames and links made in it survive a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

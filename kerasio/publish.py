@@ -29,13 +29,13 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from .fsutil import interrupts_deferred, place
+from .fsutil import fsync_dir, interrupts_deferred, place
 
 if TYPE_CHECKING:
     from .manifest import Manifest
 
 __all__ = ["GENERATIONS", "commit", "pinned", "sync_conveniences", "prune", "next_generation", "keep_generations",
-           "fsync_dir", "fsync_tree", "crash_point", "generation_gone", "flat_name", "repair"]
+           "fsync_tree", "crash_point", "generation_gone", "flat_name", "repair"]
 
 GENERATIONS = "generations"
 _GEN_PATH = re.compile(r"^generations/(\d+)/")
@@ -53,14 +53,6 @@ def crash_point(name: str) -> None:
     """Die here, as by kill -9, when ``KERASIO_CRASH_AT`` names this point (the crash-safety tests use it)."""
     if os.environ.get("KERASIO_CRASH_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_tree(root: Path) -> None:

@@ -19,15 +19,14 @@ __all__ = ["write_report", "render_report"]
 
 def render_report(bundle: str | Path, *, public_key: str | Path | None = None) -> str:
     """The report page for ``bundle`` as an HTML string."""
-    from .cli import _last_verification  # the same sanity checks as inspect
     from .runtime import tf_input_names
     from .serving import rest_body
-    from .verify import VERIFICATION_FILE
+    from .verify import last_report
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle, public_key=public_key)
     sig = manifest.signature
-    last = _last_verification(bundle / VERIFICATION_FILE)
+    last = last_report(bundle)
     parts = [f"<h1>kerasio report: {escape(bundle.name or bundle)}</h1>",
              f'<p class="note">{escape(bundle.resolve())} &middot; created {escape(manifest.created_utc)} &middot; '
              f"schema {escape(manifest.schema_version)}</p>"]

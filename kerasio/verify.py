@@ -191,6 +191,27 @@ def _failure_text(c: Check) -> str:
             f"rtol {_sci(c.rtol)}")
 
 
+def last_report(bundle: str | Path) -> dict[str, Any] | None:
+    """``<bundle>/verification.json`` (not hashed: a report, not evidence) if it is a sane report, else ``None``."""
+    from .validation import MAX_MANIFEST_BYTES, check_depth
+
+    path = Path(bundle) / VERIFICATION_FILE
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_MANIFEST_BYTES:
+            return None
+        last = json.loads(path.read_text(encoding="utf-8"))
+        check_depth(last)
+        checks = last.get("checks") if isinstance(last, dict) else None
+        if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
+            return None
+        for c in checks:
+            if not isinstance(c.get("max_abs_diff"), (int, float, type(None))):
+                return None
+        return last
+    except (OSError, ValueError, RecursionError, KerasioError):
+        return None
+
+
 def _tell(progress: Callable[[str], None] | None, c: Check) -> None:
     """One line per check as it completes, for a live display."""
     if progress is not None:

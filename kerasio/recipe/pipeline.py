@@ -248,14 +248,15 @@ def _indent(text: str, pad: str = "         ") -> str:
 
 def _trace_png(trace: Any, workers: dict[str, Any]) -> Callable[[], bytes]:
     """trace.png: asked of the verification worker now (its matplotlib is warm), collected when export needs it."""
-    for worker in workers.values():
-        path = Path(worker.tmp.name) / "trace.png"
-        ticket = worker.submit({"op": "call", "target": "kerasio.recipe.trace:render_png",
-                                "args": [trace.records, str(path)]})
+    worker = next(iter(workers.values()), None)
+    if worker is None:  # no worker (--in-process or --no-verify): draw it here
+        return trace.png_bytes
+    path = Path(worker.tmp.name) / "trace.png"
+    ticket = worker.submit({"op": "call", "target": "kerasio.recipe.trace:render_png",
+                            "args": [trace.records, str(path)]})
 
-        def collect() -> bytes:
-            answer = worker.collect(ticket)
-            return path.read_bytes() if answer.get("ok") else trace.png_bytes()
+    def collect() -> bytes:
+        answer = worker.collect(ticket)
+        return path.read_bytes() if answer.get("ok") else trace.png_bytes()
 
-        return collect
-    return trace.png_bytes
+    return collect
