@@ -163,7 +163,8 @@ def _checked_copy(path: Path, format: str | None, public_key: str | Path | None,
                              f"bundle's manifest, so there is no signature to check; nothing was loaded. Load the "
                              f"bundle directory instead. Received: {path}")
     if entry is not None and enclosing is not None and bundle is not None:
-        return _Checked(fmt, entry.materialize(bundle, tmp, source=path), path, entry.sha256, enclosing)
+        # A top-level name is a hardlink to the generation's file: what is checked and loaded is the manifest's.
+        return _Checked(fmt, entry.materialize(bundle, tmp), path, entry.sha256, enclosing)
     copy = tmp / path.name
     return _Checked(fmt, copy, path, hash_artifact(path, copy_to=copy)[0], None)  # loaded is what was hashed
 

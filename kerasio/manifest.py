@@ -69,7 +69,7 @@ class Artifact:
         self._match(bundle, full, digest, files)
         return full
 
-    def materialize(self, bundle: Path, into: str | Path, source: Path | None = None) -> Path:
+    def materialize(self, bundle: Path, into: str | Path) -> Path:
         """Copy the artifact into the private directory ``into`` while hashing it; return the checked copy.
 
         The copy is made from the reads that are hashed, so a loader given it
