@@ -51,6 +51,16 @@ def _hidden(text: str) -> tuple[int, ...]:
     return units
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"takes a positive whole number; received: {text!r}")
+    return value
+
+
 def _test_size(text: str) -> int | float:
     try:
         value = float(text)
@@ -86,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--in-process", action="store_true", help="verify in this process (faster, weaker)")
     run.add_argument("--trust-pickle", action="store_true", help="allow writing and loading the pickle format")
     run.add_argument("--json", action="store_true", help="print a JSON summary instead of the trace")
+    run.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker", "dataparallel"],
+                     help="train under a distribution: mirrored (TensorFlow, several GPUs or CPU devices), "
+                          "multiworker (TensorFlow, TF_CONFIG or --workers), dataparallel (JAX) (default: default)")
+    run.add_argument("--replicas", type=_positive, metavar="N",
+                     help="mirrored/dataparallel: use N devices; on a CPU it is split into N (default: every GPU)")
+    run.add_argument("--workers", type=_positive, metavar="N",
+                     help="multiworker without TF_CONFIG: start a local cluster of N processes on loopback; "
+                          "worker 0 is the chief and writes the bundle")
 
     ver = sub.add_parser("verify", help="reload every artifact of a bundle and compare outputs")
     ver.add_argument("path", help="bundle directory")
@@ -156,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return EXIT_ERROR
@@ -203,6 +222,16 @@ def _out(text: str = "", **kwargs) -> None:
 
 
 def _run(args) -> int:
+    from .errors import InputError
+    from .recipe.distribute import launch_local_cluster, prepare_devices
+
+    if args.workers and args.strategy != "multiworker":
+        raise InputError(f"--workers starts a multi-worker cluster; add --strategy multiworker. Received: --workers "
+                         f"{args.workers} --strategy {args.strategy}")
+    if args.workers and not os.environ.get("TF_CONFIG"):  # a local cluster on loopback: this process only waits
+        return launch_local_cluster(_without_option(args.argv, "--workers"), args.workers,
+                                    echo=lambda line: print(line, file=sys.stderr))
+    prepare_devices(args.strategy, args.replicas)  # before Keras: JAX reads its CPU device count at start
     from .recipe.pipeline import run_pipeline
 
     result = run_pipeline(
@@ -210,7 +239,7 @@ def _run(args) -> int:
         batch_size=args.batch_size, learning_rate=args.learning_rate, hidden=args.hidden, dropout=args.dropout,
         test_size=args.test_size, verify=not args.no_verify, in_process=args.in_process, trust_pickle=args.trust_pickle,
         max_shard_size=args.max_shard_size, echo=None if args.json or args.quiet else print,
-        progress_after=0.0 if args.verbose else 2.0,
+        progress_after=0.0 if args.verbose else 2.0, strategy=args.strategy, replicas=args.replicas,
     )
     if args.quiet and result.ok:
         count = len(result.export.manifest.artifacts) if result.export else 0
@@ -232,6 +261,19 @@ def _run(args) -> int:
         print(f"kerasio: verification failed, nothing was published: {why}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` less ``option VALUE`` / ``option=VALUE`` (the cluster's processes get the rest)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
 
 
 def _verify(args) -> int:
@@ -357,6 +399,10 @@ def _inspect(args) -> int:
     for spec in sig.outputs:
         extra = " (probabilities)" if spec.probabilities else ""
         lines.append(f"output      {spec.describe()}{extra}")
+    dist = manifest.training.get("distribution") if isinstance(manifest.training, dict) else None
+    if isinstance(dist, dict) and dist.get("strategy", "default") != "default":
+        lines.append(f"trained     {dist.get('strategy')}: {dist.get('replicas')} replicas, {dist.get('workers')} "
+                     f"worker(s), global batch {dist.get('global_batch_size')}")
     if manifest.task.is_classification:
         lines.append(f"classes     {manifest.class_names} (label column {manifest.label!r})")
     if manifest.metrics:
@@ -425,9 +471,13 @@ def entry() -> None:
     TensorFlow otherwise spends most of a second tearing it down, and the CLI
     has nothing left to clean up (files are already renamed into place).
     """
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`kerasio inspect B | head`): stop quietly, as `cat` does
+        code = 141
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
     os._exit(code)
 
 

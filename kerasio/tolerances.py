@@ -36,18 +36,21 @@ class Tolerance:
 
 
 _BIT = "same file, same kernels, same machine: identical weights and graph, so bit-identical"
-# Backends: "tensorflow" is the exporting backend; jax/torch rows cover backend-agnostic formats reloaded under
-# another Keras backend; onnxruntime and litert are the converted formats' own runtimes.
+# Backends: "same" is the backend that exported the bundle (the manifest's), reloading its own file; tensorflow,
+# jax and torch rows cover backend-agnostic formats reloaded under another Keras backend; onnxruntime and litert
+# are the converted formats' own runtimes.
 TOLERANCES: tuple[Tolerance, ...] = (
-    Tolerance("keras", "tensorflow", "cpu", "*", "*", 0.0, 0.0, _BIT),
-    Tolerance("h5", "tensorflow", "cpu", "*", "*", 0.0, 0.0, "legacy HDF5 stores the same weights: bit-identical"),
-    Tolerance("weights", "tensorflow", "cpu", "*", "*", 0.0, 0.0,
+    Tolerance("keras", "same", "cpu", "*", "*", 0.0, 0.0, _BIT),
+    Tolerance("h5", "same", "cpu", "*", "*", 0.0, 0.0, "legacy HDF5 stores the same weights: bit-identical"),
+    Tolerance("weights", "same", "cpu", "*", "*", 0.0, 0.0,
               "same weights into the same architecture: bit-identical"),
-    Tolerance("pickle", "tensorflow", "cpu", "*", "*", 0.0, 0.0, "a pickle wraps the .keras bytes: bit-identical"),
+    Tolerance("pickle", "same", "cpu", "*", "*", 0.0, 0.0, "a pickle wraps the .keras bytes: bit-identical"),
     Tolerance("savedmodel", "*", "cpu", "float32", "*", 1e-6, 1e-6,
               "TensorFlow may fuse ops differently in the serving graph (Grappler); float32 rounding only"),
     Tolerance("onnx", "*", "*", "float32", "*", 1e-5, 1e-5, "onnxruntime has its own kernels and summation order"),
     Tolerance("litert", "*", "*", "float32", "*", 1e-5, 1e-5, "LiteRT's CPU kernels (XNNPACK) sum in another order"),
+    Tolerance("*", "tensorflow", "cpu", "float32", "*", 1e-6, 1e-6,
+              "a bundle exported by JAX or PyTorch, reloaded by TensorFlow: its CPU kernels order sums differently"),
     Tolerance("*", "jax", "cpu", "float32", "*", 1e-6, 1e-6, "XLA's CPU matmuls order sums differently from TF's"),
     Tolerance("*", "torch", "cpu", "float32", "*", 1e-6, 1e-6, "PyTorch's CPU matmuls order sums differently"),
     Tolerance("*", "*", "gpu", "float32", "float32-pinned", 1e-5, 1e-5,
@@ -62,9 +65,9 @@ TOLERANCES: tuple[Tolerance, ...] = (
 
 
 def tolerance_for(fmt: str, backend: str, device: str, compute: str = "float32",
-                  precision: str = "float32-pinned") -> Tolerance:
-    """The most specific row that matches the check."""
-    key = (fmt, backend, device, compute, precision)
+                  precision: str = "float32-pinned", *, exported_by: str = "tensorflow") -> Tolerance:
+    """The most specific row that matches the check (``exported_by``: the manifest's backend)."""
+    key = (fmt, "same" if backend == exported_by else backend, device, compute, precision)
     rows = [t for t in TOLERANCES
             if all(v in ("*", k) for v, k in zip((t.format, t.backend, t.device, t.compute, t.precision), key))]
     if not rows:  # a compute dtype the table does not know (float64, ...): the float32 default

@@ -287,3 +287,14 @@ def test_no_framework_noise_and_each_warning_once_on_stderr(tmp_path):
         assert noise not in both, noise
     err = res.stderr.strip().splitlines()
     assert err == ["kerasio: warning: HDF5 (.h5) is Keras's legacy format; prefer .keras for round trips."]
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(bundle):
+    """`kerasio inspect B | head -1`: the pipe closes early; kerasio stops quietly (exit 141, as cat does)."""
+    proc = subprocess.Popen([sys.executable, "-m", "kerasio", "inspect", str(bundle)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout.readline().startswith(b"bundle")
+    proc.stdout.close()  # before kerasio has written the rest
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr

@@ -211,7 +211,10 @@ def test_tolerance_table_rules():
     assert tolerance_for("keras", "tensorflow", "cpu", "float16").atol == 0.0  # same file, same kernels
     assert tolerance_for("keras", "torch", "gpu", "float32", "tf32-allowed").atol == 1e-2
     assert all(t.reason for t in TOLERANCES)
-    assert "| keras | tensorflow | cpu | * | * | 0 (bit-identical) | 0 |" in markdown_table()
+    assert "| keras | same | cpu | * | * | 0 (bit-identical) | 0 |" in markdown_table()
+    # a bundle exported by JAX: TensorFlow reloading its .keras is another backend, JAX its own
+    assert tolerance_for("keras", "tensorflow", "cpu", exported_by="jax").atol == 1e-6
+    assert tolerance_for("keras", "jax", "cpu", exported_by="jax").atol == 0.0
 
 
 def test_readme_tolerance_table_is_current():

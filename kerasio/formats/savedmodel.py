@@ -61,6 +61,9 @@ class SavedModelFormat(Format):
         tf = require("tensorflow", "exporting a SavedModel")
         import keras
 
+        if keras.backend.backend() != "tensorflow":  # JAX, PyTorch: TensorFlow builds it in a worker of its own
+            return _save_through_tensorflow(model, dest, ctx)
+
         task = ctx.task
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -138,6 +141,47 @@ class SavedModelFormat(Format):
                 }
             signatures[name] = io
         return {"signatures": signatures}
+
+
+def _save_through_tensorflow(model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
+    """A SavedModel of a model trained on another backend: its ``.keras`` file, loaded by TensorFlow, saved there.
+
+    A ``.keras`` file is backend-agnostic, so the TensorFlow worker's model has the same weights; the SavedModel is
+    then made by the same code as for a TensorFlow model, and verified against this model's reference outputs.
+    """
+    import tempfile
+
+    from ..manifest import save_arrays
+    from ..worker import Worker
+
+    with tempfile.TemporaryDirectory(prefix="kerasio-savedmodel-") as tmp:
+        keras_file, references = Path(tmp) / "model.keras", Path(tmp) / "references.npz"
+        model.save(keras_file)
+        save_arrays(references, ctx.reference_inputs)
+        with Worker("tensorflow") as worker:
+            answer = worker.collect(worker.submit({
+                "op": "call", "target": "kerasio.formats.savedmodel:save_from_keras_file",
+                "args": [str(keras_file), str(dest), ctx.signature.to_dict(), ctx.task.to_dict(), str(references),
+                         ctx.warmup_records]}))
+    if not answer.get("ok"):
+        raise ArtifactError(f"{dest}: TensorFlow could not build the SavedModel from the {model.name!r} model's "
+                            f".keras file; drop 'savedmodel' from the formats. Received: {answer.get('error')}")
+    return dict(answer["result"])
+
+
+def save_from_keras_file(keras_file: str, dest: str, signature: dict[str, Any], task: dict[str, Any],
+                         references: str, warmup_records: int) -> dict[str, Any]:
+    """In a TensorFlow worker: load our own just-written ``.keras`` file and save it as a SavedModel at ``dest``."""
+    import keras
+
+    from ..manifest import load_arrays
+    from ..task import Task
+
+    sig = Signature.from_dict(signature)
+    model = keras.saving.load_model(keras_file, compile=False)
+    ctx = ExportContext(signature=sig, task=Task.from_dict(task), warmup_records=warmup_records,
+                        reference_inputs=load_arrays(Path(references), sig.input_names, list(sig.inputs)))
+    return FORMAT.save(model, Path(dest), ctx)
 
 
 def _signature_of(endpoint: Any) -> Signature:

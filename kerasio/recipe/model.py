@@ -39,7 +39,8 @@ class TrainConfig:
         d["hidden"] = tuple(d.get("hidden", ()))
         return cls(**d)
 
-    def build(self, n_features: int, n_classes: int, x_adapt: np.ndarray):
+    def build(self, n_features: int, n_classes: int, x_adapt: Any = None, *, mean: Any = None,
+              variance: Any = None):
         """Seed everything and build the classifier this config describes.
 
         The pipeline and ``verify --resume`` both build through here, so a
@@ -47,7 +48,7 @@ class TrainConfig:
         """
         set_determinism(self.seed)
         return build_classifier(n_features, n_classes, x_adapt=x_adapt, hidden=self.hidden, dropout=self.dropout,
-                                learning_rate=self.learning_rate, seed=self.seed)
+                                learning_rate=self.learning_rate, seed=self.seed, mean=mean, variance=variance)
 
 
 def set_determinism(seed: int) -> None:
@@ -71,6 +72,8 @@ def build_classifier(
     learning_rate: float = 0.01,
     seed: int = 0,
     feature_names: Sequence[str] | None = None,
+    mean: Any = None,
+    variance: Any = None,
 ):
     """Return a compiled ``keras.Sequential`` classifier that takes raw features.
 
@@ -81,6 +84,7 @@ def build_classifier(
         n_features: width of the ``features`` input.
         n_classes: size of the softmax output.
         x_adapt: training features for the normalisation statistics.
+        mean, variance: the statistics themselves, per feature, instead of ``x_adapt``.
         hidden: units of each hidden ``Dense`` layer (ReLU).
         dropout: dropout rate after each hidden layer (0 disables it).
         learning_rate: Adam's learning rate.
@@ -94,8 +98,12 @@ def build_classifier(
     import keras
     from keras import layers
 
-    norm = layers.Normalization(name="normalize")
-    if x_adapt is not None:
+    if mean is not None:  # statistics gathered on a streamed pass (load_dataset(..., streaming=True))
+        norm = layers.Normalization(name="normalize", mean=np.asarray(mean, "float32"),
+                                    variance=np.asarray(variance, "float32"))
+    else:
+        norm = layers.Normalization(name="normalize")
+    if x_adapt is not None and mean is None:
         norm.adapt(np.asarray(x_adapt, dtype="float32"))
     stack = [keras.Input((n_features,), name="features"), norm]
     for i, units in enumerate(hidden):
@@ -119,8 +127,8 @@ def build_classifier(
 
 
 def fit(
-    model,
-    x: np.ndarray,
+    model: Any,
+    x: Any,
     y: np.ndarray,
     *,
     epochs: int,
@@ -130,21 +138,66 @@ def fit(
     validation_data: tuple[np.ndarray, np.ndarray] | None = None,
     callbacks: Sequence[Any] = (),
     verbose: int = 0,
+    strategy: Any = None,
 ):
-    """``model.fit`` with an epoch-indexed batch order and dropout seed.
+    """``model.fit`` with an epoch-indexed batch order and dropout seed, on one device or under a strategy.
 
-    Returns the Keras ``History``.
+    Args:
+        model: a compiled Keras model, or a function of no arguments that builds
+            and compiles one. Under a ``strategy`` the model must be built in its
+            scope: pass the function (it is called in the scope) or a model you
+            built under that very strategy object.
+        x, y: numpy arrays (batched here in an order fixed by ``(seed, epoch)``),
+            or ``x`` a ``tf.data.Dataset`` / ``PyDataset`` of ``(x, y)`` batches
+            and ``y`` ``None`` (streamed data, see :func:`~kerasio.load_dataset`).
+        strategy: ``None``/``"default"``, ``"mirrored"``, ``"multiworker"``,
+            ``"dataparallel"``, a ``tf.distribute.Strategy``, a
+            ``keras.distribution.Distribution`` or a resolved
+            :class:`~kerasio.recipe.distribute.Distribution`. ``batch_size`` is
+            the global batch.
+
+    Returns:
+        The Keras ``History``; ``history.model`` is the trained model.
+
+    Raises:
+        InputError: a model built outside the strategy's scope, or a strategy
+            this backend or machine cannot run.
     """
-    data = _EpochBatches(x, y, batch_size=batch_size, seed=seed, epoch=initial_epoch)
-    return model.fit(
-        data,
-        epochs=epochs,
-        initial_epoch=initial_epoch,
-        validation_data=validation_data,
-        callbacks=[_ReseedDropout(seed), data.callback(), *callbacks],
-        verbose=verbose,
-        shuffle=False,
-    )
+    from .distribute import Distribution, resolve_strategy
+
+    dist = strategy if isinstance(strategy, Distribution) else resolve_strategy(strategy)
+    with dist.scope():
+        if callable(model) and not hasattr(model, "fit"):
+            model = model()
+        _check_built_under(model, dist)
+        if y is None:  # already batched: a tf.data.Dataset or a PyDataset
+            data, extra = x, []
+        else:
+            data = _EpochBatches(x, y, batch_size=batch_size, seed=seed, epoch=initial_epoch)
+            extra = [data.callback()]
+        return model.fit(
+            data,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            validation_data=validation_data,
+            callbacks=[_ReseedDropout(seed), *extra, *callbacks],
+            verbose=verbose,
+            shuffle=False,
+        )
+
+
+def _check_built_under(model: Any, dist: Any) -> None:
+    """A TensorFlow model remembers the strategy it was built under; fitting it under another one cannot work."""
+    built_under = getattr(model, "_distribute_strategy", None)
+    if dist.name == "default" or not hasattr(dist.engine, "extended"):
+        return
+    if built_under is not dist.engine:
+        from ..errors import InputError
+
+        raise InputError(f"the model {getattr(model, 'name', '?')!r} was built outside the {dist.name} strategy's "
+                         "scope, so its variables live on one device. Build and compile it under that strategy: "
+                         "pass fit() a function that builds the model, or build it in `with strategy.scope():`. "
+                         f"Received: strategy={dist.name}")
 
 
 def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:

@@ -54,6 +54,8 @@ def run_pipeline(
     max_shard_size: float | None = None,
     echo: Callable[[str], None] | None = print,
     progress_after: float = 2.0,
+    strategy: Any = None,
+    replicas: int | None = None,
 ) -> PipelineResult:
     """Run the whole path and print each stage's trace.
 
@@ -68,6 +70,12 @@ def run_pipeline(
             as it was and ``result.ok`` is false.
         echo: where the trace goes (``None`` for silence); each epoch's row is printed as the epoch ends.
         progress_after: on a terminal, show a progress bar once an epoch has run this long (seconds).
+        strategy: ``"default"``, ``"mirrored"``, ``"multiworker"`` (``TF_CONFIG`` from the environment),
+            ``"dataparallel"`` (JAX), or a strategy object (see :mod:`kerasio.recipe.distribute`). The model is
+            built, compiled and trained under it; ``batch_size`` is the global batch. Under multi-worker only
+            the chief writes ``out``: the other workers export to a temporary directory that is deleted.
+        replicas: how many replicas ``mirrored`` or ``dataparallel`` use (on a CPU, it is split into that many
+            devices); default: every GPU, or one device.
 
     Returns:
         A :class:`PipelineResult`; ``result.ok`` is the verification verdict.
@@ -101,10 +109,12 @@ def run_pipeline(
         last[0] = now
 
     mark("data")
-    _check_writable(out)  # after the data is known good (a bad CSV creates nothing), before anything is trained
+    chief = _chief_by_environment(strategy)
+    if chief:
+        _check_writable(out)  # after the data is known good (a bad CSV creates nothing), before anything is trained
     with contextlib.ExitStack() as stack:
         workers = {}
-        if verify and not in_process:
+        if verify and not in_process and chief:
             # Start the verifier now: its TensorFlow import overlaps ours and training, on the other core.
             from ..worker import Worker
 
@@ -121,15 +131,25 @@ def run_pipeline(
         from ..runtime import import_keras_quietly
 
         import_keras_quietly()
+        from .distribute import resolve_strategy, worker_output
+
+        dist = resolve_strategy(strategy, replicas=replicas)  # before anything else runs in TensorFlow
+        _check_batch(dist, batch_size)
+        if not dist.is_chief:  # all workers save (saving may run collectives); only the chief's copy is kept
+            out = stack.enter_context(worker_output(dist, out))
+            verify = False
         mark("import")
         # 3. train
         from .model import fit
         from .trace import EpochTrace
 
-        model = cfg.build(dataset.n_features, dataset.n_classes, split.x_train)
+        with dist.scope():
+            model = cfg.build(dataset.n_features, dataset.n_classes, split.x_train)
         arch = " -> ".join([f"features({dataset.n_features})", "normalize", *map(str, hidden),
                             f"softmax({dataset.n_classes})"])
         say(f"[3/6] train    Sequential {arch}; Adam lr={learning_rate}, {epochs} epochs, batch {batch_size}")
+        if dist.name != "default":
+            say(f"         strategy {dist.describe(batch_size)}")
         trace = EpochTrace()
         live: list[Any] = []
         if echo is not None:  # each epoch's row as it ends; a bar within epochs longer than 2 s, on a terminal
@@ -140,7 +160,7 @@ def run_pipeline(
             steps = -(-len(split.y_train) // batch_size)
             live = live_callbacks(lambda row: say(_indent(row)), trace, steps=steps, after=progress_after)
         fit(model, split.x_train, split.y_train, epochs=epochs, batch_size=batch_size, seed=seed,
-            validation_data=(split.x_test, split.y_test), callbacks=[trace, *live])
+            validation_data=(split.x_test, split.y_test), callbacks=[trace, *live], strategy=dist)
         # The test split is the validation data, so the last epoch's val figures are the test metrics.
         loss, accuracy = trace.records[-1]["val_loss"], trace.records[-1]["val_accuracy"]
         metrics = {"test_loss": float(loss), "test_accuracy": float(accuracy)}
@@ -162,7 +182,7 @@ def run_pipeline(
             result = export(
                 model, out, reference_inputs=split.x_test, formats=formats, feature_names=dataset.feature_names,
                 class_names=dataset.class_names, label=dataset.label, trace=trace.records, metrics=metrics,
-                training={"config": cfg.to_dict(),
+                training={"config": cfg.to_dict(), "distribution": dist.record(batch_size),
                           "data": {"source": dataset.source, "sha256": dataset.sha256, "label": dataset.label}},
                 trust_pickle=trust_pickle, max_shard_size=max_shard_size, verify=mode, workers=workers,
                 attachments=attachments, progress=(lambda line: say(_indent(line))) if echo else None,
@@ -187,7 +207,9 @@ def run_pipeline(
     mark("export_and_verify")  # includes closing the verification worker
     # 6. predict
     prediction: dict[str, Any] = {}
-    if result is None:
+    if not dist.is_chief:
+        say(f"[6/6] predict  skipped: worker {dist.task} is not the chief; its temporary bundle was deleted")
+    elif result is None:
         say("[6/6] predict  skipped: nothing was published")
     else:
         from ..loading import load
@@ -206,6 +228,26 @@ def run_pipeline(
     mark("predict")
     timings["total"] = time.perf_counter() - clock
     return PipelineResult(out, dataset, split, model, trace, metrics, result, report, prediction, timings)
+
+
+def _chief_by_environment(strategy: Any) -> bool:
+    """Whether this process writes the bundle, known before Keras is imported (only multi-worker has non-chiefs)."""
+    if strategy != "multiworker":
+        return True
+    from .distribute import cluster_spec
+
+    config = cluster_spec()
+    kind, index = config["task"]["type"], int(config["task"]["index"])
+    return kind == "chief" or (kind == "worker" and index == 0 and not config["cluster"].get("chief"))
+
+
+def _check_batch(dist: Any, batch_size: int) -> None:
+    """Each replica takes an equal share of the global batch."""
+    from ..errors import InputError
+
+    if batch_size % dist.replicas:
+        raise InputError(f"batch size {batch_size} does not split evenly over {dist.replicas} replicas "
+                         f"({dist.name}); use a multiple of {dist.replicas}. Received: --batch-size {batch_size}")
 
 
 def _check_writable(out: Path) -> None:
