@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker", "dataparallel"],
                      help="train under a distribution: mirrored (TensorFlow, several GPUs or CPU devices), "
                           "multiworker (TensorFlow, TF_CONFIG or --workers), dataparallel (JAX) (default: default)")
+    run.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
+                     help="read --data (CSV or Parquet) in chunks instead of whole, with a hash-based split "
+                          "(default: only files over 1 GB)")
+    run.add_argument("--chunk-mb", type=_positive, metavar="MB", help="MiB per chunk when streaming (default: 32)")
     run.add_argument("--replicas", type=_positive, metavar="N",
                      help="mirrored/dataparallel: use N devices; on a CPU it is split into N (default: every GPU)")
     run.add_argument("--workers", type=_positive, metavar="N",
@@ -240,6 +244,7 @@ def _run(args) -> int:
         test_size=args.test_size, verify=not args.no_verify, in_process=args.in_process, trust_pickle=args.trust_pickle,
         max_shard_size=args.max_shard_size, echo=None if args.json or args.quiet else print,
         progress_after=0.0 if args.verbose else 2.0, strategy=args.strategy, replicas=args.replicas,
+        streaming=args.streaming, chunk_bytes=args.chunk_mb << 20 if args.chunk_mb else None,
     )
     if args.quiet and result.ok:
         count = len(result.export.manifest.artifacts) if result.export else 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,16 +66,22 @@ class Split:
     test_index: np.ndarray = field(repr=False)
 
 
-def load_dataset(path: str | Path | None = None, *, label: str | None = None) -> Dataset:
+def load_dataset(path: str | Path | None = None, *, label: str | None = None, streaming: bool = False,
+                 chunk_bytes: int | None = None) -> Any:
     """Read a labelled CSV; with no path, the embedded 1,000 x 10, 3-class default.
 
     Args:
-        path: a CSV file with a header row. ``None`` loads the embedded default.
+        path: a CSV file with a header row (with ``streaming``, a Parquet file too).
+            ``None`` loads the embedded default.
         label: the label column (default ``"species"`` for the embedded data,
             ``"label"`` otherwise). Every other column must be numeric.
+        streaming: check the file in one chunked pass and keep none of it in
+            memory; training then reads it chunk by chunk (needs pyarrow). See
+            :mod:`kerasio.recipe.stream`. ``kerasio run`` streams files over 1 GB.
+        chunk_bytes: bytes per chunk when streaming (default 32 MiB).
 
     Returns:
-        A :class:`Dataset`.
+        A :class:`Dataset`, or a :class:`~kerasio.recipe.stream.StreamingDataset`.
 
     Raises:
         DataError: naming the file and the column or row, for a missing or
@@ -86,11 +93,15 @@ def load_dataset(path: str | Path | None = None, *, label: str | None = None) ->
         >>> ds.x.shape, ds.n_classes
         ((1000, 10), 3)
     """
-    import pandas as pd
-
     embedded = path is None
     file = DEFAULT_DATA if path is None else Path(path)
     label = label or (DEFAULT_LABEL if embedded else "label")
+    if streaming:
+        from .stream import CHUNK_BYTES, load_streaming
+
+        return load_streaming(file, label=label, chunk_bytes=chunk_bytes or CHUNK_BYTES)
+    import pandas as pd
+
     if not file.is_file():
         raise DataError(f"{file}: no such file. Pass the path of a CSV file with a header row.")
     raw = file.read_bytes()
@@ -166,17 +177,22 @@ def _encode_labels(series, file: Path, label: str) -> tuple[np.ndarray, tuple[st
     return y.astype(np.int64), names
 
 
-def split_dataset(data: Dataset, *, test_size: int | float = 0.2, seed: int = 0) -> Split:
+def split_dataset(data: Any, *, test_size: int | float = 0.2, seed: int = 0) -> Any:
     """Stratified, seeded train/test split (800/200 on the default data).
 
     Each class contributes ``round(test_fraction * class_count)`` rows (at least
     one) to the test set, so class proportions are kept. The same seed always
-    gives the same split.
+    gives the same split. A streamed dataset is split by a hash of each row's
+    number instead (:func:`~kerasio.recipe.stream.split_streaming`).
 
     Raises:
         DataError: when a class has fewer than 2 rows, or the test size leaves
             no room for training.
     """
+    from .stream import StreamingDataset, split_streaming
+
+    if isinstance(data, StreamingDataset):
+        return split_streaming(data, test_size=test_size, seed=seed)
     n = len(data)
     n_test = int(round(test_size * n)) if isinstance(test_size, float) else int(test_size)
     if not 0 < n_test < n:

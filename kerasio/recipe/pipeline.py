@@ -56,6 +56,8 @@ def run_pipeline(
     progress_after: float = 2.0,
     strategy: Any = None,
     replicas: int | None = None,
+    streaming: bool | None = None,
+    chunk_bytes: int | None = None,
 ) -> PipelineResult:
     """Run the whole path and print each stage's trace.
 
@@ -74,6 +76,9 @@ def run_pipeline(
             ``"dataparallel"`` (JAX), or a strategy object (see :mod:`kerasio.recipe.distribute`). The model is
             built, compiled and trained under it; ``batch_size`` is the global batch. Under multi-worker only
             the chief writes ``out``: the other workers export to a temporary directory that is deleted.
+        streaming: read ``data`` chunk by chunk instead of whole (CSV or Parquet; a hash-based split; see
+            :mod:`kerasio.recipe.stream`). Default: stream files over 1 GB.
+        chunk_bytes: bytes per chunk when streaming (default 32 MiB).
         replicas: how many replicas ``mirrored`` or ``dataparallel`` use (on a CPU, it is split into that many
             devices); default: every GPU, or one device.
 
@@ -93,14 +98,22 @@ def run_pipeline(
     out = Path(out)
     chosen, _ = choose_formats(formats, trust_pickle=trust_pickle)  # a bad format fails now, not after training
     # 1. data (validated before anything heavy starts)
-    dataset = load_dataset(data, label=label)
+    from .stream import StreamingDataset, should_stream
+
+    dataset = load_dataset(data, label=label, streaming=should_stream(data, streaming), chunk_bytes=chunk_bytes)
+    streamed = isinstance(dataset, StreamingDataset)
+    how = f", streamed in {dataset.chunk_bytes / 2**20:g} MiB chunks" if streamed else ""
     say(f"[1/6] data     {'embedded default' if dataset.source == 'embedded' else dataset.source}: "
-        f"{len(dataset)} rows x {dataset.n_features} features -> label {dataset.label!r} "
+        f"{len(dataset):,} rows x {dataset.n_features} features{how} -> label {dataset.label!r} "
         f"({dataset.n_classes} classes: {', '.join(dataset.class_names)})")
     # 2. split
     split = split_dataset(dataset, test_size=test_size, seed=seed)
-    say(f"[2/6] split    stratified, seed {seed}: train x{split.x_train.shape} y{split.y_train.shape} | "
-        f"test x{split.x_test.shape} y{split.y_test.shape}")
+    if streamed:
+        say(f"[2/6] split    by a hash of each row's number, seed {seed}: train {split.n_train:,} rows | test "
+            f"{split.n_test:,} rows; normalisation statistics gathered on the way")
+    else:
+        say(f"[2/6] split    stratified, seed {seed}: train x{split.x_train.shape} y{split.y_train.shape} | "
+            f"test x{split.x_test.shape} y{split.y_test.shape}")
     last = [clock]
 
     def mark(stage: str) -> None:  # seconds since the previous mark, per stage
@@ -144,7 +157,10 @@ def run_pipeline(
         from .trace import EpochTrace
 
         with dist.scope():
-            model = cfg.build(dataset.n_features, dataset.n_classes, split.x_train)
+            if streamed:
+                model = cfg.build(dataset.n_features, dataset.n_classes, mean=split.mean, variance=split.variance)
+            else:
+                model = cfg.build(dataset.n_features, dataset.n_classes, split.x_train)
         arch = " -> ".join([f"features({dataset.n_features})", "normalize", *map(str, hidden),
                             f"softmax({dataset.n_classes})"])
         say(f"[3/6] train    Sequential {arch}; Adam lr={learning_rate}, {epochs} epochs, batch {batch_size}")
@@ -157,15 +173,20 @@ def run_pipeline(
             from .trace import trace_header
 
             say(_indent(trace_header()))
-            steps = -(-len(split.y_train) // batch_size)
+            steps = split.steps("train", batch_size) if streamed else -(-len(split.y_train) // batch_size)
             live = live_callbacks(lambda row: say(_indent(row)), trace, steps=steps, after=progress_after)
-        fit(model, split.x_train, split.y_train, epochs=epochs, batch_size=batch_size, seed=seed,
-            validation_data=(split.x_test, split.y_test), callbacks=[trace, *live], strategy=dist)
+        if streamed:  # tf.data over the file's chunks, re-read every epoch
+            fit(model, split.dataset("train", batch_size), None, epochs=epochs, batch_size=batch_size, seed=seed,
+                validation_data=split.dataset("test", batch_size), callbacks=[trace, *live], strategy=dist)
+        else:
+            fit(model, split.x_train, split.y_train, epochs=epochs, batch_size=batch_size, seed=seed,
+                validation_data=(split.x_test, split.y_test), callbacks=[trace, *live], strategy=dist)
         # The test split is the validation data, so the last epoch's val figures are the test metrics.
         loss, accuracy = trace.records[-1]["val_loss"], trace.records[-1]["val_accuracy"]
         metrics = {"test_loss": float(loss), "test_accuracy": float(accuracy)}
         say(_indent(trace.chart(width=INNER)))
-        say(f"         test: loss {loss:.4f}, accuracy {accuracy:.4f} on {len(split.y_test)} rows")
+        n_test = split.n_test if streamed else len(split.y_test)
+        say(f"         test: loss {loss:.4f}, accuracy {accuracy:.4f} on {n_test:,} rows")
         mark("train")
         # 4-5. export, then verify the staged bundle before it is published
         from ..errors import VerificationError
@@ -183,7 +204,8 @@ def run_pipeline(
                 model, out, reference_inputs=split.x_test, formats=formats, feature_names=dataset.feature_names,
                 class_names=dataset.class_names, label=dataset.label, trace=trace.records, metrics=metrics,
                 training={"config": cfg.to_dict(), "distribution": dist.record(batch_size),
-                          "data": {"source": dataset.source, "sha256": dataset.sha256, "label": dataset.label}},
+                          "data": {"source": dataset.source, "sha256": dataset.sha256, "label": dataset.label,
+                                   "rows": len(dataset), **({"streaming": True, "split": "hash"} if streamed else {})}},
                 trust_pickle=trust_pickle, max_shard_size=max_shard_size, verify=mode, workers=workers,
                 attachments=attachments, progress=(lambda line: say(_indent(line))) if echo else None,
             )

@@ -48,6 +48,12 @@ def resume_check(bundle: str | Path) -> ResumeResult:
             f"{bundle}: the manifest records no training config or data, so training cannot be replayed. "
             "Only bundles written by kerasio run / run_pipeline support --resume."
         )
+    for key, why in (("streaming", "was trained from a streamed file"), ("distribution", "was trained under a "
+                     "distribution strategy")):
+        value = training["data"].get(key) if key == "streaming" else (training.get(key) or {}).get("strategy")
+        if value not in (None, False, "default"):
+            raise ArtifactError(f"{bundle}: the bundle {why} ({key}: {value}); --resume replays single-device, "
+                                f"in-memory training only. Drop --resume for this bundle.")
     cfg = TrainConfig.from_dict(training["config"])
     source = training["data"]["source"]
     data = load_dataset(None if source == "embedded" else source, label=training["data"]["label"])
