@@ -129,7 +129,7 @@ def build_classifier(
 def fit(
     model: Any,
     x: Any,
-    y: np.ndarray,
+    y: np.ndarray | None,
     *,
     epochs: int,
     batch_size: int = 32,

@@ -358,7 +358,9 @@ def split_streaming(data: StreamingDataset, *, test_size: int | float = 0.2, see
                            np.zeros(0))
     count, mean, m2 = 0, np.zeros(data.n_features), np.zeros(data.n_features)
     counts = np.zeros(data.n_classes, dtype=np.int64)
-    n_test, sample_x, sample_y = 0, [], []
+    n_test, kept = 0, 0
+    sample_x: list[np.ndarray] = []
+    sample_y: list[np.ndarray] = []
     for first, x, y in data.chunks():
         mask = probe.is_test(first, len(y))
         train = x[~mask].astype(np.float64)
@@ -370,10 +372,11 @@ def split_streaming(data: StreamingDataset, *, test_size: int | float = 0.2, see
             count = total
             counts += np.bincount(y[~mask], minlength=data.n_classes)
         n_test += int(mask.sum())
-        room = REFERENCE_ROWS - sum(len(s) for s in sample_y)
+        room = REFERENCE_ROWS - kept
         if room > 0 and mask.any():
             sample_x.append(x[mask][:room])
             sample_y.append(y[mask][:room])
+            kept += len(sample_y[-1])
     if count == 0 or n_test == 0:
         raise DataError(f"{data.source}: test size {test_size!r} leaves no rows for training or testing "
                         f"({count} train, {n_test} test of {n}).")
