@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--in-process", action="store_true",
                       help="load the artifact in this process instead of a sandboxed worker (for your own bundles)")
     pred.add_argument("--json", action="store_true", help="print predictions as JSON records")
+    pred.add_argument("--batch-size", type=_positive, metavar="N",
+                      help="rows per call of the model (default: a whole chunk)")
+    pred.add_argument("--chunk-rows", type=_positive, default=65_536, metavar="N",
+                      help="rows read from --input at a time; memory holds one chunk, not the file (default: 65536)")
 
     ins = sub.add_parser("inspect", help="show a bundle's manifest, signatures, trace and artifacts")
     ins.add_argument("path", help="bundle directory")
@@ -320,9 +324,8 @@ def _predict(args) -> int:
     import importlib
 
     from .loading import load, load_isolated
-    from .predict import predict_file
+    from .predict import predict_chunks, predict_to_file
     from .runtime import import_keras_quietly
-    from .tables import write_predictions
 
     with contextlib.ExitStack() as stack:
         if args.in_process:  # your own bundle: load it here
@@ -335,25 +338,39 @@ def _predict(args) -> int:
             model = stack.enter_context(load_isolated(
                 args.path, format=args.format, trust=args.trust_pickle, allow_ops=args.allow_ops,
                 public_key=args.public_key, imports=args.imports))
+        options = {"header": not args.no_header, "chunk_rows": args.chunk_rows, "batch_size": args.batch_size}
         with _rows_progress(enabled=not args.quiet) as progress:
-            found = predict_file(model, args.input, header=not args.no_header, progress=progress)
-    if args.output:
-        write_predictions(args.output, found.arrays(), found.columns)
-        if not args.quiet:
-            _out(f"wrote {found.rows} predictions to {args.output} ({found.rows_per_second:,.0f} rows/s; model "
-                 f"{model.path}, sha256 {(model.sha256 or '')[:12]})")
-        return 0
-    if found.columns is None:
-        from .errors import InputError
+            if args.output:  # streamed into a temporary file, renamed over --output only when complete
+                rows, seconds = predict_to_file(model, args.input, args.output, progress=progress, **options)
+            else:
+                _print_predictions(predict_chunks(model, args.input, **options), progress, args)
+    if args.output and not args.quiet:
+        _out(f"wrote {rows:,} predictions to {args.output} ({rows / max(seconds, 1e-9):,.0f} rows/s; model "
+             f"{model.path}, sha256 {(model.sha256 or '')[:12]})")
+    return 0
 
-        raise InputError(f"{args.input}: the model's outputs {model.signature.describe()} have more than 2 "
-                         "dimensions and cannot be printed as a table; pass --output FILE.npz. "
-                         "Received: no --output")
+
+def _print_predictions(parts, progress, args) -> None:
+    """Predictions on stdout as they come: CSV (one header), or one JSON array of records."""
     import pandas as pd
 
-    frame = pd.DataFrame(found.columns)
-    _out(frame.to_json(orient="records") if args.json else frame.to_csv(index=False), end="" if not args.json else "\n")
-    return 0
+    from .errors import InputError
+    from .predict import _timed
+
+    if args.json:
+        print("[", end="")
+    for i, part in enumerate(_timed(parts, progress)):
+        if part.columns is None:
+            raise InputError(f"{args.input}: the model's outputs have more than 2 dimensions and cannot be printed "
+                             "as a table; pass --output FILE.npz. Received: no --output")
+        frame = pd.DataFrame(part.columns)
+        if args.json:
+            records = frame.to_json(orient="records")[1:-1]
+            _out(("," if i and records else "") + records, end="")
+        else:
+            _out(frame.to_csv(index=False, header=i == 0), end="")
+    if args.json:
+        print("]")
 
 
 @contextlib.contextmanager

@@ -222,8 +222,14 @@ def load_isolated(path: str | Path, *, format: str | None = None, trust: bool = 
         def run(inputs: Any) -> dict[str, np.ndarray]:
             sent = tmp / f"inputs-{next(calls)}.npz"
             save_arrays(sent, inputs)
-            outputs = Path(ask({"op": "run", "path": str(checked.copy), "inputs": str(sent)})["outputs"])
-            return load_arrays(outputs, signature.output_names)
+            try:
+                outputs = Path(ask({"op": "run", "path": str(checked.copy), "inputs": str(sent)})["outputs"])
+            finally:
+                sent.unlink(missing_ok=True)
+            try:  # each chunk's files go as soon as they are read: a long prediction does not fill the disk
+                return load_arrays(outputs, signature.output_names)
+            finally:
+                outputs.unlink(missing_ok=True)
 
         runner = Runner(run, format=checked.format.name, path=checked.shown, runtime=opened["runtime"],
                         backend=opened["backend"], signature=signature, device=opened["device"],

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from .errors import InputError
 from .loading import LoadedModel, load
+from .tables import CHUNK_ROWS
 
-__all__ = ["predict", "predict_file", "Predictions"]
+__all__ = ["predict", "predict_file", "predict_to_file", "predict_chunks", "Predictions", "CHUNK_ROWS"]
 
 _CACHE = "_kerasio_loaded"
 
@@ -66,6 +67,23 @@ class Predictions:
     columns: dict[str, np.ndarray] | None
     rows: int
     seconds: float = 0.0  # running the model (reading the file excluded)
+    first: int = 0  # the first data row (0-based) of these predictions in the file
+    total: int | None = None  # rows in the whole file, when the reader knows it
+
+    @classmethod
+    def concatenate(cls, parts: list["Predictions"]) -> "Predictions":
+        """The chunks of one file as one set of predictions (an empty file: no rows)."""
+        if not parts:
+            return cls({}, None, {}, 0)
+
+        def join(dicts: list[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray] | None:
+            if any(d is None for d in dicts):
+                return None
+            return {k: np.concatenate([d[k] for d in dicts if d is not None]) for k in dicts[0] or {}}
+
+        labels = None if parts[0].labels is None else np.concatenate([p.labels for p in parts if p.labels is not None])
+        return cls(join([p.outputs for p in parts]) or {}, labels, join([p.columns for p in parts]),
+                   sum(p.rows for p in parts), sum(p.seconds for p in parts), 0, parts[0].total)
 
     @property
     def rows_per_second(self) -> float:
@@ -76,45 +94,115 @@ class Predictions:
         return self.outputs if self.labels is None else {"label": self.labels, **self.outputs}
 
 
-CHUNK_ROWS = 65_536
+def predict_chunks(model: LoadedModel, path: str | Path, *, header: bool = True, chunk_rows: int = CHUNK_ROWS,
+                   batch_size: int | None = None) -> Iterator[Predictions]:
+    """Predictions for a CSV, Parquet, ``.npz`` or ``.npy`` file, one chunk at a time (memory holds one chunk).
 
-
-def predict_file(model: LoadedModel, path: str | Path, *, header: bool = True,
-                 progress: Callable[[int, int, float], None] | None = None) -> Predictions:
-    """Predict for a CSV, Parquet, ``.npz`` or ``.npy`` file of inputs (what ``kerasio predict`` runs).
-
-    A classification's table is ``label`` and one ``p_<class>`` column per class;
-    other models' outputs are columns named after them. CSV columns are matched
-    by name; with ``header=False`` the CSV has no header row and its columns are
-    taken in the order of the model's features (a single 2-D input only). The
-    rows run in chunks of :data:`CHUNK_ROWS`; ``progress(rows done, rows in all,
-    seconds)`` is called after each.
+    CSV columns are matched by name; with ``header=False`` the CSV has no
+    header row and its columns are taken in the order of the model's features
+    (a single 2-D input only). Each chunk runs in calls of ``batch_size`` rows
+    (default: the whole chunk). Errors name the file and the data row.
     """
     import time
 
-    from .tables import prediction_columns, read_input_file
+    from .tables import iter_input_file
 
-    if header:
-        inputs = model.signature.coerce(read_input_file(path), source=str(path))  # errors name the file
-    else:
-        inputs = model.signature.coerce(_headerless(path, model), source=str(path))
-    total = len(next(iter(inputs.values())))
-    start, parts = time.perf_counter(), []
-    for first in range(0, max(total, 1), CHUNK_ROWS):
-        parts.append(model.runner.run({k: v[first:first + CHUNK_ROWS] for k, v in inputs.items()}))
+    for first, chunk, total in iter_input_file(path, chunk_rows=chunk_rows, header=header):
+        source = f"{path} (data rows {first + 1}-{first + _rows(chunk)})"
+        raw = _headerless(path, model, chunk, first) if not header and _is_csv(path) else chunk
+        inputs = model.signature.coerce(raw, source=source)
+        start = time.perf_counter()
+        outputs = _run_batches(model, inputs, batch_size)
+        found = _present(model, outputs)
+        found.seconds, found.first, found.total = time.perf_counter() - start, first, total
+        yield found
+
+
+def predict_file(model: LoadedModel, path: str | Path, *, header: bool = True,
+                 progress: Callable[[int, int | None, float], None] | None = None, chunk_rows: int = CHUNK_ROWS,
+                 batch_size: int | None = None) -> Predictions:
+    """Every prediction for a file of inputs, in memory (for a file of any size, :func:`predict_to_file`).
+
+    A classification's table is ``label`` and one ``p_<class>`` column per class;
+    other models' outputs are columns named after them. The file is read in
+    chunks of ``chunk_rows``; ``progress(rows done, rows in all or None, seconds)``
+    is called after each.
+    """
+    parts = []
+    for part in _timed(predict_chunks(model, path, header=header, chunk_rows=chunk_rows, batch_size=batch_size),
+                       progress):
+        parts.append(part)
+    return Predictions.concatenate(parts) if len(parts) != 1 else parts[0]
+
+
+def predict_to_file(model: LoadedModel, path: str | Path, output: str | Path, *, header: bool = True,
+                    progress: Callable[[int, int | None, float], None] | None = None, chunk_rows: int = CHUNK_ROWS,
+                    batch_size: int | None = None) -> tuple[int, float]:
+    """Stream predictions for a file of any size into ``output`` (``.csv`` or ``.npz``), written atomically.
+
+    Memory holds one chunk of inputs and outputs, never the file. The output
+    appears under its name only when complete (see
+    :class:`~kerasio.tables.PredictionWriter`).
+
+    Returns:
+        ``(rows, seconds)``: rows predicted, and wall time from the first read to the rename.
+    """
+    import time
+
+    from .tables import PredictionWriter
+
+    start = time.perf_counter()
+    with PredictionWriter(output) as writer:
+        for part in _timed(predict_chunks(model, path, header=header, chunk_rows=chunk_rows, batch_size=batch_size),
+                           progress):
+            writer.write(part.arrays(), part.columns)
+    return writer.rows, time.perf_counter() - start
+
+
+def _timed(parts: Iterator[Predictions], progress: Callable[[int, int | None, float], None] | None
+           ) -> Iterator[Predictions]:
+    import time
+
+    start, done = time.perf_counter(), 0
+    for part in parts:
+        done += part.rows
         if progress is not None:
-            progress(min(first + CHUNK_ROWS, total), total, time.perf_counter() - start)
-    outputs = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
-    seconds = time.perf_counter() - start
+            progress(done, part.total, time.perf_counter() - start)
+        yield part
+
+
+def _rows(chunk: Any) -> int:
+    return len(next(iter(chunk.values()))) if isinstance(chunk, dict) else len(chunk)
+
+
+def _is_csv(path: str | Path) -> bool:
+    return Path(path).suffix.lower() not in (".parquet", ".pq", ".npz", ".npy")
+
+
+def _run_batches(model: LoadedModel, inputs: dict[str, np.ndarray], batch_size: int | None) -> dict[str, np.ndarray]:
+    rows = len(next(iter(inputs.values())))
+    if not batch_size or rows <= batch_size:
+        return dict(model.runner.run(inputs))
+    parts = [model.runner.run({k: v[i:i + batch_size] for k, v in inputs.items()}) for i in range(0, rows, batch_size)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _present(model: LoadedModel, outputs: dict[str, np.ndarray]) -> Predictions:
+    """A chunk's outputs as a classifier's labels and the table they make."""
+    from .tables import prediction_columns
+
     task = model.task
-    labels = task.labels(outputs) if task.is_classification else None
+    labels = None
+    if task.is_classification:  # a fixed width (the longest class name): every chunk's labels stack alike
+        width = max((len(str(c)) for c in task.class_names or []), default=1)
+        labels = np.asarray(task.labels(outputs)).astype(f"<U{width}")
     shown = {str(task.output): outputs[str(task.output)]} if task.is_classification else outputs
     columns = prediction_columns(shown, labels=labels, class_names=task.class_names, binary=task.binary)
-    return Predictions(outputs, labels, columns, total, seconds)
+    return Predictions(outputs, labels, columns, len(next(iter(outputs.values()))))
 
 
-def _headerless(path: str | Path, model: LoadedModel) -> np.ndarray:
-    """A header-less CSV as one array, its columns in the order of the model's features."""
+def _headerless(path: str | Path, model: LoadedModel, frame: Any, first: int) -> np.ndarray:
+    """A chunk of a header-less CSV as one array, its columns in the order of the model's features."""
     import pandas as pd
 
     signature = model.signature
@@ -122,11 +210,6 @@ def _headerless(path: str | Path, model: LoadedModel) -> np.ndarray:
         raise InputError(f"{path}: --no-header reads columns by position, which needs a model with one 2-D input; "
                          f"this one takes {signature.describe()}. Add a header row with the input names. "
                          f"Received: --no-header")
-    try:
-        frame = pd.read_csv(path, header=None)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0][:200]}). Received: --no-header") \
-            from None
     width = signature.inputs[0].shape[1]
     if width is not None and frame.shape[1] != width:
         names = signature.feature_names or []
@@ -137,8 +220,8 @@ def _headerless(path: str | Path, model: LoadedModel) -> np.ndarray:
     bad = numeric.isna() & frame.notna()
     if bad.to_numpy().any():
         row, col = map(int, np.argwhere(bad.to_numpy())[0])
-        raise InputError(f"{path}: row {row + 1}, column {col + 1} holds {frame.iat[row, col]!r}, not a number. "
-                         f"Fix that cell. Received: --no-header")
+        raise InputError(f"{path}: row {first + row + 1}, column {col + 1} holds {frame.iat[row, col]!r}, not a "
+                         f"number. Fix that cell. Received: --no-header")
     return numeric.to_numpy()
 
 

@@ -6,16 +6,19 @@ Predictions: CSV when every output fits in columns, ``.npz`` otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any, Iterator, Mapping
 
 import numpy as np
 
 from .errors import InputError
 
-__all__ = ["read_input_file", "prediction_columns", "write_predictions", "render_table", "wrap_notes", "WIDTH",
-           "INPUT_SUFFIXES"]
+__all__ = ["read_input_file", "iter_input_file", "prediction_columns", "write_predictions", "PredictionWriter",
+           "render_table", "wrap_notes", "WIDTH", "INPUT_SUFFIXES", "CHUNK_ROWS"]
+
+CHUNK_ROWS = 65_536  # rows per chunk when a file of inputs is read in pieces
 
 INPUT_SUFFIXES = (".csv", ".parquet", ".pq", ".npz", ".npy")
 
@@ -54,6 +57,61 @@ def read_input_file(path: str | Path) -> Any:
                          f"Received: {file.name}") from None
 
 
+def iter_input_file(path: str | Path, *, chunk_rows: int = CHUNK_ROWS, header: bool = True
+                    ) -> Iterator[tuple[int, Any, int | None]]:
+    """``(first row, chunk, rows in all or None)`` for each chunk of an input file; memory holds one chunk.
+
+    CSV and Parquet chunks are DataFrames (with ``header=False``, a CSV's
+    columns are numbered); ``.npy`` chunks are slices of a memory map; an
+    ``.npz`` (a zip, which cannot be mapped) is read whole and sliced.
+
+    Raises:
+        InputError: naming the file (and the data row where a chunk fails to parse).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{file}: no such file. Pass a CSV, Parquet, .npz or .npy file of inputs. "
+                         f"Received: --input {file}")
+    suffix = file.suffix.lower()
+    first = 0
+    try:
+        if suffix in (".npz", ".npy"):
+            data = np.load(file, allow_pickle=False, mmap_mode="r" if suffix == ".npy" else None)
+            arrays = {name: data[name] for name in data.files} if suffix == ".npz" else {"": data}
+            total = len(next(iter(arrays.values()))) if arrays else 0
+            for first in range(0, max(total, 1), chunk_rows):
+                part = {k: np.asarray(v[first:first + chunk_rows]) for k, v in arrays.items()}
+                yield first, part if suffix == ".npz" else part[""], total
+            return
+        import pandas as pd
+
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(file)
+            total = parquet.metadata.num_rows
+            for batch in parquet.iter_batches(batch_size=chunk_rows):
+                yield first, batch.to_pandas(), total
+                first += batch.num_rows
+            return
+        with pd.read_csv(file, chunksize=chunk_rows, header=0 if header else None) as reader:
+            for frame in reader:
+                yield first, frame, None
+                first += len(frame)
+    except ImportError as exc:
+        raise InputError(f"{file}: reading {suffix} files needs pyarrow ({exc}); pip install 'kerasio[parquet]'. "
+                         f"Received: {file.name}") from None
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{file}: not a readable {suffix or 'CSV'} file after data row {first} "
+                         f"({(str(exc).splitlines() or [type(exc).__name__])[0][:200]}). Check the format; kerasio "
+                         f"reads {', '.join(INPUT_SUFFIXES)}. Received: {file.name}") from None
+    except Exception as exc:  # pandas' and pyarrow's parser errors have no common base beyond ValueError
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{file}: not a readable file after data row {first} ({type(exc).__name__}: "
+                         f"{str(exc)[:200]}). Received: {file.name}") from None
+
+
 def prediction_columns(outputs: Mapping[str, np.ndarray], *, labels: np.ndarray | None = None,
                        class_names: list[str] | None = None, binary: bool = False) -> dict[str, np.ndarray] | None:
     """Outputs as named columns, or ``None`` when some output has more than 2 dimensions.
@@ -86,27 +144,123 @@ def prediction_columns(outputs: Mapping[str, np.ndarray], *, labels: np.ndarray 
 def write_predictions(path: str | Path, outputs: Mapping[str, np.ndarray],
                       columns: Mapping[str, np.ndarray] | None) -> Path:
     """Write ``columns`` as CSV, or ``outputs`` as ``.npz`` (suffix decides), via a temporary file and a rename."""
-    file = Path(path)
-    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    try:
-        if file.suffix.lower() == ".npz":
-            from .manifest import save_arrays
+    with PredictionWriter(path) as writer:
+        writer.write(outputs, columns)
+    return writer.path
 
-            save_arrays(tmp, outputs)
-        elif columns is None:
-            raise InputError(f"{file}: some outputs have more than 2 dimensions and cannot be a CSV table; "
-                             f"write them to an .npz file instead. Received: --output {file}")
-        else:
-            import pandas as pd
 
-            pd.DataFrame(dict(columns)).to_csv(tmp, index=False)
-        os.replace(tmp, file)
-    except OSError as exc:
-        raise InputError(f"{file}: cannot write predictions ({exc.strerror or exc}). Choose a writable path. "
-                         f"Received: --output {file}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return file
+class PredictionWriter:
+    """Predictions written chunk by chunk to a temporary file beside ``path``, renamed over it only when complete.
+
+    CSV when every output fits in columns; ``.npz`` (suffix decides) for any
+    outputs, each array spooled to disk as it comes and zipped at the end, so
+    memory holds one chunk either way. An error or an interrupt removes the
+    temporary file: ``path`` is either the old file, untouched, or the whole
+    new one. (A ``kill -9`` leaves only the hidden temporary file.)
+
+    Example:
+        >>> with PredictionWriter("out.csv") as out:  # doctest: +SKIP
+        ...     for outputs, columns in chunks:
+        ...         out.write(outputs, columns)
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.npz = self.path.suffix.lower() == ".npz"
+        self.rows = 0
+        self._csv: IO[str] | None = None
+        self._spool: dict[str, tuple[IO[bytes], np.dtype, tuple[int, ...]]] = {}
+
+    def __enter__(self) -> "PredictionWriter":
+        try:
+            if not self.npz:
+                self._csv = open(self.tmp, "w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise self._error(exc) from None
+        return self
+
+    def write(self, outputs: Mapping[str, np.ndarray], columns: Mapping[str, np.ndarray] | None) -> None:
+        try:
+            if self.npz:
+                self._spool_arrays(outputs)
+            elif columns is None:
+                raise InputError(f"{self.path}: some outputs have more than 2 dimensions and cannot be a CSV table; "
+                                 f"write them to an .npz file instead. Received: --output {self.path}")
+            else:
+                import pandas as pd
+
+                assert self._csv is not None
+                pd.DataFrame(dict(columns)).to_csv(self._csv, index=False, header=self.rows == 0)
+            self.rows += len(next(iter(outputs.values()))) if outputs else 0
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def _spool_arrays(self, outputs: Mapping[str, np.ndarray]) -> None:
+        for name, value in outputs.items():
+            array = np.asarray(value)
+            if array.dtype.kind in "OU":  # labels: unicode of a fixed width, set by the first chunk or wider
+                array = array.astype(str)
+            if name not in self._spool:
+                spool: IO[bytes] = open(self.tmp.with_name(f"{self.tmp.name}-{len(self._spool)}"), "w+b")
+                self._spool[name] = (spool, array.dtype, array.shape[1:])
+            handle, dtype, trailing = self._spool[name]
+            if array.shape[1:] != trailing:
+                raise InputError(f"{self.path}: output {name!r} changed shape between chunks ({trailing} then "
+                                 f"{array.shape[1:]}). Received: --output {self.path}")
+            if array.dtype.kind == "U" and array.dtype.itemsize > dtype.itemsize:  # widen what is spooled so far
+                dtype = self._widen(name, array.dtype)
+            handle.write(np.ascontiguousarray(array.astype(dtype)).tobytes())
+
+    def _widen(self, name: str, dtype: np.dtype) -> np.dtype:
+        handle, old, trailing = self._spool[name]
+        handle.seek(0)
+        values = np.frombuffer(handle.read(), dtype=old).astype(dtype)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(values.tobytes())
+        self._spool[name] = (handle, dtype, trailing)
+        return dtype
+
+    def _finish_npz(self) -> None:
+        import zipfile
+
+        with zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, (handle, dtype, trailing) in self._spool.items():
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(0)
+                shape = (size // (dtype.itemsize * int(np.prod(trailing, dtype=np.int64))), *trailing)
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array_header_2_0(entry, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                                 "fortran_order": False, "shape": shape})
+                    while block := handle.read(1 << 22):
+                        entry.write(block)
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        try:
+            if kind is None:
+                if self.npz:
+                    self._finish_npz()
+                else:
+                    assert self._csv is not None
+                    self._csv.flush()
+                    os.fsync(self._csv.fileno())
+                    self._csv.close()
+                os.replace(self.tmp, self.path)
+        except OSError as exc:
+            raise self._error(exc) from None
+        finally:
+            if self._csv is not None:
+                self._csv.close()
+            for handle, _, _ in self._spool.values():
+                handle.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(handle.name)
+            self.tmp.unlink(missing_ok=True)
+
+    def _error(self, exc: OSError) -> InputError:
+        return InputError(f"{self.path}: cannot write predictions ({exc.strerror or exc}). Choose a writable path "
+                          f"with free space. Received: --output {self.path}")
 
 
 WIDTH = 100  # every table and note kerasio prints fits in this many columns
