@@ -59,7 +59,7 @@ def read_input_file(path: str | Path) -> Any:
 
 def iter_input_file(path: str | Path, *, chunk_rows: int = CHUNK_ROWS, header: bool = True
                     ) -> Iterator[tuple[int, Any, int | None]]:
-    """``(first row, chunk, rows in all or None)`` for each chunk of an input file; memory holds one chunk.
+    """``(first row, chunk, rows in all)`` for each chunk of an input file; memory holds one chunk.
 
     CSV and Parquet chunks are DataFrames (with ``header=False``, a CSV's
     columns are numbered); ``.npy`` chunks are slices of a memory map; an
@@ -94,9 +94,10 @@ def iter_input_file(path: str | Path, *, chunk_rows: int = CHUNK_ROWS, header: b
                 yield first, batch.to_pandas(), total
                 first += batch.num_rows
             return
+        total = _csv_rows(file, header)  # for the progress bar: one fast pass counting line ends
         with pd.read_csv(file, chunksize=chunk_rows, header=0 if header else None) as reader:
             for frame in reader:
-                yield first, frame, None
+                yield first, frame, max(total, first + len(frame))
                 first += len(frame)
     except ImportError as exc:
         raise InputError(f"{file}: reading {suffix} files needs pyarrow ({exc}); pip install 'kerasio[parquet]'. "
@@ -110,6 +111,16 @@ def iter_input_file(path: str | Path, *, chunk_rows: int = CHUNK_ROWS, header: b
             raise
         raise InputError(f"{file}: not a readable file after data row {first} ({type(exc).__name__}: "
                          f"{str(exc)[:200]}). Received: {file.name}") from None
+
+
+def _csv_rows(file: Path, header: bool) -> int:
+    """Data rows of a CSV by its line ends (a quoted line break counts once more: an estimate for progress only)."""
+    lines, last = 0, b"\n"
+    with open(file, "rb") as handle:
+        while block := handle.read(1 << 22):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return max(lines + (last != b"\n") - int(header), 0)
 
 
 def prediction_columns(outputs: Mapping[str, np.ndarray], *, labels: np.ndarray | None = None,

@@ -91,5 +91,5 @@ def test_predict_over_a_large_file_shows_rows_done_and_rows_per_second(tmp_path,
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", "".join(c for _, c in chunks))
     assert code == 0, text[-3000:]
     assert re.search(r"predict .*\d+/400000 [\d,]+ rows/s", text), text[-3000:]  # the bar, while it ran
-    assert re.search(r"wrote 400000 predictions to .*out\.csv \([\d,]+ rows/s; model ", text), text[-3000:]
+    assert re.search(r"wrote 400,000 predictions to .*out\.csv \([\d,]+ rows/s; model ", text), text[-3000:]
     assert len(pd.read_csv(tmp_path / "out.csv")) == rows
