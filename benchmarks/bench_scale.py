@@ -46,7 +46,7 @@ norm.adapt(x_train)
 model = keras.Sequential([keras.Input((x_train.shape[1],)), norm, keras.layers.Dense(32, activation="relu"),
                           keras.layers.Dropout(0.1), keras.layers.Dense(16, activation="relu"),
                           keras.layers.Dropout(0.1), keras.layers.Dense(3, activation="softmax")])
-model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", ["accuracy"])
+model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 times = []
 class Clock(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None): self.t = time.perf_counter()
@@ -91,7 +91,7 @@ def make_csv(path: Path, rows: int) -> Path:
             n = min(1_000_000, rows - first)
             pick = rng.integers(0, len(base), n)
             x = base[features].to_numpy()[pick] * rng.normal(1.0, 0.02, (n, len(features)))
-            table = pa.table({**{f: np.round(x[:, j], 3) for j, f in enumerate(features)},
+            table = pa.table({**{f: np.round(x[:, j], 5) for j, f in enumerate(features)},
                               "species": base["species"].to_numpy()[pick]})
             if writer is None:
                 writer = pacsv.CSVWriter(sink, table.schema)
@@ -171,8 +171,8 @@ def part_train(data: Path, args, out: Path) -> dict:
 def part_predict(data: Path, args, out: Path) -> dict:
     bundle = out / "predict-bundle"
     if not (bundle / "kerasio.json").is_file():
-        subprocess.run([PY, "-m", "kerasio", "run", "--out", str(bundle), "--formats", "keras", "--no-verify", "-q"],
-                       check=True, cwd=ROOT)
+        subprocess.run([PY, "-m", "kerasio", "-q", "run", "--out", str(bundle), "--formats", "keras", "--no-verify"],
+                       check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     runs: dict[str, list] = {"kerasio": [], "kerasio-sandboxed": [], "keras": []}
     for i in range(args.rounds):
         order = list(runs) if i % 2 == 0 else list(runs)[::-1]

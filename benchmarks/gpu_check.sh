@@ -14,14 +14,7 @@ PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 BUNDLE=${BUNDLE:-saved_models/seed}
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
-# The carried wheels are for the GPU machine, which has no Keras; where Keras imports, they are not needed.
-if ! "$PYTHON" -c "import keras" >/dev/null 2>&1 && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "gpu_check: installing the carried wheels failed" >&2; exit 2; }
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
+source benchmarks/_device_env.sh || exit 2
 if [ ! -f "$BUNDLE/kerasio.json" ]; then
   echo "gpu_check: $BUNDLE has no bundle; making one on this machine's CPU" >&2
   "$PYTHON" -m kerasio run --out "$BUNDLE" --formats keras,h5,weights --no-verify >/dev/null || exit 2

@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
                      help="read --data (CSV or Parquet) in chunks instead of whole, with a hash-based split "
                           "(default: only files over 1 GB)")
-    run.add_argument("--chunk-mb", type=_positive, metavar="MB", help="MiB per chunk when streaming (default: 32)")
+    run.add_argument("--chunk-mb", type=_positive, metavar="MB",
+                     help="MiB of --data parsed at a time when streaming (default: 4)")
     run.add_argument("--replicas", type=_positive, metavar="N",
                      help="mirrored/dataparallel: use N devices; on a CPU it is split into N (default: every GPU)")
     run.add_argument("--workers", type=_positive, metavar="N",

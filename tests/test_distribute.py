@@ -142,3 +142,22 @@ def test_local_cluster_times_out_without_leaving_processes(tmp_path):
     for pid in map(int, (tmp_path / "pids").read_text().split()):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_dataparallel_cuts_uneven_batches_instead_of_failing(tmp_path):
+    """JAX shards every batch evenly: 799 training rows and 201 test rows, in memory and streamed, still train."""
+    import pandas as pd
+
+    from kerasio.recipe.data import DEFAULT_DATA
+
+    env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    base = ["run", "--strategy", "dataparallel", "--replicas", "2", "--epochs", "1", "--formats", "keras"]
+    proc, _ = _kerasio([*base, "--test-size", "201", "--out", str(tmp_path / "a")], tmp_path, env=env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "on 200 of 201 rows (a multiple of 2 for dataparallel)" in proc.stdout
+    odd = tmp_path / "odd.csv"
+    pd.read_csv(DEFAULT_DATA).iloc[:999].to_csv(odd, index=False)
+    proc, _ = _kerasio([*base, "--data", str(odd), "--label", "species", "--streaming", "--out", str(tmp_path / "b")],
+                       tmp_path, env=env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert kerasio.read_manifest(tmp_path / "b").training["data"]["streaming"]

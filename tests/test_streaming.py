@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,8 @@ from kerasio.errors import DataError
 from kerasio.recipe.data import DEFAULT_DATA
 from kerasio.recipe.stream import StreamingDataset, row_hash, should_stream
 
-CHUNK = 64 << 10  # 64 KiB: the 50,000-row file below is about 60 chunks
+CHUNK = 64 << 10  # 64 KiB parsed at a time: the 50,000-row file below is about 60 blocks
+ROWS = 7_000  # rows per chunk read back from the spool: 8 chunks
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +33,10 @@ def big_csv(tmp_path_factory):
 
 def test_streamed_split_is_the_same_on_every_run_and_any_chunking(big_csv):
     assert big_csv.stat().st_size > 50 * CHUNK
-    first = kerasio.split_dataset(kerasio.load_dataset(big_csv, label="species", streaming=True, chunk_bytes=CHUNK))
+    first = kerasio.split_dataset(kerasio.load_dataset(big_csv, label="species", streaming=True, chunk_bytes=CHUNK,
+                                                       chunk_rows=ROWS))
     again = kerasio.split_dataset(kerasio.load_dataset(big_csv, label="species", streaming=True,
-                                                       chunk_bytes=3 * CHUNK + 17))
+                                                       chunk_bytes=3 * CHUNK + 17, chunk_rows=3 * ROWS + 17))
     assert np.array_equal(first.test_index(), again.test_index())
     assert np.array_equal(first.mean, again.mean) or np.allclose(first.mean, again.mean, rtol=1e-6)
     assert first.n_train + first.n_test == 50_000 and abs(first.n_test / 50_000 - 0.2) < 0.01
@@ -44,8 +47,9 @@ def test_streamed_split_is_the_same_on_every_run_and_any_chunking(big_csv):
 
 def test_streamed_rows_statistics_and_labels_match_the_in_memory_reader(big_csv):
     whole = kerasio.load_dataset(big_csv, label="species")
-    streamed = kerasio.load_dataset(big_csv, label="species", streaming=True, chunk_bytes=CHUNK)
+    streamed = kerasio.load_dataset(big_csv, label="species", streaming=True, chunk_bytes=CHUNK, chunk_rows=ROWS)
     assert isinstance(streamed, StreamingDataset)
+    assert len(list(streamed.chunks())) == 8
     assert (streamed.class_names, streamed.feature_names, streamed.sha256, len(streamed)) == \
         (whole.class_names, whole.feature_names, whole.sha256, len(whole))
     x = np.concatenate([c[1] for c in streamed.chunks()])
@@ -74,7 +78,7 @@ def test_numeric_labels_are_sorted_classes_as_in_memory(tmp_path):
     frame["label"] = rng.choice([2, 10, 1], size=3000)
     frame.to_csv(path, index=False)
     whole = kerasio.load_dataset(path)
-    streamed = kerasio.load_dataset(path, streaming=True, chunk_bytes=4096)
+    streamed = kerasio.load_dataset(path, streaming=True, chunk_bytes=4096, chunk_rows=500)
     assert streamed.class_names == whole.class_names == ("1", "2", "10")
     assert np.array_equal(np.concatenate([c[2] for c in streamed.chunks()]), whole.y)
 
@@ -99,7 +103,47 @@ def test_bad_rows_deep_in_the_file_are_named_by_row(big_csv, tmp_path, row, colu
     assert not (tmp_path / "out").exists()  # a bad file creates nothing
 
 
+def test_the_spool_is_binary_private_and_deleted(big_csv, tmp_path):
+    from kerasio.recipe.stream import load_streaming
+
+    data = load_streaming(big_csv, label="species", chunk_bytes=CHUNK, spool_dir=tmp_path)
+    spool = data.spool.path
+    assert spool.parent == tmp_path and oct(spool.stat().st_mode & 0o777) == "0o700"
+    assert data.spool.x.stat().st_size == 50_000 * 10 * 4 and data.spool.y.stat().st_size == 50_000 * 4
+    data.close()
+    assert not spool.exists()
+    with pytest.raises(DataError, match="was closed"):
+        next(data.chunks())
+    again = load_streaming(big_csv, label="species", chunk_bytes=CHUNK, spool_dir=tmp_path)
+    path = again.spool.path
+    del again  # the spool goes with the dataset
+    import gc
+
+    gc.collect()
+    assert not path.exists()
+
+
+def test_a_full_disk_while_spooling_is_a_clear_error(big_csv, tmp_path):
+    from kerasio.recipe.stream import load_streaming
+
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode()[:200]}")
+    try:
+        with pytest.raises(DataError) as caught:
+            load_streaming(big_csv, label="species", chunk_bytes=CHUNK, spool_dir=full)
+        assert "cannot spool its checked rows" in str(caught.value) and "No space left" in str(caught.value)
+        assert list(full.iterdir()) == []  # the partial spool is gone
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
+
+
 def test_streamed_pipeline_exports_verifies_and_repeats_exactly(big_csv, tmp_path):
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("kerasio-stream-*"))
     runs = [kerasio.run_pipeline(big_csv, label="species", out=tmp_path / f"b{i}", epochs=2, streaming=True,
                                  chunk_bytes=CHUNK, batch_size=256, formats="keras", verify=(i == 0), echo=None)
             for i in range(2)]
@@ -110,6 +154,7 @@ def test_streamed_pipeline_exports_verifies_and_repeats_exactly(big_csv, tmp_pat
     data = kerasio.read_manifest(tmp_path / "b0").training["data"]
     assert data["streaming"] and data["split"] == "hash" and data["rows"] == 50_000
     assert len(runs[0].trace.records) == 2
+    assert set(Path(tempfile.gettempdir()).glob("kerasio-stream-*")) <= before  # the spools are gone
 
 
 def test_files_over_the_threshold_stream_without_being_asked(big_csv):

@@ -67,7 +67,7 @@ class Split:
 
 
 def load_dataset(path: str | Path | None = None, *, label: str | None = None, streaming: bool = False,
-                 chunk_bytes: int | None = None) -> Any:
+                 chunk_bytes: int | None = None, chunk_rows: int | None = None) -> Any:
     """Read a labelled CSV; with no path, the embedded 1,000 x 10, 3-class default.
 
     Args:
@@ -78,7 +78,8 @@ def load_dataset(path: str | Path | None = None, *, label: str | None = None, st
         streaming: check the file in one chunked pass and keep none of it in
             memory; training then reads it chunk by chunk (needs pyarrow). See
             :mod:`kerasio.recipe.stream`. ``kerasio run`` streams files over 1 GB.
-        chunk_bytes: bytes per chunk when streaming (default 32 MiB).
+        chunk_bytes: bytes of the file parsed at a time when streaming (default 4 MiB).
+        chunk_rows: rows per chunk when the streamed rows are read back (default 262,144).
 
     Returns:
         A :class:`Dataset`, or a :class:`~kerasio.recipe.stream.StreamingDataset`.
@@ -97,9 +98,10 @@ def load_dataset(path: str | Path | None = None, *, label: str | None = None, st
     file = DEFAULT_DATA if path is None else Path(path)
     label = label or (DEFAULT_LABEL if embedded else "label")
     if streaming:
-        from .stream import CHUNK_BYTES, load_streaming
+        from .stream import CHUNK_BYTES, CHUNK_ROWS, load_streaming
 
-        return load_streaming(file, label=label, chunk_bytes=chunk_bytes or CHUNK_BYTES)
+        return load_streaming(file, label=label, chunk_bytes=chunk_bytes or CHUNK_BYTES,
+                              chunk_rows=chunk_rows or CHUNK_ROWS)
     import pandas as pd
 
     if not file.is_file():

@@ -60,6 +60,7 @@ class Distribution:
     task: str = ""
     devices: tuple[str, ...] = ()
     engine: Any = field(default=None, repr=False)
+    batch_multiple: int = 1  # every batch's rows a multiple of this (JAX shards a batch evenly over its devices)
 
     def scope(self) -> contextlib.AbstractContextManager[Any]:
         """The context to build and compile the model in."""
@@ -201,7 +202,8 @@ def _dataparallel(replicas: int | None) -> Distribution:
                          f"(kerasio run --replicas does). Received: --replicas {replicas}")
     devices = devices[: replicas or len(devices)]
     engine = keras.distribution.DataParallel(devices=devices)
-    return Distribution("dataparallel", replicas=len(devices), devices=tuple(devices), engine=engine)
+    return Distribution("dataparallel", replicas=len(devices), devices=tuple(devices), engine=engine,
+                        batch_multiple=len(devices))
 
 
 STRATEGIES: dict[str, Callable[[int | None], Distribution]] = {
@@ -259,7 +261,8 @@ def _from_object(engine: Any) -> Distribution:
         if isinstance(engine, keras.distribution.Distribution):
             devices = tuple(str(d) for d in engine.device_mesh.devices.flatten())
             name = "dataparallel" if isinstance(engine, keras.distribution.DataParallel) else kind.__name__.lower()
-            return Distribution(name, replicas=len(devices), devices=devices, engine=engine)
+            return Distribution(name, replicas=len(devices), devices=devices, engine=engine,
+                                batch_multiple=len(devices))
     raise InputError(f"strategy must be a name ({', '.join(STRATEGIES)}), a tf.distribute.Strategy or a "
                      f"keras.distribution.Distribution. Received: {kind.__name__}")
 

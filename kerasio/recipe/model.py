@@ -173,8 +173,10 @@ def fit(
         if y is None:  # already batched: a tf.data.Dataset or a PyDataset
             data, extra = x, []
         else:
-            data = _EpochBatches(x, y, batch_size=batch_size, seed=seed, epoch=initial_epoch)
+            data = _EpochBatches(x, y, batch_size=batch_size, seed=seed, epoch=initial_epoch,
+                                 multiple=dist.batch_multiple)
             extra = [data.callback()]
+        validation_data = _evenly(validation_data, dist.batch_multiple)
         return model.fit(
             data,
             epochs=epochs,
@@ -184,6 +186,14 @@ def fit(
             verbose=verbose,
             shuffle=False,
         )
+
+
+def _evenly(data: Any, multiple: int) -> Any:
+    """In-memory validation data cut to a multiple of ``multiple`` rows (JAX shards every batch evenly)."""
+    if multiple <= 1 or not isinstance(data, tuple):
+        return data
+    keep = len(data[1]) - len(data[1]) % multiple
+    return tuple(part[:keep] for part in data)
 
 
 def _check_built_under(model: Any, dist: Any) -> None:
@@ -204,18 +214,23 @@ def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
-def _EpochBatches(x, y, *, batch_size: int, seed: int, epoch: int):
-    """A ``PyDataset`` whose order in epoch ``e`` is a function of ``(seed, e)`` only."""
+def _EpochBatches(x, y, *, batch_size: int, seed: int, epoch: int, multiple: int = 1):
+    """A ``PyDataset`` whose order in epoch ``e`` is a function of ``(seed, e)`` only.
+
+    With ``multiple`` > 1, each epoch leaves out its last ``len(x) % multiple``
+    rows (different ones each epoch), so that every batch splits evenly.
+    """
+    rows = len(x) - len(x) % multiple
     import keras
 
     class EpochBatches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__(workers=1, use_multiprocessing=False)
             self.epoch = epoch
-            self._order = _epoch_rng(seed, self.epoch).permutation(len(x))
+            self._order = _epoch_rng(seed, self.epoch).permutation(len(x))[:rows]
 
         def __len__(self):
-            return math.ceil(len(x) / batch_size)
+            return math.ceil(rows / batch_size)
 
         def __getitem__(self, i):
             idx = self._order[i * batch_size:(i + 1) * batch_size]
@@ -223,7 +238,7 @@ def _EpochBatches(x, y, *, batch_size: int, seed: int, epoch: int):
 
         def set_epoch(self, e):
             self.epoch = e
-            self._order = _epoch_rng(seed, e).permutation(len(x))
+            self._order = _epoch_rng(seed, e).permutation(len(x))[:rows]
 
         def callback(self):
             owner = self

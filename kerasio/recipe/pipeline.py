@@ -78,7 +78,7 @@ def run_pipeline(
             the chief writes ``out``: the other workers export to a temporary directory that is deleted.
         streaming: read ``data`` chunk by chunk instead of whole (CSV or Parquet; a hash-based split; see
             :mod:`kerasio.recipe.stream`). Default: stream files over 1 GB.
-        chunk_bytes: bytes per chunk when streaming (default 32 MiB).
+        chunk_bytes: bytes of ``data`` parsed at a time when streaming (default 4 MiB).
         replicas: how many replicas ``mirrored`` or ``dataparallel`` use (on a CPU, it is split into that many
             devices); default: every GPU, or one device.
 
@@ -107,7 +107,12 @@ def run_pipeline(
         f"{len(dataset):,} rows x {dataset.n_features} features{how} -> label {dataset.label!r} "
         f"({dataset.n_classes} classes: {', '.join(dataset.class_names)})")
     # 2. split
-    split = split_dataset(dataset, test_size=test_size, seed=seed)
+    try:
+        split = split_dataset(dataset, test_size=test_size, seed=seed)
+    except BaseException:
+        if streamed:
+            dataset.close()
+        raise
     if streamed:
         say(f"[2/6] split    by a hash of each row's number, seed {seed}: train {split.n_train:,} rows | test "
             f"{split.n_test:,} rows; normalisation statistics gathered on the way")
@@ -122,10 +127,12 @@ def run_pipeline(
         last[0] = now
 
     mark("data")
-    chief = _chief_by_environment(strategy)
-    if chief:
-        _check_writable(out)  # after the data is known good (a bad CSV creates nothing), before anything is trained
     with contextlib.ExitStack() as stack:
+        if streamed:  # the spooled rows go once training is over, or on any error (a kill: the next run's cleanup)
+            stack.callback(dataset.close)
+        chief = _chief_by_environment(strategy)
+        if chief:
+            _check_writable(out)  # after the data is known good (a bad CSV creates nothing), before any training
         workers = {}
         if verify and not in_process and chief:
             # Start the verifier now: its TensorFlow import overlaps ours and training, on the other core.
@@ -173,11 +180,13 @@ def run_pipeline(
             from .trace import trace_header
 
             say(_indent(trace_header()))
-            steps = split.steps("train", batch_size) if streamed else -(-len(split.y_train) // batch_size)
+            steps = split.steps("train", batch_size, dist.batch_multiple) if streamed else \
+                -(-(len(split.y_train) - len(split.y_train) % dist.batch_multiple) // batch_size)
             live = live_callbacks(lambda row: say(_indent(row)), trace, steps=steps, after=progress_after)
         if streamed:  # tf.data over the file's chunks, re-read every epoch
-            fit(model, split.dataset("train", batch_size), None, epochs=epochs, batch_size=batch_size, seed=seed,
-                validation_data=split.dataset("test", batch_size), callbacks=[trace, *live], strategy=dist)
+            parts = {p: split.dataset(p, batch_size, multiple=dist.batch_multiple) for p in ("train", "test")}
+            fit(model, parts["train"], None, epochs=epochs, batch_size=batch_size, seed=seed,
+                validation_data=parts["test"], callbacks=[trace, *live], strategy=dist)
         else:
             fit(model, split.x_train, split.y_train, epochs=epochs, batch_size=batch_size, seed=seed,
                 validation_data=(split.x_test, split.y_test), callbacks=[trace, *live], strategy=dist)
@@ -186,7 +195,10 @@ def run_pipeline(
         metrics = {"test_loss": float(loss), "test_accuracy": float(accuracy)}
         say(_indent(trace.chart(width=INNER)))
         n_test = split.n_test if streamed else len(split.y_test)
-        say(f"         test: loss {loss:.4f}, accuracy {accuracy:.4f} on {n_test:,} rows")
+        evaluated = n_test - n_test % dist.batch_multiple if not streamed else n_test
+        shown = f"{evaluated:,} of {n_test:,} rows (a multiple of {dist.batch_multiple} for {dist.name})" \
+            if evaluated != n_test else f"{n_test:,} rows"
+        say(f"         test: loss {loss:.4f}, accuracy {accuracy:.4f} on {shown}")
         mark("train")
         # 4-5. export, then verify the staged bundle before it is published
         from ..errors import VerificationError

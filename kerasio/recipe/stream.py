@@ -1,8 +1,11 @@
 """Stage 1 and 2 for data larger than memory: a CSV or Parquet file read in chunks, never whole.
 
-* :func:`load_streaming` makes one pass: every row is checked (numbers, finite
-  values, a label), the classes are collected, the rows counted and the bytes
-  hashed. Memory holds one chunk.
+* :func:`load_streaming` parses the file once: every row is checked (numbers,
+  finite values, a label), the classes are collected, the rows counted and the
+  bytes hashed, and the rows are spooled to a binary file in a private
+  temporary directory (float32 features, int32 labels: 44 bytes a row for 10
+  features), so that later passes read binary chunks instead of parsing text.
+  Memory holds one chunk; the spool is deleted with the dataset.
 * :func:`split_streaming` assigns each row to train or test by a hash of
   ``(seed, row number)``: deterministic, independent of chunk boundaries, and
   needing no shuffle of the whole file. A second pass gathers the training
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import math
+import os
+import shutil
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,10 +31,11 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["StreamingDataset", "StreamingSplit", "load_streaming", "split_streaming", "CHUNK_BYTES",
+__all__ = ["StreamingDataset", "StreamingSplit", "load_streaming", "split_streaming", "CHUNK_BYTES", "CHUNK_ROWS",
            "STREAMING_THRESHOLD", "should_stream"]
 
-CHUNK_BYTES = 32 << 20  # bytes of CSV per chunk (Parquet: the same number of rows' worth of values)
+CHUNK_BYTES = 4 << 20  # bytes of CSV parsed at a time (pyarrow's peak memory grows with it: ~30x the block)
+CHUNK_ROWS = 1 << 18  # rows per chunk when the spool is read (training, statistics)
 STREAMING_THRESHOLD = 1 << 30  # kerasio run streams files larger than this without being asked
 REFERENCE_ROWS = 500  # test rows kept in memory: the export's reference inputs
 
@@ -49,7 +55,8 @@ class StreamingDataset:
     """A checked file of labelled rows, read chunk by chunk on demand.
 
     Attributes mirror :class:`~kerasio.recipe.data.Dataset`'s, without ``x`` and
-    ``y``: ``n_rows`` counts the data rows, ``chunk_bytes`` sizes the reads.
+    ``y``: ``n_rows`` counts the data rows, ``chunk_rows`` sizes the reads of
+    the spool (``spool``: the binary copy of the checked rows).
     """
 
     path: Path
@@ -59,9 +66,10 @@ class StreamingDataset:
     source: str
     sha256: str
     n_rows: int
+    spool: "_Spool" = field(repr=False, compare=False)
+    chunk_rows: int = CHUNK_ROWS
     chunk_bytes: int = CHUNK_BYTES
-    raw_labels: tuple[str, ...] = field(default=(), repr=False)  # each label text seen, ...
-    raw_classes: tuple[int, ...] = field(default=(), repr=False)  # ... and its class id ("1" and "1.0" share one)
+    classes: tuple[int, ...] = field(default=(), repr=False)  # class id of each label text, in spool order
 
     @property
     def n_features(self) -> int:
@@ -74,22 +82,42 @@ class StreamingDataset:
     def __len__(self) -> int:
         return self.n_rows
 
-    def chunks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """``(first row number, x float32 [rows, features], y int64 [rows])`` for each chunk, in file order."""
-        first = 0
-        for batch in _batches(self.path, self.feature_names, self.label, self.chunk_bytes):
-            x, labels = _columns(batch, self.feature_names, self.label, self.path, first)
-            yield first, x, self._encode(labels)
-            first += len(labels)
+    def close(self) -> None:
+        """Delete the spool now (it is deleted with the dataset anyway); :meth:`chunks` cannot be read after."""
+        self.spool.remove()
 
-    def _encode(self, labels: Any) -> np.ndarray:
-        """Class ids of a chunk's label texts, in C++ (pyarrow's ``index_in``), not one Python call per row."""
-        pa = _pyarrow()
-        position = pa.compute.index_in(labels, value_set=pa.array(self.raw_labels, pa.string()))
-        if position.null_count:  # the file changed since it was checked
-            raise DataError(f"{self.path}: a label outside the checked classes {list(self.class_names)}; the file "
-                            "changed while it was being read. Load it again.")
-        return np.asarray(self.raw_classes, dtype=np.int64)[position.to_numpy(zero_copy_only=False)]
+    def chunks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(first row number, x float32 [rows, features], y int64 [rows])`` per chunk of the spool, in file order."""
+        if not self.spool.x.is_file():
+            raise DataError(f"{self.path}: this streamed dataset was closed (its spool is deleted); load it again.")
+        classes = np.asarray(self.classes, dtype=np.int64)
+        width = self.n_features
+        with open(self.spool.x, "rb") as fx, open(self.spool.y, "rb") as fy:
+            for first in range(0, self.n_rows, self.chunk_rows):
+                count = min(self.chunk_rows, self.n_rows - first)
+                x = np.fromfile(fx, dtype=np.float32, count=count * width).reshape(count, width)
+                y = np.fromfile(fy, dtype=np.int32, count=count)
+                if len(y) != count:
+                    raise DataError(f"{self.path}: its spooled copy in {self.spool.path} was cut short; load the "
+                                    "file again.")
+                yield first, x, classes[y]
+
+
+class _Spool:
+    """A private temporary directory holding the checked rows as binary; removed with its dataset (or at exit)."""
+
+    def __init__(self, where: str | Path | None = None):
+        import tempfile
+
+        from ..fsutil import clean_stale_temp
+
+        clean_stale_temp("kerasio-stream-")  # left by killed runs
+        self.path = Path(tempfile.mkdtemp(prefix=f"kerasio-stream-{os.getpid()}-", dir=where))
+        self.x, self.y = self.path / "x.f32", self.path / "y.i32"
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+
+    def remove(self) -> None:
+        self._cleanup()
 
 
 def _pyarrow() -> Any:
@@ -206,12 +234,19 @@ def _columns(batch: Any, features: tuple[str, ...], label: str, path: Path, firs
     return x.astype(np.float32), labels
 
 
-def load_streaming(path: str | Path, *, label: str = "label", chunk_bytes: int = CHUNK_BYTES) -> StreamingDataset:
-    """Check every row of ``path`` in one pass, chunk by chunk, and describe it (see :func:`~kerasio.load_dataset`).
+def load_streaming(path: str | Path, *, label: str = "label", chunk_bytes: int = CHUNK_BYTES,
+                   chunk_rows: int = CHUNK_ROWS, spool_dir: str | Path | None = None) -> StreamingDataset:
+    """Check every row of ``path`` in one pass, chunk by chunk, and spool it (see :func:`~kerasio.load_dataset`).
+
+    Args:
+        chunk_bytes: bytes of CSV parsed at a time (Parquet: that many bytes of values).
+        chunk_rows: rows per chunk when the spool is read back.
+        spool_dir: where the binary spool goes (default: the temporary directory, ``TMPDIR``); it takes
+            ``4 * features + 4`` bytes a row and is deleted with the returned dataset.
 
     Raises:
         DataError: as :func:`~kerasio.load_dataset` does, naming the data row
-            of a bad cell wherever in the file it is.
+            of a bad cell wherever in the file it is; or when the spool cannot be written.
     """
     file = Path(path)
     if not file.is_file():
@@ -223,33 +258,48 @@ def load_streaming(path: str | Path, *, label: str = "label", chunk_bytes: int =
     features = tuple(name for name in header if name != label)
     if not features:
         raise DataError(f"{file}: only the label column {label!r} is present; add feature columns.")
+    pa = _pyarrow()
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
+        while block := handle.read(1 << 22):
             digest.update(block)
-    pa = _pyarrow()
-    rows, seen = 0, {}
-    for batch in _batches(file, features, label, chunk_bytes):
-        _, labels = _columns(batch, features, label, file, rows)
-        for value in pa.compute.unique(labels).to_pylist():
-            if value not in seen:
-                seen[value] = rows + pa.compute.index(labels, value).as_py()
-        rows += len(labels)
+    spool = _Spool(spool_dir)
+    rows, texts = 0, []  # texts: each label text, in order of first appearance; its index is its spooled id
+    try:
+        with open(spool.x, "wb") as fx, open(spool.y, "wb") as fy:
+            for batch in _batches(file, features, label, chunk_bytes):
+                x, labels = _columns(batch, features, label, file, rows)
+                new = [v for v in pa.compute.unique(labels).to_pylist() if v not in texts]
+                texts += new  # unique() keeps the order of first appearance within the chunk
+                ids = pa.compute.index_in(labels, value_set=pa.array(texts, pa.string()))
+                fx.write(x.tobytes())
+                fy.write(ids.to_numpy(zero_copy_only=False).astype(np.int32).tobytes())
+                rows += len(x)
+    except OSError as exc:
+        spool.remove()
+        raise DataError(f"{file}: cannot spool its checked rows to {spool.path.parent} ({exc.strerror or exc}); "
+                        "free space there or set TMPDIR (spool_dir=...) to a larger disk.") from None
+    except BaseException:
+        spool.remove()
+        raise
+    finally:
+        pa.default_memory_pool().release_unused()  # the parser's buffers, before training needs the memory
     if rows == 0:
+        spool.remove()
         raise DataError(f"{file}: the file has a header but no data rows. Add rows to train on.")
-    raw = sorted(seen, key=seen.__getitem__)  # order of first appearance, as load_dataset
-    numbers = [_number(v) for v in raw]
+    numbers = [_number(v) for v in texts]
     if all(v is not None for v in numbers):  # numeric labels: classes in sorted order, as load_dataset
         values = sorted(set(numbers))  # type: ignore[type-var]
         names = [str(int(v)) if float(v).is_integer() else str(v) for v in values]  # type: ignore[arg-type]
         classes = [values.index(v) for v in numbers]
     else:
-        names, classes = raw, list(range(len(raw)))
+        names, classes = texts, list(range(len(texts)))
     if len(names) < 2:
+        spool.remove()
         raise DataError(f"{file}: label column {label!r} has {len(names)} class ({names[0]!r}); a classifier needs "
                         "at least 2 classes.")
-    return StreamingDataset(file, features, tuple(names), label, str(file), digest.hexdigest(), rows, chunk_bytes,
-                            tuple(raw), tuple(classes))
+    return StreamingDataset(file, features, tuple(names), label, str(file), digest.hexdigest(), rows, spool,
+                            chunk_rows, chunk_bytes, tuple(classes))
 
 
 def _number(text: str) -> float | None:
@@ -317,14 +367,19 @@ class StreamingSplit:
             if len(y):
                 yield x, y
 
-    def steps(self, part: str, batch_size: int) -> int:
-        return math.ceil((self.n_test if part == "test" else self.n_train) / batch_size)
+    def steps(self, part: str, batch_size: int, multiple: int = 1) -> int:
+        """Batches per pass over ``part`` (a last batch cut to a multiple of ``multiple`` may vanish)."""
+        rows = self.n_test if part == "test" else self.n_train
+        last = rows % batch_size
+        return rows // batch_size + (last - last % multiple > 0)
 
-    def dataset(self, part: str, batch_size: int, *, shuffle: bool | None = None, first_epoch: int = 0) -> Any:
+    def dataset(self, part: str, batch_size: int, *, shuffle: bool | None = None, first_epoch: int = 0,
+                multiple: int = 1) -> Any:
         """A ``tf.data.Dataset`` of ``(x, y)`` batches of ``part``, read from the file on every pass.
 
         Each pass is one epoch; the training part is shuffled within chunks by
-        ``(seed, epoch)``, so a run is reproducible.
+        ``(seed, epoch)``, so a run is reproducible. With ``multiple`` > 1 the
+        last batch is cut to a multiple of it (JAX shards batches evenly).
         """
         import tensorflow as tf
 
@@ -337,7 +392,13 @@ class StreamingSplit:
         n = self.data.n_features
         spec = (tf.TensorSpec((None, n), tf.float32), tf.TensorSpec((None,), tf.int64))
         data = tf.data.Dataset.from_generator(generate, output_signature=spec).rebatch(batch_size)
-        data = data.apply(tf.data.experimental.assert_cardinality(self.steps(part, batch_size)))
+        if multiple > 1:
+            def even(x: Any, y: Any) -> tuple[Any, Any]:
+                keep = tf.shape(y)[0] - tf.shape(y)[0] % multiple
+                return x[:keep], y[:keep]
+
+            data = data.map(even).filter(lambda x, y: tf.shape(y)[0] > 0)
+        data = data.apply(tf.data.experimental.assert_cardinality(self.steps(part, batch_size, multiple)))
         return data.prefetch(tf.data.AUTOTUNE)
 
 
