@@ -215,13 +215,12 @@ def part_mirrored(data: Path, args, out: Path) -> dict:
             runs[side].append(r)
             print(side, r, file=sys.stderr, flush=True)
 
-    def steady(r: dict) -> float:  # epochs after the first (which traces the step functions)
-        return median(r["epoch_seconds"][1:] or r["epoch_seconds"])
+    def steady(side: str) -> float:  # every round's epochs after the first (which traces the step functions), pooled
+        return median([t for r in runs[side] for t in (r["epoch_seconds"][1:] or r["epoch_seconds"])])
 
-    return {"runs": runs, "rows": args.mirrored_rows,
-            "epoch_seconds": {s: median([steady(r) for r in v]) for s, v in runs.items()},
-            "epoch_time_ratio_mirrored_vs_default": median([steady(a) / steady(b) for a, b in
-                                                            zip(runs["mirrored-2"], runs["default"])])}
+    seconds = {side: steady(side) for side in runs}
+    return {"runs": runs, "rows": args.mirrored_rows, "epoch_seconds": seconds,
+            "epoch_time_ratio_mirrored_vs_default": seconds["mirrored-2"] / seconds["default"]}
 
 
 def main() -> None:

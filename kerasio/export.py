@@ -29,7 +29,15 @@ from .fsutil import (
 )
 from .manifest import MANIFEST_NAME, REFERENCE_FILES, Artifact, Manifest, hash_entry, library_versions, save_arrays
 from .publish import commit, crash_point, flat_name, repair
-from .runtime import available_devices, device_name, keras_backend, keras_forward, outputs_from_run, quiet_framework_logs
+from .runtime import (
+    available_devices,
+    device_name,
+    keras_backend,
+    keras_forward,
+    outputs_from_run,
+    precision_policy,
+    quiet_framework_logs,
+)
 from .signature import Signature, derive_signature, mark_probabilities
 from .task import resolve_task
 
@@ -151,9 +159,10 @@ def export(
     x_ref = signature.coerce(reference_inputs, source="reference_inputs")
     if not len(next(iter(x_ref.values()))):
         raise ArtifactError(f"{bundle}: reference_inputs has no rows; pass at least one example. Received: 0 rows")
-    forward = _reference_forward(model, signature, x_ref)
-    reference_outputs = forward(x_ref)
-    reference_one_row = forward({k: v[:1] for k, v in x_ref.items()})
+    with precision_policy("highest"):  # the references are full float32, as every check is (TF32 off on GPUs)
+        forward = _reference_forward(model, signature, x_ref)
+        reference_outputs = forward(x_ref)
+        reference_one_row = forward({k: v[:1] for k, v in x_ref.items()})
     mark_probabilities(signature, reference_outputs)
     resolved = resolve_task(task, signature, class_names)
     chosen, skipped = choose_formats(formats, signature, trust_pickle=trust_pickle)

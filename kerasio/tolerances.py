@@ -36,9 +36,9 @@ class Tolerance:
 
 
 _BIT = "same file, same kernels, same machine: identical weights and graph, so bit-identical"
-# Backends: "same" is the backend that exported the bundle (the manifest's), reloading its own file; tensorflow,
-# jax and torch rows cover backend-agnostic formats reloaded under another Keras backend; onnxruntime and litert
-# are the converted formats' own runtimes.
+# Backends: "same" is the backend that exported the bundle (the manifest's), on its device, reloading its own file;
+# tensorflow, jax and torch rows cover backend-agnostic formats reloaded under another Keras backend or on another
+# device; onnxruntime and litert are the converted formats' own runtimes.
 TOLERANCES: tuple[Tolerance, ...] = (
     Tolerance("keras", "same", "cpu", "*", "*", 0.0, 0.0, _BIT),
     Tolerance("h5", "same", "cpu", "*", "*", 0.0, 0.0, "legacy HDF5 stores the same weights: bit-identical"),
@@ -50,7 +50,7 @@ TOLERANCES: tuple[Tolerance, ...] = (
     Tolerance("onnx", "*", "*", "float32", "*", 1e-5, 1e-5, "onnxruntime has its own kernels and summation order"),
     Tolerance("litert", "*", "*", "float32", "*", 1e-5, 1e-5, "LiteRT's CPU kernels (XNNPACK) sum in another order"),
     Tolerance("*", "tensorflow", "cpu", "float32", "*", 1e-6, 1e-6,
-              "a bundle exported by JAX or PyTorch, reloaded by TensorFlow: its CPU kernels order sums differently"),
+              "reloaded by TensorFlow on the CPU, exported by another backend or on a GPU: sums in another order"),
     Tolerance("*", "jax", "cpu", "float32", "*", 1e-6, 1e-6, "XLA's CPU matmuls order sums differently from TF's"),
     Tolerance("*", "torch", "cpu", "float32", "*", 1e-6, 1e-6, "PyTorch's CPU matmuls order sums differently"),
     Tolerance("*", "*", "gpu", "float32", "float32-pinned", 1e-5, 1e-5,
@@ -65,9 +65,15 @@ TOLERANCES: tuple[Tolerance, ...] = (
 
 
 def tolerance_for(fmt: str, backend: str, device: str, compute: str = "float32",
-                  precision: str = "float32-pinned", *, exported_by: str = "tensorflow") -> Tolerance:
-    """The most specific row that matches the check (``exported_by``: the manifest's backend)."""
-    key = (fmt, "same" if backend == exported_by else backend, device, compute, precision)
+                  precision: str = "float32-pinned", *, exported_by: str = "tensorflow",
+                  exported_on: str = "cpu") -> Tolerance:
+    """The most specific row that matches the check.
+
+    ``exported_by`` and ``exported_on`` are the manifest's backend and device:
+    only the same backend on the same device is ``same`` (bit-identical rows).
+    """
+    same = backend == exported_by and device == exported_on
+    key = (fmt, "same" if same else backend, device, compute, precision)
     rows = [t for t in TOLERANCES
             if all(v in ("*", k) for v, k in zip((t.format, t.backend, t.device, t.compute, t.precision), key))]
     if not rows:  # a compute dtype the table does not know (float64, ...): the float32 default

@@ -421,7 +421,7 @@ def _judge(manifest: Manifest, art: Artifact, results: list[dict[str, Any]], ref
         one = load_arrays(Path(res["outputs"] + "-one.npz"), signature.output_names)
         outputs[res["device"]] = full
         tol = tolerance_for(art.format, res["backend"], res["device"], signature.compute_dtype, res["precision"],
-                            exported_by=manifest.backend or "tensorflow")
+                            exported_by=manifest.backend or "tensorflow", exported_on=manifest.device or "cpu")
         use_atol = tol.atol if atol is None else float(atol)
         use_rtol = tol.rtol if rtol is None else float(rtol)
         per_output = [_merge(compare_output(s.name, reference[s.name], full[s.name], atol=use_atol, rtol=use_rtol,
