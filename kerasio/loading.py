@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -170,13 +171,22 @@ def _checked_copy(path: Path, format: str | None, public_key: str | Path | None,
 
 
 def _load(path: Path, format: str | None, trust: bool, device: str, public_key: str | Path | None) -> LoadedModel:
-    with contextlib.ExitStack() as stack:
-        checked = _checked_copy(path, format, public_key, stack.enter_context(private_dir("kerasio-load-")), stack)
-        manifest = checked.manifest
-        runner = _load_copy(checked.format, checked.copy, checked.shown, device=device, trust=trust,
-                            signature=manifest.signature if manifest else None)
+    pin = contextlib.ExitStack()  # the generation's pin, held as long as the loaded model lives
+    try:
+        with contextlib.ExitStack() as stack:
+            checked = _checked_copy(path, format, public_key, stack.enter_context(private_dir("kerasio-load-")), pin)
+            manifest = checked.manifest
+            runner = _load_copy(checked.format, checked.copy, checked.shown, device=device, trust=trust,
+                                signature=manifest.signature if manifest else None)
+    except BaseException:
+        pin.close()
+        raise
     task = manifest.task if manifest else resolve_task("auto", runner.signature)
-    return LoadedModel(runner, task, checked.sha256, manifest)
+    loaded = LoadedModel(runner, task, checked.sha256, manifest)
+    # While it lives, a writer does not prune its generation: manifest.reference_arrays(bundle) and the files the
+    # manifest names stay readable (a later writer prunes the generation once the model is gone).
+    weakref.finalize(loaded, pin.close)
+    return loaded
 
 
 @contextlib.contextmanager

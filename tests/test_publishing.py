@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bundles import copy_bundle
 
@@ -383,3 +384,27 @@ def test_a_failure_after_the_swap_keeps_the_export_and_the_next_writer_completes
     monkeypatch.undo()
     kerasio.export(pipeline.model, bundle, reference_inputs=pipeline.split.x_test[:4], formats="keras")
     assert os.path.samefile(bundle / "model.keras", bundle / "generations/3/model.keras")
+
+
+def test_a_loaded_model_keeps_its_generation_until_it_is_gone(pipeline, tmp_path, monkeypatch):
+    """Found by the 8-reader test: references read after load() must not vanish under a pruning writer."""
+    import gc
+
+    monkeypatch.setenv("KERASIO_KEEP_GENERATIONS", "1")
+    bundle, x = tmp_path / "b", pipeline.split.x_test[:20]
+
+    def export():
+        kerasio.export(pipeline.model, bundle, reference_inputs=x, formats="keras", verify=False)
+
+    export()
+    loaded = kerasio.load(bundle)
+    mine = loaded.path.parent
+    export()
+    export()  # two newer exports with one generation kept: the loaded one is skipped, not removed
+    assert mine.is_dir()
+    inputs, outputs = loaded.manifest.reference_arrays(bundle)
+    assert np.array_equal(loaded.run(inputs)["probabilities"], outputs["probabilities"])
+    del loaded, inputs, outputs
+    gc.collect()
+    export()  # released: the next writer prunes it
+    assert not mine.exists()
