@@ -356,22 +356,22 @@ def _print_predictions(parts, progress, args) -> None:
     import pandas as pd
 
     from .errors import InputError
-    from .predict import _timed
+    from .predict import with_progress
 
-    if args.json:
-        print("[", end="")
-    for i, part in enumerate(_timed(parts, progress)):
-        if part.columns is None:
+    first = True
+    for part in with_progress(parts, progress):
+        if part.columns is None:  # known from the first chunk, before anything is printed
             raise InputError(f"{args.input}: the model's outputs have more than 2 dimensions and cannot be printed "
                              "as a table; pass --output FILE.npz. Received: no --output")
         frame = pd.DataFrame(part.columns)
         if args.json:
             records = frame.to_json(orient="records")[1:-1]
-            _out(("," if i and records else "") + records, end="")
+            _out(("[" if first else "," if records else "") + records, end="")
         else:
-            _out(frame.to_csv(index=False, header=i == 0), end="")
+            _out(frame.to_csv(index=False, header=first), end="")
+        first = False
     if args.json:
-        print("]")
+        print("[]" if first else "]")
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from .errors import InputError
 from .loading import LoadedModel, load
 from .tables import CHUNK_ROWS
 
-__all__ = ["predict", "predict_file", "predict_to_file", "predict_chunks", "Predictions", "CHUNK_ROWS"]
+__all__ = ["predict", "predict_file", "predict_to_file", "predict_chunks", "with_progress", "Predictions", "CHUNK_ROWS"]
 
 _CACHE = "_kerasio_loaded"
 
@@ -129,7 +129,7 @@ def predict_file(model: LoadedModel, path: str | Path, *, header: bool = True,
     is called after each.
     """
     parts = []
-    for part in _timed(predict_chunks(model, path, header=header, chunk_rows=chunk_rows, batch_size=batch_size),
+    for part in with_progress(predict_chunks(model, path, header=header, chunk_rows=chunk_rows, batch_size=batch_size),
                        progress):
         parts.append(part)
     return Predictions.concatenate(parts) if len(parts) != 1 else parts[0]
@@ -153,14 +153,15 @@ def predict_to_file(model: LoadedModel, path: str | Path, output: str | Path, *,
 
     start = time.perf_counter()
     with PredictionWriter(output) as writer:
-        for part in _timed(predict_chunks(model, path, header=header, chunk_rows=chunk_rows, batch_size=batch_size),
+        for part in with_progress(predict_chunks(model, path, header=header, chunk_rows=chunk_rows, batch_size=batch_size),
                            progress):
             writer.write(part.arrays(), part.columns)
     return writer.rows, time.perf_counter() - start
 
 
-def _timed(parts: Iterator[Predictions], progress: Callable[[int, int | None, float], None] | None
-           ) -> Iterator[Predictions]:
+def with_progress(parts: Iterator[Predictions], progress: Callable[[int, int | None, float], None] | None
+                  ) -> Iterator[Predictions]:
+    """``parts`` as they come, calling ``progress(rows done, rows in all, seconds)`` after each."""
     import time
 
     start, done = time.perf_counter(), 0
