@@ -76,8 +76,11 @@ def iter_input_file(path: str | Path, *, chunk_rows: int = CHUNK_ROWS, header: b
     first = 0
     try:
         if suffix in (".npz", ".npy"):
-            data = np.load(file, allow_pickle=False, mmap_mode="r" if suffix == ".npy" else None)
-            arrays = {name: data[name] for name in data.files} if suffix == ".npz" else {"": data}
+            if suffix == ".npz":
+                with np.load(file, allow_pickle=False) as archive:
+                    arrays = {name: archive[name] for name in archive.files}
+            else:
+                arrays = {"": np.load(file, allow_pickle=False, mmap_mode="r")}
             total = len(next(iter(arrays.values()))) if arrays else 0
             for first in range(0, max(total, 1), chunk_rows):
                 part = {k: np.asarray(v[first:first + chunk_rows]) for k, v in arrays.items()}
