@@ -52,6 +52,49 @@ def session_processes(sid: int) -> list[int]:
     return pids
 
 
+class PeakRss:
+    """The peak of the summed resident memory of every process in session ``sid``, sampled on a thread.
+
+    ``with PeakRss(proc.pid, interval=0.01) as peak: ...``; then ``peak.bytes``.
+    """
+
+    def __init__(self, sid: int, interval: float = 0.01):
+        import threading
+
+        self.sid, self.interval, self.bytes = sid, interval, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._done.is_set():
+            total = 0
+            for pid in session_processes(self.sid):
+                try:
+                    total += psutil.Process(pid).memory_info().rss
+                except psutil.Error:
+                    pass
+            self.bytes = max(self.bytes, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def wait_session(sid: int) -> bool:
+    """Wait until every process of session ``sid`` has exited; return whether any outlived its leader."""
+    left = bool(session_processes(sid))
+    while session_processes(sid):
+        time.sleep(0.002)
+    return left
+
+
 LEFT_BEHIND: dict[str, int] = {}  # command -> runs whose process group outlived the command's own process
 
 

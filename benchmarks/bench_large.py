@@ -16,11 +16,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from _common import PY, ROOT, cpu_model, median, report, session_processes
+from _common import PY, ROOT, PeakRss, cpu_model, median, report, wait_session
 
 
 def side(name: str, out: Path, width: int) -> dict:
@@ -76,42 +75,21 @@ def side(name: str, out: Path, width: int) -> dict:
 
 
 def measure(name: str, width: int) -> dict:
-    import psutil
-
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "side.json"
         proc = subprocess.Popen([PY, __file__, "--side", name, "--out", tmp, "--width", str(width),
                                  "--result", str(result)], stdout=subprocess.DEVNULL, cwd=ROOT / "benchmarks",
                                 start_new_session=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-        peak = [0]
-        done = threading.Event()
-
-        def sample():
-            while not done.is_set():
-                total = 0
-                for pid in session_processes(proc.pid):
-                    try:
-                        total += psutil.Process(pid).memory_info().rss
-                    except psutil.Error:
-                        pass
-                peak[0] = max(peak[0], total)
-                time.sleep(0.01)
-
-        thread = threading.Thread(target=sample)
-        thread.start()
-        proc.wait()
-        left = bool(session_processes(proc.pid))
-        while session_processes(proc.pid):
-            time.sleep(0.002)
-        group_end = time.time()
-        done.set()
-        thread.join()
+        with PeakRss(proc.pid, interval=0.01) as peak:
+            proc.wait()
+            left = wait_session(proc.pid)
+            group_end = time.time()
         if proc.returncode:
             raise SystemExit(f"{name} side failed")
         data = json.loads(result.read_text())
         data["seconds"]["group_total"] = group_end - data["seconds"]["model_built_wall"]
         data["left_processes_behind"] = left
-        data["peak_rss_mb"] = peak[0] / 1e6
+        data["peak_rss_mb"] = peak.bytes / 1e6
         return data
 
 

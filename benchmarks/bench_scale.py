@@ -21,11 +21,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from _common import PY, ROOT, median, report, session_processes
+from _common import PY, ROOT, PeakRss, median, report, wait_session
 
 PLAIN_TRAIN = r"""
 import json, sys, time
@@ -103,36 +102,16 @@ def make_csv(path: Path, rows: int) -> Path:
 
 def measured(cmd: list[str], env: dict | None = None) -> dict:
     """Run ``cmd`` in a new session; wall time until every process of it has exited, peak RSS over all of them."""
-    import psutil
-
-    peak, done = [0], threading.Event()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}, cwd=ROOT, text=True)
-
-    def sample() -> None:
-        while not done.is_set():
-            total = 0
-            for pid in session_processes(proc.pid):
-                try:
-                    total += psutil.Process(pid).memory_info().rss
-                except psutil.Error:
-                    pass
-            peak[0] = max(peak[0], total)
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=sample)
-    thread.start()
-    stdout, stderr = proc.communicate()
-    left = bool(session_processes(proc.pid))
-    while session_processes(proc.pid):
-        time.sleep(0.002)
-    seconds = time.perf_counter() - start
-    done.set()
-    thread.join()
+    with PeakRss(proc.pid, interval=0.02) as peak:
+        stdout, stderr = proc.communicate()
+        left = wait_session(proc.pid)
+        seconds = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd[:4])} failed ({proc.returncode}):\n{stderr[-3000:]}")
-    return {"seconds": seconds, "peak_rss_mb": peak[0] / 2**20, "left_processes_behind": left, "stdout": stdout}
+    return {"seconds": seconds, "peak_rss_mb": peak.bytes / 2**20, "left_processes_behind": left, "stdout": stdout}
 
 
 def epoch_rows_per_s(trace: list[dict], train_rows: int) -> float:
