@@ -29,12 +29,8 @@ def read_input_file(path: str | Path) -> Any:
     Raises:
         InputError: naming the file, for a missing, unreadable or unknown file.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{file}: no such file. Pass a CSV, Parquet, .npz or .npy file of inputs. "
-                         f"Received: --input {file}")
-    suffix = file.suffix.lower()
-    try:
+    file, suffix = _input_path(path)
+    with _reading(file, suffix):
         if suffix == ".npz":
             with np.load(file, allow_pickle=False) as data:
                 return {name: data[name] for name in data.files}
@@ -45,16 +41,6 @@ def read_input_file(path: str | Path) -> Any:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(file)
         return pd.read_csv(file)
-    except ImportError as exc:
-        raise InputError(f"{file}: reading {suffix} files needs pyarrow ({exc}); pip install 'kerasio[parquet]'. "
-                         f"Received: {file.name}") from None
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise InputError(f"{file}: not a readable {suffix or 'CSV'} file ({first}). Check the format; kerasio "
-                         f"reads {', '.join(INPUT_SUFFIXES)}. Received: {file.name}") from None
-    except Exception as exc:  # pandas' parser errors have no common base beyond ValueError in all versions
-        raise InputError(f"{file}: not a readable file ({type(exc).__name__}: {str(exc)[:200]}). "
-                         f"Received: {file.name}") from None
 
 
 def iter_input_file(path: str | Path, *, chunk_rows: int = CHUNK_ROWS, header: bool = True
@@ -68,13 +54,9 @@ def iter_input_file(path: str | Path, *, chunk_rows: int = CHUNK_ROWS, header: b
     Raises:
         InputError: naming the file (and the data row where a chunk fails to parse).
     """
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{file}: no such file. Pass a CSV, Parquet, .npz or .npy file of inputs. "
-                         f"Received: --input {file}")
-    suffix = file.suffix.lower()
-    first = 0
-    try:
+    file, suffix = _input_path(path)
+    done = [0]  # rows yielded so far, for the error message
+    with _reading(file, suffix, done):
         if suffix in (".npz", ".npy"):
             if suffix == ".npz":
                 with np.load(file, allow_pickle=False) as archive:
@@ -94,26 +76,40 @@ def iter_input_file(path: str | Path, *, chunk_rows: int = CHUNK_ROWS, header: b
             parquet = pq.ParquetFile(file)
             total = parquet.metadata.num_rows
             for batch in parquet.iter_batches(batch_size=chunk_rows):
-                yield first, batch.to_pandas(), total
-                first += batch.num_rows
+                yield done[0], batch.to_pandas(), total
+                done[0] += batch.num_rows
             return
         total = _csv_rows(file, header)  # for the progress bar: one fast pass counting line ends
         with pd.read_csv(file, chunksize=chunk_rows, header=0 if header else None) as reader:
             for frame in reader:
-                yield first, frame, max(total, first + len(frame))
-                first += len(frame)
+                yield done[0], frame, max(total, done[0] + len(frame))
+                done[0] += len(frame)
+
+
+def _input_path(path: str | Path) -> tuple[Path, str]:
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{file}: no such file. Pass a CSV, Parquet, .npz or .npy file of inputs. "
+                         f"Received: --input {file}")
+    return file, file.suffix.lower()
+
+
+@contextlib.contextmanager
+def _reading(file: Path, suffix: str, done: list[int] | None = None) -> Iterator[None]:
+    """Reading errors as one :class:`InputError` naming the file (and, when chunked, the rows read before)."""
+    try:
+        yield
     except ImportError as exc:
         raise InputError(f"{file}: reading {suffix} files needs pyarrow ({exc}); pip install 'kerasio[parquet]'. "
                          f"Received: {file.name}") from None
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{file}: not a readable {suffix or 'CSV'} file after data row {first} "
-                         f"({(str(exc).splitlines() or [type(exc).__name__])[0][:200]}). Check the format; kerasio "
-                         f"reads {', '.join(INPUT_SUFFIXES)}. Received: {file.name}") from None
     except Exception as exc:  # pandas' and pyarrow's parser errors have no common base beyond ValueError
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"{file}: not a readable file after data row {first} ({type(exc).__name__}: "
-                         f"{str(exc)[:200]}). Received: {file.name}") from None
+        where = "" if done is None else f" after data row {done[0]}"
+        if isinstance(exc, (ValueError, OSError, UnicodeDecodeError)):
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise InputError(f"{file}: not a readable {suffix or 'CSV'} file{where} ({first}). Check the format; "
+                             f"kerasio reads {', '.join(INPUT_SUFFIXES)}. Received: {file.name}") from None
+        raise InputError(f"{file}: not a readable file{where} ({type(exc).__name__}: {str(exc)[:200]}). "
+                         f"Received: {file.name}") from None
 
 
 def _csv_rows(file: Path, header: bool) -> int:
