@@ -99,6 +99,8 @@ def _reading(file: Path, suffix: str, done: list[int] | None = None) -> Iterator
     """Reading errors as one :class:`InputError` naming the file (and, when chunked, the rows read before)."""
     try:
         yield
+    except InputError:  # already says what is wrong (an InputError is also a ValueError)
+        raise
     except ImportError as exc:
         raise InputError(f"{file}: reading {suffix} files needs pyarrow ({exc}); pip install 'kerasio[parquet]'. "
                          f"Received: {file.name}") from None
