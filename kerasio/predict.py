@@ -73,8 +73,8 @@ class Predictions:
     @classmethod
     def concatenate(cls, parts: list["Predictions"]) -> "Predictions":
         """The chunks of one file as one set of predictions (an empty file: no rows)."""
-        if not parts:
-            return cls({}, None, {}, 0)
+        if len(parts) <= 1:
+            return parts[0] if parts else cls({}, None, {}, 0)
 
         def join(dicts: list[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray] | None:
             if any(d is None for d in dicts):
@@ -128,11 +128,8 @@ def predict_file(model: LoadedModel, path: str | Path, *, header: bool = True,
     chunks of ``chunk_rows``; ``progress(rows done, rows in all or None, seconds)``
     is called after each.
     """
-    parts = []
-    for part in with_progress(predict_chunks(model, path, header=header, chunk_rows=chunk_rows, batch_size=batch_size),
-                       progress):
-        parts.append(part)
-    return Predictions.concatenate(parts) if len(parts) != 1 else parts[0]
+    chunks = predict_chunks(model, path, header=header, chunk_rows=chunk_rows, batch_size=batch_size)
+    return Predictions.concatenate(list(with_progress(chunks, progress)))
 
 
 def predict_to_file(model: LoadedModel, path: str | Path, output: str | Path, *, header: bool = True,
@@ -152,9 +149,9 @@ def predict_to_file(model: LoadedModel, path: str | Path, output: str | Path, *,
     from .tables import PredictionWriter
 
     start = time.perf_counter()
+    chunks = predict_chunks(model, path, header=header, chunk_rows=chunk_rows, batch_size=batch_size)
     with PredictionWriter(output) as writer:
-        for part in with_progress(predict_chunks(model, path, header=header, chunk_rows=chunk_rows, batch_size=batch_size),
-                           progress):
+        for part in with_progress(chunks, progress):
             writer.write(part.arrays(), part.columns)
     return writer.rows, time.perf_counter() - start
 
