@@ -157,6 +157,11 @@ def _numeric_features(features, file: Path) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def class_name(value: float) -> str:
+    """A numeric label's class name: ``1.0`` -> ``"1"``, ``0.5`` -> ``"0.5"`` (the streamed reader uses it too)."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
 def _encode_labels(series, file: Path, label: str) -> tuple[np.ndarray, tuple[str, ...]]:
     if series.isna().any():
         row = int(np.flatnonzero(series.isna().to_numpy())[0])
@@ -164,7 +169,7 @@ def _encode_labels(series, file: Path, label: str) -> tuple[np.ndarray, tuple[st
     values = series.to_numpy()
     if series.dtype.kind in "iuf":
         classes = np.unique(values)
-        names = tuple(str(int(c)) if float(c).is_integer() else str(c) for c in classes)
+        names = tuple(class_name(c) for c in classes)
         y = np.searchsorted(classes, values)
     else:
         values = values.astype(str)

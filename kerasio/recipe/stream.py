@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import os
 import shutil
 import weakref
@@ -258,23 +259,19 @@ def load_streaming(path: str | Path, *, label: str = "label", chunk_bytes: int =
     features = tuple(name for name in header if name != label)
     if not features:
         raise DataError(f"{file}: only the label column {label!r} is present; add feature columns.")
-    pa = _pyarrow()
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
         while block := handle.read(1 << 22):
             digest.update(block)
     spool = _Spool(spool_dir)
-    rows, texts = 0, []  # texts: each label text, in order of first appearance; its index is its spooled id
     try:
-        with open(spool.x, "wb") as fx, open(spool.y, "wb") as fy:
-            for batch in _batches(file, features, label, chunk_bytes):
-                x, labels = _columns(batch, features, label, file, rows)
-                new = [v for v in pa.compute.unique(labels).to_pylist() if v not in texts]
-                texts += new  # unique() keeps the order of first appearance within the chunk
-                ids = pa.compute.index_in(labels, value_set=pa.array(texts, pa.string()))
-                fx.write(x.tobytes())
-                fy.write(ids.to_numpy(zero_copy_only=False).astype(np.int32).tobytes())
-                rows += len(x)
+        rows, texts = _spool_rows(file, features, label, chunk_bytes, spool)
+        if rows == 0:
+            raise DataError(f"{file}: the file has a header but no data rows. Add rows to train on.")
+        names, classes = _classes(texts)
+        if len(names) < 2:
+            raise DataError(f"{file}: label column {label!r} has {len(names)} class ({names[0]!r}); a classifier "
+                            "needs at least 2 classes.")
     except OSError as exc:
         spool.remove()
         raise DataError(f"{file}: cannot spool its checked rows to {spool.path.parent} ({exc.strerror or exc}); "
@@ -282,24 +279,41 @@ def load_streaming(path: str | Path, *, label: str = "label", chunk_bytes: int =
     except BaseException:
         spool.remove()
         raise
-    finally:
-        pa.default_memory_pool().release_unused()  # the parser's buffers, before training needs the memory
-    if rows == 0:
-        spool.remove()
-        raise DataError(f"{file}: the file has a header but no data rows. Add rows to train on.")
-    numbers = [_number(v) for v in texts]
-    if all(v is not None for v in numbers):  # numeric labels: classes in sorted order, as load_dataset
-        values = sorted(set(numbers))  # type: ignore[type-var]
-        names = [str(int(v)) if float(v).is_integer() else str(v) for v in values]  # type: ignore[arg-type]
-        classes = [values.index(v) for v in numbers]
-    else:
-        names, classes = texts, list(range(len(texts)))
-    if len(names) < 2:
-        spool.remove()
-        raise DataError(f"{file}: label column {label!r} has {len(names)} class ({names[0]!r}); a classifier needs "
-                        "at least 2 classes.")
     return StreamingDataset(file, features, tuple(names), label, str(file), digest.hexdigest(), rows, spool,
                             chunk_rows, chunk_bytes, tuple(classes))
+
+
+def _spool_rows(file: Path, features: tuple[str, ...], label: str, chunk_bytes: int,
+                spool: "_Spool") -> tuple[int, list[str]]:
+    """Check and spool every row; return the row count and each label text in order of first appearance.
+
+    A label's spooled id is the index of its text in that list.
+    """
+    pa = _pyarrow()
+    rows, texts = 0, []
+    try:
+        with open(spool.x, "wb") as fx, open(spool.y, "wb") as fy:
+            for batch in _batches(file, features, label, chunk_bytes):
+                x, labels = _columns(batch, features, label, file, rows)
+                texts += [v for v in pa.compute.unique(labels).to_pylist() if v not in texts]  # unique() keeps order
+                ids = pa.compute.index_in(labels, value_set=pa.array(texts, pa.string()))
+                fx.write(x.tobytes())
+                fy.write(ids.to_numpy(zero_copy_only=False).astype(np.int32).tobytes())
+                rows += len(x)
+    finally:
+        pa.default_memory_pool().release_unused()  # the parser's buffers, before training needs the memory
+    return rows, texts
+
+
+def _classes(texts: list[str]) -> tuple[list[str], list[int]]:
+    """Class names, and the class id of each label text: numeric labels sorted, as load_dataset; others as seen."""
+    from .data import class_name
+
+    numbers = [_number(v) for v in texts]
+    if any(v is None for v in numbers):
+        return texts, list(range(len(texts)))
+    values = sorted({v for v in numbers if v is not None})
+    return [class_name(v) for v in values], [values.index(v) for v in numbers if v is not None]
 
 
 def _number(text: str) -> float | None:
@@ -320,6 +334,11 @@ def row_hash(seed: int, rows: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * _MIX2
         z ^= z >> np.uint64(31)
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _test_rows(seed: int, fraction: float, first: int, count: int) -> np.ndarray:
+    """Which of rows ``first`` .. ``first + count - 1`` are test rows: a hash of ``(seed, row)`` below ``fraction``."""
+    return row_hash(seed, np.arange(first, first + count, dtype=np.uint64)) < fraction
 
 
 @dataclass
@@ -345,7 +364,7 @@ class StreamingSplit:
     class_counts: np.ndarray = field(repr=False)
 
     def is_test(self, first: int, count: int) -> np.ndarray:
-        return row_hash(self.seed, np.arange(first, first + count, dtype=np.uint64)) < self.test_fraction
+        return _test_rows(self.seed, self.test_fraction, first, count)
 
     def test_index(self) -> np.ndarray:
         """Every test row's number (one pass over the row numbers only; for checks, not for training)."""
@@ -361,11 +380,12 @@ class StreamingSplit:
             mask = self.is_test(first, len(y))
             keep = mask if part == "test" else ~mask
             x, y = x[keep], y[keep]
-            if epoch is not None and len(y):
+            if not len(y):
+                continue
+            if epoch is not None:
                 order = np.random.default_rng([self.seed, epoch, i]).permutation(len(y))
                 x, y = x[order], y[order]
-            if len(y):
-                yield x, y
+            yield x, y
 
     def steps(self, part: str, batch_size: int, multiple: int = 1) -> int:
         """Batches per pass over ``part`` (a last batch cut to a multiple of ``multiple`` may vanish)."""
@@ -373,9 +393,8 @@ class StreamingSplit:
         last = rows % batch_size
         return rows // batch_size + (last - last % multiple > 0)
 
-    def dataset(self, part: str, batch_size: int, *, shuffle: bool | None = None, first_epoch: int = 0,
-                multiple: int = 1) -> Any:
-        """A ``tf.data.Dataset`` of ``(x, y)`` batches of ``part``, read from the file on every pass.
+    def dataset(self, part: str, batch_size: int, *, shuffle: bool | None = None, multiple: int = 1) -> Any:
+        """A ``tf.data.Dataset`` of ``(x, y)`` batches of ``part``, read from the spool on every pass.
 
         Each pass is one epoch; the training part is shuffled within chunks by
         ``(seed, epoch)``, so a run is reproducible. With ``multiple`` > 1 the
@@ -384,7 +403,7 @@ class StreamingSplit:
         import tensorflow as tf
 
         shuffle = part == "train" if shuffle is None else shuffle
-        epochs = iter(range(first_epoch, 1 << 30))
+        epochs = itertools.count()
 
         def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             yield from self.chunks(part, epoch=next(epochs) if shuffle else None)
@@ -415,15 +434,13 @@ def split_streaming(data: StreamingDataset, *, test_size: int | float = 0.2, see
     fraction = float(test_size) if isinstance(test_size, float) else int(test_size) / max(n, 1)
     if not 0 < fraction < 1:
         raise DataError(f"{data.source}: test size {test_size!r} leaves no rows for training or testing.")
-    probe = StreamingSplit(data, seed, fraction, 0, 0, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0),
-                           np.zeros(0))
     count, mean, m2 = 0, np.zeros(data.n_features), np.zeros(data.n_features)
     counts = np.zeros(data.n_classes, dtype=np.int64)
     n_test, kept = 0, 0
     sample_x: list[np.ndarray] = []
     sample_y: list[np.ndarray] = []
     for first, x, y in data.chunks():
-        mask = probe.is_test(first, len(y))
+        mask = _test_rows(seed, fraction, first, len(y))
         train = x[~mask].astype(np.float64)
         if len(train):  # Chan et al.: combine this chunk's mean and squared deviations with the running ones
             b_mean, b_m2, b_n = train.mean(axis=0), ((train - train.mean(axis=0)) ** 2).sum(axis=0), len(train)
