@@ -31,12 +31,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import InputError
 
 __all__ = ["Distribution", "STRATEGIES", "resolve_strategy", "prepare_devices", "launch_local_cluster",
-           "multiworker_strategy", "cluster_spec"]
+           "multiworker_strategy", "cluster_spec", "is_chief_task", "chief_by_environment"]
 
 
 @dataclass
@@ -71,6 +71,12 @@ class Distribution:
         return {"strategy": self.name, "replicas": self.replicas, "workers": self.workers,
                 "global_batch_size": batch_size, "per_replica_batch_size": batch_size // max(self.replicas, 1),
                 "devices": list(self.devices), **({"task": self.task} if self.task else {})}
+
+    def check_batch(self, batch_size: int) -> None:
+        """Each replica takes an equal share of the global batch: an :class:`InputError` otherwise."""
+        if batch_size % self.replicas:
+            raise InputError(f"batch size {batch_size} does not split evenly over {self.replicas} replicas "
+                             f"({self.name}); use a multiple of {self.replicas}. Received: --batch-size {batch_size}")
 
     def describe(self, batch_size: int) -> str:
         """One line for the pipeline's trace."""
@@ -133,6 +139,19 @@ def prepare_cpus(count: int) -> list[Any]:
     return tf.config.list_logical_devices("CPU")[:count]
 
 
+def is_chief_task(cluster: Mapping[str, Any], kind: str | None, index: int) -> bool:
+    """TensorFlow's rule: the ``chief`` task, or ``worker`` 0 of a cluster without one (or no cluster at all)."""
+    return kind in (None, "chief") or (kind == "worker" and index == 0 and not cluster.get("chief"))
+
+
+def chief_by_environment(strategy: Any) -> bool:
+    """Whether this process writes the bundle, known from ``TF_CONFIG`` before Keras is imported."""
+    if strategy != "multiworker":
+        return True  # only multi-worker has processes that are not the chief
+    config = cluster_spec()
+    return is_chief_task(config["cluster"], str(config["task"]["type"]), int(config["task"]["index"]))
+
+
 def cluster_spec() -> dict[str, Any]:
     """``TF_CONFIG``, parsed; an :class:`InputError` naming the variable when it is missing or malformed."""
     text = os.environ.get("TF_CONFIG", "")
@@ -185,7 +204,7 @@ def _multiworker(replicas: int | None) -> Distribution:
     cluster, task = config["cluster"], config["task"]
     workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
     kind, index = str(task["type"]), int(task["index"])
-    chief = kind == "chief" or (kind == "worker" and index == 0 and not cluster.get("chief"))
+    chief = is_chief_task(cluster, kind, index)
     strategy = multiworker_strategy()
     return Distribution("multiworker", replicas=strategy.num_replicas_in_sync, workers=workers, is_chief=chief,
                         task=f"{kind}:{index}", devices=tuple(strategy.extended.worker_devices), engine=strategy)
@@ -250,8 +269,7 @@ def _from_object(engine: Any) -> Distribution:
         chief = True
         if name == "multiworker":
             resolver = engine.cluster_resolver
-            chief = resolver.task_type in (None, "chief") or (resolver.task_type == "worker" and resolver.task_id == 0
-                                                            and "chief" not in resolver.cluster_spec().as_dict())
+            chief = is_chief_task(resolver.cluster_spec().as_dict(), resolver.task_type, resolver.task_id or 0)
         devices = tuple(getattr(engine.extended, "worker_devices", ()))
         return Distribution(name, replicas=engine.num_replicas_in_sync, workers=workers, is_chief=chief,
                             devices=devices, engine=engine)

@@ -160,8 +160,8 @@ def fit(
         The Keras ``History``; ``history.model`` is the trained model.
 
     Raises:
-        InputError: a model built outside the strategy's scope, or a strategy
-            this backend or machine cannot run.
+        InputError: a model built outside the strategy's scope, a batch that does
+            not split evenly over the replicas, or a strategy this backend or machine cannot run.
     """
     from .distribute import Distribution, resolve_strategy
 
@@ -173,6 +173,7 @@ def fit(
         if y is None:  # already batched: a tf.data.Dataset or a PyDataset
             data, extra = x, []
         else:
+            dist.check_batch(batch_size)
             data = _EpochBatches(x, y, batch_size=batch_size, seed=seed, epoch=initial_epoch,
                                  multiple=dist.batch_multiple)
             extra = [data.callback()]

@@ -130,7 +130,9 @@ def run_pipeline(
     with contextlib.ExitStack() as stack:
         if streamed:  # the spooled rows go once training is over, or on any error (a kill: the next run's cleanup)
             stack.callback(dataset.close)
-        chief = _chief_by_environment(strategy)
+        from .distribute import chief_by_environment, resolve_strategy, worker_output
+
+        chief = chief_by_environment(strategy)
         if chief:
             _check_writable(out)  # after the data is known good (a bad CSV creates nothing), before any training
         workers = {}
@@ -151,10 +153,8 @@ def run_pipeline(
         from ..runtime import import_keras_quietly
 
         import_keras_quietly()
-        from .distribute import resolve_strategy, worker_output
-
         dist = resolve_strategy(strategy, replicas=replicas)  # before anything else runs in TensorFlow
-        _check_batch(dist, batch_size)
+        dist.check_batch(batch_size)
         if not dist.is_chief:  # all workers save (saving may run collectives); only the chief's copy is kept
             out = stack.enter_context(worker_output(dist, out))
             verify = False
@@ -262,26 +262,6 @@ def run_pipeline(
     mark("predict")
     timings["total"] = time.perf_counter() - clock
     return PipelineResult(out, dataset, split, model, trace, metrics, result, report, prediction, timings)
-
-
-def _chief_by_environment(strategy: Any) -> bool:
-    """Whether this process writes the bundle, known before Keras is imported (only multi-worker has non-chiefs)."""
-    if strategy != "multiworker":
-        return True
-    from .distribute import cluster_spec
-
-    config = cluster_spec()
-    kind, index = config["task"]["type"], int(config["task"]["index"])
-    return kind == "chief" or (kind == "worker" and index == 0 and not config["cluster"].get("chief"))
-
-
-def _check_batch(dist: Any, batch_size: int) -> None:
-    """Each replica takes an equal share of the global batch."""
-    from ..errors import InputError
-
-    if batch_size % dist.replicas:
-        raise InputError(f"batch size {batch_size} does not split evenly over {dist.replicas} replicas "
-                         f"({dist.name}); use a multiple of {dist.replicas}. Received: --batch-size {batch_size}")
 
 
 def _check_writable(out: Path) -> None:
