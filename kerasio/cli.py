@@ -387,7 +387,7 @@ def _rows_progress(enabled: bool):
                   console=Console(file=sys.stderr, width=100), transient=True) as bar:
         task = bar.add_task("rows", total=None, speed="-")
 
-        def update(done: int, total: int, seconds: float) -> None:
+        def update(done: int, total: int | None, seconds: float) -> None:
             bar.update(task, completed=done, total=total, speed=f"{done / seconds:,.0f}" if seconds > 0 else "-")
             bar.refresh()
 

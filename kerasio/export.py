@@ -54,7 +54,6 @@ class ExportResult:
 
     def table(self, width: int = 100) -> str:
         """The written artifacts as a text table, skipped formats with their reasons below, at most ``width`` wide."""
-        from .publish import flat_name
         from .tables import render_table, wrap_notes
 
         rows = [[a.format, flat_name(a.path), _size(a.size), a.sha256[:12], f"{self.seconds.get(a.format, 0):.2f}"]

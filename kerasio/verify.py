@@ -114,9 +114,7 @@ class VerifyReport:
         from .html import STYLE, escape, status, table
 
         rows = [[c.format, c.artifact, c.backend, c.device, _sci(c.max_abs_diff), _sci(c.max_rel_diff),
-                 "-" if c.argmax_agreement is None else f"{c.argmax_agreement:.1%}",
-                 "exact" if c.atol == 0 and c.rtol == 0 else f"{_short(c.atol)}/{_short(c.rtol)}", c.status]
-                for c in self.checks]
+                 _argmax_text(c), _tolerance_text(c), c.status] for c in self.checks]
         notes = "".join(f"<li>{escape(n.strip())}</li>" for n in self._notes())
         verdict = status("PASS" if self.ok else "FAIL")
         return (f'{STYLE}<div class="kerasio"><h4>Verification of {escape(self.bundle)}: {verdict} '
@@ -132,12 +130,10 @@ class VerifyReport:
         several = len({c.device for c in self.checks if c.device}) > 1
         rows = []
         for c in self.checks:
-            tol = "exact" if c.atol == 0 and c.rtol == 0 else f"{_short(c.atol)}/{_short(c.rtol)}"
             rows.append([
                 c.format, f"{c.backend}/{c.device}" if several and c.device else c.backend,
-                _sci(c.max_abs_diff), _sci(c.max_rel_diff),
-                "-" if c.argmax_agreement is None else f"{c.argmax_agreement:.1%}",
-                tol + ("*" if c.tolerance_source == "override" else ""), c.status,
+                _sci(c.max_abs_diff), _sci(c.max_rel_diff), _argmax_text(c),
+                _tolerance_text(c) + ("*" if c.tolerance_source == "override" else ""), c.status,
             ])
         text = render_table(["Format", "Runtime", "Max abs", "Max rel", "Argmax", "atol/rtol", "Result"], rows,
                             width=width)
@@ -217,6 +213,14 @@ def _tell(progress: Callable[[str], None] | None, c: Check) -> None:
     if progress is not None:
         detail = f"max abs diff {_sci(c.max_abs_diff)}" if not c.error else c.error.split(". ")[0][:60]
         progress(f"{c.format:<10} checked: {c.status} on {c.device or '-'}, {detail}")
+
+
+def _tolerance_text(c: Check) -> str:
+    return "exact" if c.atol == 0 and c.rtol == 0 else f"{_short(c.atol)}/{_short(c.rtol)}"
+
+
+def _argmax_text(c: Check) -> str:
+    return "-" if c.argmax_agreement is None else f"{c.argmax_agreement:.1%}"
 
 
 def _short(v: float | None) -> str:
