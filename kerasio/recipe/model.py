@@ -215,6 +215,11 @@ def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
+def steps_per_epoch(rows: int, batch_size: int, multiple: int = 1) -> int:
+    """Batches per epoch of :func:`fit` on ``rows`` in-memory rows (each epoch leaves out ``rows % multiple``)."""
+    return math.ceil((rows - rows % multiple) / batch_size)
+
+
 def _EpochBatches(x, y, *, batch_size: int, seed: int, epoch: int, multiple: int = 1):
     """A ``PyDataset`` whose order in epoch ``e`` is a function of ``(seed, e)`` only.
 
@@ -231,7 +236,7 @@ def _EpochBatches(x, y, *, batch_size: int, seed: int, epoch: int, multiple: int
             self._order = _epoch_rng(seed, self.epoch).permutation(len(x))[:rows]
 
         def __len__(self):
-            return math.ceil(rows / batch_size)
+            return steps_per_epoch(len(x), batch_size, multiple)
 
         def __getitem__(self, i):
             idx = self._order[i * batch_size:(i + 1) * batch_size]

@@ -160,7 +160,7 @@ def run_pipeline(
             verify = False
         mark("import")
         # 3. train
-        from .model import fit
+        from .model import fit, steps_per_epoch
         from .trace import EpochTrace
 
         with dist.scope():
@@ -181,9 +181,9 @@ def run_pipeline(
 
             say(_indent(trace_header()))
             steps = split.steps("train", batch_size, dist.batch_multiple) if streamed else \
-                -(-(len(split.y_train) - len(split.y_train) % dist.batch_multiple) // batch_size)
+                steps_per_epoch(len(split.y_train), batch_size, dist.batch_multiple)
             live = live_callbacks(lambda row: say(_indent(row)), trace, steps=steps, after=progress_after)
-        if streamed:  # tf.data over the file's chunks, re-read every epoch
+        if streamed:  # tf.data over the spooled rows' chunks, read again every epoch
             parts = {p: split.dataset(p, batch_size, multiple=dist.batch_multiple) for p in ("train", "test")}
             fit(model, parts["train"], None, epochs=epochs, batch_size=batch_size, seed=seed,
                 validation_data=parts["test"], callbacks=[trace, *live], strategy=dist)
