@@ -292,28 +292,25 @@ def trace_header() -> str:
     return "| " + " | ".join(h.ljust(w) for h, w in _LIVE) + " |\n|" + "|".join("-" * (w + 2) for _, w in _LIVE) + "|"
 
 
-def trace_row(r: dict[str, Any]) -> str:
-    """One epoch's row of the live trace."""
+def _cells(r: dict[str, Any], *, val: bool = True) -> list[str]:
+    """An epoch's cells, as both trace tables show them: epoch, loss, accuracy, [val figures,] seconds, note."""
     note = str(r.get("observation", ""))
     note = note if len(note) <= OBSERVATION_WIDTH else note[:OBSERVATION_WIDTH - 1] + "…"
-    cells = [str(r.get("epoch", "")), _fmt(r.get("loss")), _fmt(r.get("accuracy")), _fmt(r.get("val_loss")),
-             _fmt(r.get("val_accuracy")), f"{r.get('seconds', 0):.2f}", note]
-    return "| " + " | ".join(c.ljust(w) for c, (_, w) in zip(cells, _LIVE)) + " |"
+    vals = [_fmt(r.get("val_loss")), _fmt(r.get("val_accuracy"))] if val else []
+    return [str(r.get("epoch", "")), _fmt(r.get("loss")), _fmt(r.get("accuracy")), *vals, f"{r.get('seconds', 0):.2f}",
+            note]
+
+
+def trace_row(r: dict[str, Any]) -> str:
+    """One epoch's row of the live trace."""
+    return "| " + " | ".join(c.ljust(w) for c, (_, w) in zip(_cells(r), _LIVE)) + " |"
 
 
 def trace_table(records: list[dict[str, Any]], width: int = 100) -> str:
     """Render ``Epoch | Loss ↓ | Accuracy ↑ | Observation`` (val figures when present)."""
     has_val = any(r.get("val_loss") is not None for r in records)
     head = ["Epoch", "Loss ↓", "Accuracy ↑"] + (["Val loss", "Val acc"] if has_val else []) + ["Time (s)", "Observation"]
-    rows = []
-    for r in records:
-        row = [str(r["epoch"]), _fmt(r.get("loss")), _fmt(r.get("accuracy"))]
-        if has_val:
-            row += [_fmt(r.get("val_loss")), _fmt(r.get("val_accuracy"))]
-        note = str(r.get("observation", ""))
-        row += [f"{r.get('seconds', 0):.2f}", note if len(note) <= OBSERVATION_WIDTH else note[:OBSERVATION_WIDTH - 1] + "…"]
-        rows.append(row)
-    return render_table(head, rows, width=width)
+    return render_table(head, [_cells(r, val=has_val) for r in records], width=width)
 
 
 def _fmt(value) -> str:
