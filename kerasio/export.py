@@ -31,6 +31,7 @@ from .manifest import MANIFEST_NAME, REFERENCE_FILES, Artifact, Manifest, hash_e
 from .publish import commit, crash_point, flat_name, repair
 from .runtime import (
     available_devices,
+    cpu_features,
     device_name,
     keras_backend,
     keras_forward,
@@ -241,7 +242,8 @@ def export(
                 + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ". Received: formats=" + repr(formats))
         manifest = Manifest(
             signature=signature, task=resolved, artifacts=artifacts, skipped=skipped, versions=library_versions(),
-            backend=keras_backend(), device=device, device_name=device_name(device), label=label,
+            backend=keras_backend(), device=device, device_name=device_name(device), cpu_features=cpu_features(),
+            label=label,
             trace=list(trace), metrics=dict(metrics or {}), training=dict(training or {}),
             reference={"rows": int(len(next(iter(x_ref.values())))),
                        **{key: hash_entry(stage, name) for key, name in REFERENCE_FILES.items()}},

@@ -128,6 +128,7 @@ class Manifest(NamedColumns):
     backend: str = ""
     device: str = ""
     device_name: str = ""
+    cpu_features: str = ""  # the exporting CPU's fingerprint (runtime.cpu_features): bit-identity needs the same
     label: str = "label"
     trace: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -141,7 +142,7 @@ class Manifest(NamedColumns):
         return {
             "schema_version": self.schema_version, "created_utc": self.created_utc, "versions": self.versions,
             "backend": self.backend, "device": self.device, "device_name": self.device_name,
-            "signature": self.signature.to_dict(), "task": self.task.to_dict(),
+            "cpu_features": self.cpu_features, "signature": self.signature.to_dict(), "task": self.task.to_dict(),
             "artifacts": [vars(a).copy() for a in self.artifacts], "skipped": dict(self.skipped),
             "label": self.label, "trace": self.trace, "metrics": self.metrics, "training": self.training,
             "reference": self.reference, "custom_objects": self.custom_objects, "attachments": self.attachments,

@@ -20,7 +20,7 @@ from .errors import BackendUnavailableError
 __all__ = [
     "require", "import_keras_quietly", "default_backend", "keras_backend", "available_devices", "resolve_devices",
     "precision_policy", "device_scope", "keras_forward", "device_name", "backend_env", "to_numpy", "graph_forward",
-    "tf_input_specs", "tf_input_names", "outputs_from_run",
+    "tf_input_specs", "tf_input_names", "outputs_from_run", "cpu_features",
 ]
 
 PRECISIONS = ("highest", "fast")
@@ -161,6 +161,34 @@ def device_name(device: str, backend: str | None = None) -> str:
         except Exception:  # a name is informative only
             return "GPU"
     return _cpu_name()
+
+
+def cpu_features() -> str:
+    """A short fingerprint of this CPU's model and instruction-set flags (``/proc/cpuinfo``).
+
+    Two machines whose CPUs report the same name (a VM says only "AMD EPYC")
+    may still differ in AVX-512 and so in the kernels TensorFlow picks; only
+    the same fingerprint lets a reload be held to bit-identity.
+    """
+    import hashlib
+    import platform
+
+    model, flags = "", ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = " ".join(sorted(value.split()))
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    text = f"{model or platform.processor()}|{flags}|{platform.machine()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _cpu_name() -> str:

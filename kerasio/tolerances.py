@@ -66,13 +66,16 @@ TOLERANCES: tuple[Tolerance, ...] = (
 
 def tolerance_for(fmt: str, backend: str, device: str, compute: str = "float32",
                   precision: str = "float32-pinned", *, exported_by: str = "tensorflow",
-                  exported_on: str = "cpu") -> Tolerance:
+                  exported_on: str = "cpu", same_cpu: bool = True) -> Tolerance:
     """The most specific row that matches the check.
 
-    ``exported_by`` and ``exported_on`` are the manifest's backend and device:
-    only the same backend on the same device is ``same`` (bit-identical rows).
+    ``exported_by`` and ``exported_on`` are the manifest's backend and device,
+    and ``same_cpu`` whether this CPU has the exporting CPU's instruction set
+    (the manifest's ``cpu_features``): only the same backend on the same
+    device of the same CPU is ``same`` (bit-identical rows). Another CPU may
+    take other kernels (AVX-512 or not) and round differently.
     """
-    same = backend == exported_by and device == exported_on
+    same = backend == exported_by and device == exported_on and same_cpu
     key = (fmt, "same" if same else backend, device, compute, precision)
     rows = [t for t in TOLERANCES
             if all(v in ("*", k) for v, k in zip((t.format, t.backend, t.device, t.compute, t.precision), key))]

@@ -127,7 +127,7 @@ _REFERENCE = _object({"rows": INT, "inputs": _ENTRY, "outputs": _ENTRY, "outputs
                      required=("inputs", "outputs", "outputs_1row"))
 FIELDS: dict[str, Check] = {
     "schema_version": INT, "created_utc": STR, "versions": _map_of(STR), "backend": STR, "device": STR,
-    "device_name": STR, "signature": _SIGNATURE, "task": _TASK, "artifacts": _list_of(_ARTIFACT),
+    "device_name": STR, "cpu_features": STR, "signature": _SIGNATURE, "task": _TASK, "artifacts": _list_of(_ARTIFACT),
     "skipped": _map_of(STR), "label": STR, "trace": _list_of(DICT), "metrics": _map_of(NUMBER),
     "training": DICT, "reference": _REFERENCE, "custom_objects": _list_of(DICT), "attachments": _list_of(_ENTRY),
 }

@@ -23,7 +23,7 @@ from .errors import BackendUnavailableError, InputError, KerasioError, Verificat
 from .formats import get_format
 from .fsutil import write_text_atomic
 from .manifest import Artifact, Manifest, load_arrays, read_pinned, save_arrays
-from .runtime import default_backend, keras_backend
+from .runtime import cpu_features, default_backend, keras_backend
 from .tables import render_table
 from .tolerances import OutputComparison, compare_output, tolerance_for
 
@@ -420,12 +420,14 @@ def _judge(manifest: Manifest, art: Artifact, results: list[dict[str, Any]], ref
     signature = manifest.signature
     checks = []
     outputs: dict[str, dict[str, np.ndarray]] = {}
+    same_cpu = bool(manifest.cpu_features) and manifest.cpu_features == cpu_features()
     for res in results:
         full = load_arrays(Path(res["outputs"] + "-full.npz"), signature.output_names)
         one = load_arrays(Path(res["outputs"] + "-one.npz"), signature.output_names)
         outputs[res["device"]] = full
         tol = tolerance_for(art.format, res["backend"], res["device"], signature.compute_dtype, res["precision"],
-                            exported_by=manifest.backend or "tensorflow", exported_on=manifest.device or "cpu")
+                            exported_by=manifest.backend or "tensorflow", exported_on=manifest.device or "cpu",
+                            same_cpu=same_cpu)
         use_atol = tol.atol if atol is None else float(atol)
         use_rtol = tol.rtol if rtol is None else float(rtol)
         per_output = [_merge(compare_output(s.name, reference[s.name], full[s.name], atol=use_atol, rtol=use_rtol,

@@ -26,7 +26,9 @@ def test_v1_bundle_verifies_loads_and_predicts(tmp_path, capsys):
     x = np.load(bundle / "reference_inputs.npy")
     y = np.load(bundle / "reference_outputs.npy")
     labels, probs = kerasio.predict(bundle, x, probabilities=True)
-    np.testing.assert_array_equal(probs, y)
+    # Written on another machine: its CPU fingerprint is unknown, so the table's cross-CPU row applies, not bit-identity.
+    tol = kerasio.tolerance_for("keras", "tensorflow", "cpu", same_cpu=False)
+    assert tol.atol == 1e-6 and np.abs(probs - y).max() <= tol.atol + tol.rtol * np.abs(y).max()
     assert list(labels) == [manifest.class_names[i] for i in y.argmax(1)]
     sm = kerasio.load(bundle, format="savedmodel").run(x)["probabilities"]
     assert np.abs(sm - y).max() <= 1e-6

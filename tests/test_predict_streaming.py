@@ -68,12 +68,13 @@ def test_chunks_batches_and_the_whole_file_agree(keras_bundle, rows, tmp_path):
     for chunk_rows, batch_size in ((7_000, None), (65_536, 999), (100_000, 100_000)):
         parts = list(predict_chunks(model, path, chunk_rows=chunk_rows, batch_size=batch_size))
         assert len(parts) == -(-100_000 // chunk_rows) and parts[1 % len(parts)].first in (chunk_rows, 0)
-        for name, value in whole.items():
-            assert np.array_equal(np.concatenate([p.outputs[name] for p in parts]), value)
+        for name, value in whole.items():  # another batch size may take another kernel: float32 rounding apart
+            np.testing.assert_allclose(np.concatenate([p.outputs[name] for p in parts]), value, rtol=1e-6, atol=1e-6)
     out = tmp_path / "p.npz"
     count, _ = predict_to_file(model, path, out, chunk_rows=30_000)
     with np.load(out) as saved:
-        assert count == 100_000 and np.array_equal(saved["probabilities"], whole["probabilities"])
+        assert count == 100_000
+        np.testing.assert_allclose(saved["probabilities"], whole["probabilities"], rtol=1e-6, atol=1e-6)
         assert saved["label"].shape == (100_000,) and saved["label"].dtype.kind == "U"
 
 
@@ -87,7 +88,14 @@ def test_parquet_and_npy_inputs_stream_too(keras_bundle, rows, tmp_path):
                                progress=lambda done, total, s: seen.append((done, total)))
     assert count == 100_000 and seen[-1] == (100_000, 100_000) and len(seen) >= 4
     predict_to_file(model, tmp_path / "r.npy", tmp_path / "b.csv", chunk_rows=40_000)
-    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")  # other chunks: float32 rounding apart
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) == 100_000
+    np.testing.assert_allclose(a.drop(columns="label").to_numpy(), b.drop(columns="label").to_numpy(), rtol=1e-6,
+                               atol=1e-6)
+    probabilities = a.drop(columns="label").to_numpy()
+    top2 = np.sort(probabilities, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-5  # a label may differ only where two classes tie within rounding
+    assert (a["label"][clear] == b["label"][clear]).all() and clear.mean() > 0.99
 
 
 def test_a_bad_row_deep_in_the_file_names_it_and_leaves_no_output(keras_bundle, rows, tmp_path):

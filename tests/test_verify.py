@@ -218,6 +218,23 @@ def test_tolerance_table_rules():
     # exported on a GPU (found on an H200): the CPU's check is another device's kernels, not bit-identical
     assert tolerance_for("keras", "jax", "cpu", exported_by="jax", exported_on="gpu").atol == 1e-6
     assert tolerance_for("keras", "jax", "gpu", exported_by="jax", exported_on="gpu").atol == 1e-5
+    # another CPU (found here: the committed v1 bundle, made on a host that also says "AMD EPYC", reloads 1.2e-7 off)
+    assert tolerance_for("keras", "tensorflow", "cpu", same_cpu=False).atol == 1e-6
+
+
+def test_bit_identity_needs_the_exporting_cpu(keras_bundle, tmp_path):
+    """The same bundle is held to bit-identity here, and to the cross-CPU row when its manifest names another CPU."""
+    from kerasio.runtime import cpu_features
+
+    assert kerasio.read_manifest(keras_bundle).cpu_features == cpu_features()
+    here = kerasio.verify(keras_bundle, formats="keras", in_process=True, record=False)
+    assert here.ok and (here.checks[0].atol, here.checks[0].rtol) == (0.0, 0.0)
+    b = copy_bundle(keras_bundle, tmp_path / "b")
+    data = json.loads((b / "kerasio.json").read_text())
+    data["cpu_features"] = "0123456789abcdef"
+    (b / "kerasio.json").write_text(json.dumps(data))
+    elsewhere = kerasio.verify(b, formats="keras", record=False)
+    assert elsewhere.ok and (elsewhere.checks[0].atol, elsewhere.checks[0].rtol) == (1e-6, 1e-6), elsewhere.table()
 
 
 def test_readme_tolerance_table_is_current():
