@@ -29,6 +29,7 @@ from .errors import (
     KerasioError,
     LegacyFormatWarning,
     ManifestWarning,
+    ResourceLimitError,
     SignatureError,
     UnsafeArtifactError,
     UnsupportedFormatError,
@@ -42,6 +43,7 @@ __version__ = "0.2.0"
 # binds the module to the package attribute of that name, so these functions must be bound eagerly.)
 from .export import ExportResult, export
 from .formats import REGISTRY as FORMATS
+from .limits import Limits
 from .loading import LoadedModel, load, load_isolated
 from .manifest import Artifact, Manifest, read_manifest
 from .predict import predict
@@ -66,8 +68,8 @@ __all__ = [  # written out so that linters and type checkers see the public name
     "verify", "verifier", "VerifyReport", "Dataset", "Split", "load_dataset", "split_dataset", "TrainConfig", "build_classifier",
     "fit", "set_determinism", "EpochTrace", "run_pipeline", "PipelineResult", "KerasioError", "DataError",
     "InputError", "ArtifactError", "IntegrityError", "UnsafeArtifactError", "UnsupportedFormatError",
-    "VerificationError", "WorkerError", "BackendUnavailableError", "LegacyFormatWarning",
-    "ManifestWarning", "sign", "SignatureError", "load_isolated",
+    "VerificationError", "WorkerError", "ResourceLimitError", "BackendUnavailableError", "LegacyFormatWarning",
+    "ManifestWarning", "sign", "SignatureError", "load_isolated", "Limits",
 ]
 
 

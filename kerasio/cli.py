@@ -72,6 +72,21 @@ def _test_size(text: str) -> int | float:
     return int(value) if value >= 1 else value
 
 
+def _limit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="memory an untrusted artifact's worker may use, e.g. 8G (default: 4G plus 8x the artifact, at "
+                        "most 80%% of RAM; KERASIO_MAX_MEMORY)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="wall time for each step of an untrusted artifact: a load or a batch (default: 30 s plus 60 s "
+                        "a GiB; KERASIO_TIMEOUT)")
+
+
+def _limits(args):
+    from .limits import Limits
+
+    return Limits.from_env(memory=args.max_memory, timeout=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kerasio",
@@ -121,9 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="highest pins float32 matmuls (default); fast allows TF32 on GPUs")
     ver.add_argument("--rtol", type=float, metavar="R", help="relative tolerance for every check (overrides the table)")
     ver.add_argument("--atol", type=float, metavar="A", help="absolute tolerance for every check (overrides the table)")
-    ver.add_argument("--in-process", action="store_true", help="load in this process instead of a fresh one")
+    ver.add_argument("--in-process", action="store_true",
+                     help="load in this process instead of a fresh one (only a bundle you exported here, or --trust)")
     ver.add_argument("--resume", action="store_true", help="also check that model.keras resumes training exactly")
     ver.add_argument("--trust-pickle", action="store_true", help="allow loading the pickle artifact")
+    ver.add_argument("--trust", action="store_true",
+                     help="you vouch for this bundle: it may be verified in this process, its pickle loaded")
+    _limit_args(ver)
     ver.add_argument("--import", action="append", dest="imports", default=[], metavar="MODULE",
                      help="import a module first (one that registers custom layers)")
     ver.add_argument("--allow-op", action="append", dest="allow_ops", default=[], metavar="OP",
@@ -142,13 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--import", action="append", dest="imports", default=[], metavar="MODULE",
                       help="import a module first (one that registers custom layers)")
     pred.add_argument("--trust-pickle", action="store_true", help="allow loading the pickle artifact")
+    pred.add_argument("--trust", action="store_true",
+                      help="you vouch for this artifact: it may be loaded in this process, its pickle too")
+    _limit_args(pred)
     pred.add_argument("--allow-op", action="append", dest="allow_ops", default=[], metavar="OP",
                       help="accept this SavedModel op beyond the inference allowlist (a file you trust)")
     pred.add_argument("--public-key", metavar="PEM", help="require the bundle's signature by this key (kerasio sign)")
     pred.add_argument("--no-header", action="store_true",
                       help="the CSV has no header row: its columns are the model's features, in order")
     pred.add_argument("--in-process", action="store_true",
-                      help="load the artifact in this process instead of a sandboxed worker (for your own bundles)")
+                      help="load the artifact in this process instead of a sandboxed worker (only a bundle you "
+                           "exported here, or --trust)")
     pred.add_argument("--json", action="store_true", help="print predictions as JSON records")
     pred.add_argument("--batch-size", type=_positive, metavar="N",
                       help="rows per call of the model (default: a whole chunk)")
@@ -204,6 +227,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kerasio: interrupted; existing artifacts were left as they were.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away: entry() stops quietly, as `cat` does
+        raise
+    except Exception as exc:  # never a traceback: what no kerasio error names is still one line
+        if args.debug:
+            raise
+        from .validation import printable
+
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        kind = "ran out of memory" if isinstance(exc, MemoryError) else f"unexpected {type(exc).__name__}"
+        print(f"kerasio: error: {printable(kind)}: {printable(first)} (existing artifacts were left as they were; "
+              "--debug shows the traceback)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def _warnings_once_to_stderr() -> None:
@@ -224,10 +259,22 @@ def _warnings_once_to_stderr() -> None:
 
 
 def _out(text: str = "", **kwargs) -> None:
-    """Print text that may carry strings from a bundle: control characters are escaped, line breaks kept."""
+    """Print kerasio's own multi-line text (tables, notes): its line breaks are kept, each line escaped.
+
+    Strings from a bundle or an input file reach it already escaped (tables
+    and notes escape their cells), so none of them can start a line; a single
+    message that carries such strings goes through :func:`_say`.
+    """
     from .validation import printable
 
     print("\n".join(printable(line) for line in str(text).split("\n")), **kwargs)
+
+
+def _say(text: str, **kwargs) -> None:
+    """Print one line: every control character in it, a newline included, is shown escaped."""
+    from .validation import printable
+
+    print(printable(str(text)), **kwargs)
 
 
 def _run(args) -> int:
@@ -290,13 +337,25 @@ def _verify(args) -> int:
     from .runtime import import_keras_quietly
     from .verify import verify
 
+    if args.resume:  # refused before anything runs
+        from .errors import UnsafeArtifactError
+        from .manifest import read_manifest
+        from .trust import trusted
+
+        if not trusted(read_manifest(args.path, public_key=args.public_key), trust=args.trust,
+                       public_key=args.public_key):
+            raise UnsafeArtifactError(
+                f"{args.path}: --resume replays the recorded training, which reads the data file the manifest names "
+                "and builds the model it describes, outside the sandbox; this bundle is not yours (kerasio did not "
+                "export it under this account, and no public key vouches for it). Drop --resume, or pass --trust if "
+                "you vouch for it. Received: --resume")
     if args.in_process:
         import_keras_quietly()
     report = verify(
         args.path, formats=args.formats, in_process=args.in_process, device=args.device, backend=args.backend,
-        precision=args.precision, trust_pickle=args.trust_pickle, imports=args.imports, rtol=args.rtol,
-        atol=args.atol, allow_ops=args.allow_ops, public_key=args.public_key,
-        progress=None if args.json or args.quiet else (lambda line: _out(f"  {line}", flush=True)),
+        precision=args.precision, trust_pickle=args.trust_pickle, trust=args.trust, imports=args.imports,
+        rtol=args.rtol, atol=args.atol, allow_ops=args.allow_ops, public_key=args.public_key, limits=_limits(args),
+        progress=None if args.json or args.quiet else (lambda line: _say(f"  {line}", flush=True)),
     )
     if args.resume:
         from .recipe.resume import resume_in_fresh_process
@@ -308,15 +367,14 @@ def _verify(args) -> int:
         passed = sum(c.passed for c in report.checks)
         if not args.quiet:
             _out(report.table())
-        _out(f"{passed} of {len(report.checks)} checks passed ({report.mode}) for {args.path}")
+        _say(f"{passed} of {len(report.checks)} checks passed ({report.mode}) for {args.path}")
     if report.worker_failure():
-        _out(f"kerasio: error: {report.worker_failure()}", file=sys.stderr)  # the verifier died: not a mismatch
+        _say(f"kerasio: error: {report.worker_failure()}", file=sys.stderr)  # the verifier died: not a mismatch
         return EXIT_ERROR
     if not report.ok:
         if not args.json:
             bad = ", ".join(c.artifact for c in report.failures()) or "resume"
-            _out(f"kerasio: verification failed for {bad}",
-                  file=sys.stderr)
+            _say(f"kerasio: verification failed for {bad}", file=sys.stderr)
         return EXIT_FAILED
     return 0
 
@@ -329,16 +387,17 @@ def _predict(args) -> int:
     from .runtime import import_keras_quietly
 
     with contextlib.ExitStack() as stack:
-        if args.in_process:  # your own bundle: load it here
+        trust = args.trust or args.trust_pickle
+        if args.in_process:  # your own bundle: load it here (an untrusted one is refused, not isolated)
             import_keras_quietly()
             for module in args.imports:
                 importlib.import_module(module)
-            model = load(args.path, format=args.format, trust=args.trust_pickle, allow_ops=args.allow_ops,
-                         public_key=args.public_key)
+            model = stack.enter_context(load(args.path, format=args.format, trust=trust, allow_ops=args.allow_ops,
+                                             public_key=args.public_key, isolate=False))
         else:  # by default the artifact runs in a sandboxed worker: this process never loads it
             model = stack.enter_context(load_isolated(
-                args.path, format=args.format, trust=args.trust_pickle, allow_ops=args.allow_ops,
-                public_key=args.public_key, imports=args.imports))
+                args.path, format=args.format, trust=trust, allow_ops=args.allow_ops,
+                public_key=args.public_key, imports=args.imports, limits=_limits(args)))
         options = {"header": not args.no_header, "chunk_rows": args.chunk_rows, "batch_size": args.batch_size}
         with _rows_progress(enabled=not args.quiet) as progress:
             if args.output:  # streamed into a temporary file, renamed over --output only when complete
@@ -346,7 +405,7 @@ def _predict(args) -> int:
             else:
                 _print_predictions(predict_chunks(model, args.input, **options), progress, args)
     if args.output and not args.quiet:
-        _out(f"wrote {rows:,} predictions to {args.output} ({rows / max(seconds, 1e-9):,.0f} rows/s; model "
+        _say(f"wrote {rows:,} predictions to {args.output} ({rows / max(seconds, 1e-9):,.0f} rows/s; model "
              f"{model.path}, sha256 {(model.sha256 or '')[:12]})")
     return 0
 
@@ -363,7 +422,7 @@ def _print_predictions(parts, progress, args) -> None:
         if part.columns is None:  # known from the first chunk, before anything is printed
             raise InputError(f"{args.input}: the model's outputs have more than 2 dimensions and cannot be printed "
                              "as a table; pass --output FILE.npz. Received: no --output")
-        frame = pd.DataFrame(part.columns)
+        frame = pd.DataFrame(_escaped(part.columns))  # a class name may carry a stranger's control characters
         if args.json:
             records = frame.to_json(orient="records")[1:-1]
             _out(("[" if first else "," if records else "") + records, end="")
@@ -372,6 +431,16 @@ def _print_predictions(parts, progress, args) -> None:
         first = False
     if args.json:
         print("[]" if first else "]")
+
+
+def _escaped(columns):
+    """String columns (a classifier's labels) with control characters escaped, for a terminal."""
+    import numpy as np
+
+    from .validation import printable
+
+    return {printable(str(name)): np.vectorize(printable, otypes=[str])(values)
+            if values.dtype.kind in "USO" and values.size else values for name, values in columns.items()}
 
 
 @contextlib.contextmanager
@@ -403,15 +472,26 @@ def _inspect(args) -> int:
     bundle = Path(args.path)
     manifest = read_manifest(bundle, public_key=args.public_key)
     last = last_report(bundle)
+    integrity = manifest.integrity(bundle)  # the hashes verify checks, without loading anything
+    changed = {path: state for path, state in integrity.items() if state != "ok"}
+    signature = _signature_state(bundle, args.public_key)
     if args.json:
-        _out(json.dumps({"manifest": manifest.to_dict(), "last_verification": last}, indent=2))
-        return 0
+        _out(json.dumps({"manifest": manifest.to_dict(), "integrity": integrity, "signature": signature,
+                         "last_verification": last}, indent=2))
+        return EXIT_FAILED if changed else 0
     from .publish import flat_name
     from .tables import wrap_notes
 
+    if changed:
+        first = f"integrity   CHANGED: {len(changed)} of {len(integrity)} files differ; {signature}"
+    else:
+        first = f"integrity   all {len(integrity)} files match their sha256; {signature}"
     v = manifest.versions
     sig = manifest.signature
-    lines = [f"bundle      {bundle}",
+    lines = [first]
+    if changed:
+        lines.append("changed     " + ", ".join(flat_name(p) for p in changed) + ": do not use this bundle")
+    lines += [f"bundle      {bundle}",
              f"created     {manifest.created_utc} (schema {manifest.schema_version}); backend {manifest.backend}, "
              f"device {manifest.device}",
              "versions    " + ", ".join(f"{k} {v[k]}" for k in v),
@@ -438,18 +518,31 @@ def _inspect(args) -> int:
         diff = "-" if c.get("max_abs_diff") is None else f"{c['max_abs_diff']:.1e}"
         last_by.setdefault(str(c.get("artifact")), []).append(f"{c.get('status')} {c.get('device') or '?'} {diff}")
     rows = [[a.format, flat_name(a.path), str(a.size), a.sha256[:12],
+             "ok" if integrity.get(a.path) == "ok" else "CHANGED",
              ", ".join(last_by.get(a.path, ["never verified"]))] for a in manifest.artifacts]
     _out("\nartifacts (sha256 prefixes; --json has the full hashes)")
-    _out(render_table(["Format", "Path", "Bytes", "sha256", "Last verification (max abs diff)"], rows))
+    _out(render_table(["Format", "Path", "Bytes", "sha256", "Bytes now", "Last verification (max abs diff)"], rows))
     notes = [f"  {a.format}: {line}" for a in manifest.artifacts for line in _io_summary(a.info)]
     notes += [f"  {name} skipped: {why}" for name, why in manifest.skipped.items()]
+    notes += [f"  {flat_name(path)}: {state}" for path, state in changed.items()]
     _out("\n".join(wrap_notes(notes)))
     if last:
         _out(f"last verification: {'PASS' if last.get('ok') else 'FAIL'} ({last.get('mode')})")
     if manifest.trace:
         _out("\ntrace")
         _out(TraceRecords(manifest.trace).table())
-    return 0
+    return EXIT_FAILED if changed else 0
+
+
+def _signature_state(bundle: Path, public_key: str | None) -> str:
+    """What ``inspect`` can say of the bundle's signature (it checked it only if given a key)."""
+    from .signing import SIGNATURE_NAME
+
+    if public_key is not None:
+        return f"signature verified with {public_key}"
+    if os.path.lexists(bundle / SIGNATURE_NAME):
+        return "signature present but NOT checked (--public-key)"
+    return "not signed"
 
 
 def _io_summary(info: dict) -> list[str]:

@@ -16,6 +16,7 @@ __all__ = [
     "UnsupportedFormatError",
     "VerificationError",
     "WorkerError",
+    "ResourceLimitError",
     "BackendUnavailableError",
     "LegacyFormatWarning",
     "ManifestWarning",
@@ -60,6 +61,20 @@ class VerificationError(KerasioError, AssertionError):
 
 class WorkerError(KerasioError):
     """The verifying interpreter died or stopped answering (what it was checking is named)."""
+
+
+class ResourceLimitError(KerasioError):
+    """A limit was hit: memory, wall time, CPU time, open files or file size of the worker running an
+    untrusted artifact (which is then replaced), or the wait for a lock another process holds.
+
+    Attributes:
+        limit: which limit (``memory``, ``wall time``, ``CPU time``, ``open files``, ``file size``, ``lock wait``).
+        option: how to raise it (``--max-memory 8G``, ``--timeout 120``, ...).
+    """
+
+    def __init__(self, message: str, *, limit: str = "", option: str = ""):
+        super().__init__(message)
+        self.limit, self.option = limit, option
 
 
 class BackendUnavailableError(KerasioError, RuntimeError):

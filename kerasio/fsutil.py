@@ -50,11 +50,40 @@ def sha256_file(path: str | Path, copy_to: Any = None) -> str:
         view = memoryview(buf)
         with contextlib.ExitStack() as stack:
             out = copy_to if copy_to is None or hasattr(copy_to, "write") else stack.enter_context(open(copy_to, "xb"))
-            while n := f.readinto(buf):
-                digest.update(view[:n])
-                if out is not None:
-                    out.write(view[:n])
+            sparse = out is not None and not hasattr(copy_to, "write")  # a file copy keeps the holes of a sparse file
+            written = 0
+            try:
+                while n := f.readinto(buf):
+                    digest.update(view[:n])
+                    if out is None:
+                        continue
+                    if sparse and (buf == _ZEROS if n == _CHUNK else bytes(view[:n]) == _ZEROS[:n]):
+                        out.seek(n, os.SEEK_CUR)
+                    else:
+                        out.write(view[:n])
+                    written += n
+                if sparse and out is not None:
+                    out.truncate(written)
+            except OSError as exc:
+                raise copy_error(copy_to if copy_to is not None else path, exc) from None
     return digest.hexdigest()
+
+
+_ZEROS = bytes(_CHUNK)
+
+
+def copy_error(path: Any, exc: OSError) -> Exception:
+    """A failed write of a private copy: the file-size limit, a full disk, or the error itself."""
+    from .errors import ResourceLimitError
+
+    if exc.errno == errno.EFBIG:
+        return ResourceLimitError(
+            f"{path}: copying the artifact hit this process's file-size limit (ulimit -f); raise it, or load a "
+            f"smaller artifact. Received: {exc.strerror or exc}", limit="file size", option="ulimit -f")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ArtifactError(f"{path}: no space left for kerasio's private copy of the artifact; free some space or "
+                             f"point TMPDIR at a larger disk. Received: {exc.strerror or exc}")
+    return exc
 
 
 def _kind(mode: int) -> str:
@@ -77,8 +106,11 @@ def hash_artifact(path: str | Path, copy_to: str | Path | None = None) -> tuple[
     path = Path(path)
     top = os.lstat(path)
     if not stat.S_ISDIR(top.st_mode):
+        if copy_to is not None and not hasattr(copy_to, "write"):
+            require_space(Path(copy_to).parent, top.st_size, path)
         return sha256_file(path, copy_to), top.st_size, None
     if copy_to is not None:
+        require_space(Path(copy_to).parent, tree_size(path), path)
         os.mkdir(copy_to, 0o700)
     files: dict[str, str] = {}
     size = 0
@@ -103,6 +135,33 @@ def hash_artifact(path: str | Path, copy_to: str | Path | None = None) -> tuple[
     return digest.hexdigest(), size, files
 
 
+def tree_size(path: Path) -> int:
+    """Bytes of a file, or of the regular files under a directory, from ``lstat`` alone (nothing is opened)."""
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        return info.st_size
+    total = 0
+    for root, _dirs, names in os.walk(path, followlinks=False):
+        for name in names:
+            entry = os.lstat(os.path.join(root, name))
+            if stat.S_ISREG(entry.st_mode):
+                total += entry.st_size
+    return total
+
+
+def require_space(directory: Path, size: int, source: Path) -> None:
+    """Refuse to copy ``size`` bytes into ``directory`` when its file system has not that much free."""
+    try:
+        vfs = os.statvfs(directory)
+    except OSError:
+        return
+    free = vfs.f_bavail * vfs.f_frsize
+    if size > free:
+        raise ArtifactError(f"{source}: kerasio loads a private copy of the artifact, which needs {size:,} bytes, "
+                            f"but {directory} has {free:,} free. Free some space or point TMPDIR at a larger disk. "
+                            f"Received: {size:,} bytes")
+
+
 def confined(bundle: Path, rel: Any, what: str) -> Path:
     """``bundle / rel`` after checking that it stays inside the bundle, without opening anything.
 
@@ -117,7 +176,8 @@ def confined(bundle: Path, rel: Any, what: str) -> Path:
     text = rel if isinstance(rel, str) else None
     parts = PurePosixPath(text).parts if text else ()
     if (not text or text.startswith("/") or "\\" in text or "\x00" in text
-            or any(p in ("..", ".") for p in parts) or "/".join(parts) != text):
+            or any(p in ("..", ".") for p in parts) or "/".join(parts) != text
+            or any(len(p.encode("utf-8", "surrogatepass")) > 255 for p in parts) or not _encodable(text)):
         raise UnsafeArtifactError(
             f"{bundle}: the manifest's path for {what} is not a relative path inside the bundle; refusing to open "
             f"anything outside it. Re-export the bundle. Received: path={str(rel)[:200]!r}"
@@ -130,6 +190,9 @@ def confined(bundle: Path, rel: Any, what: str) -> Path:
         except FileNotFoundError:
             raise ArtifactError(f"{current}: {what} listed in the manifest is missing. Re-export the bundle "
                                 f"(kerasio run / kerasio.export). Received: path={text!r}") from None
+        except OSError as exc:  # ENAMETOOLONG, ENOTDIR, EACCES: say so, in one line
+            raise ArtifactError(f"{bundle}: the manifest's path for {what} cannot be opened "
+                                f"({exc.strerror or exc}). Re-export the bundle. Received: path={text[:200]!r}") from None
         if stat.S_ISLNK(mode):
             raise UnsafeArtifactError(
                 f"{current}: is a symbolic link; kerasio never follows links out of a bundle. Replace it with the "
@@ -144,15 +207,92 @@ def confined(bundle: Path, rel: Any, what: str) -> Path:
     return current
 
 
-def bundle_lock(bundle: Path) -> Any:
-    """An advisory lock on ``bundle`` (``flock`` on ``.kerasio.lock``): one writer at a time.
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def lock_timeout(kind: str) -> float:
+    """Seconds to wait for a lock: ``KERASIO_LOCK_TIMEOUT`` (default 600 for a writer's, 10 for a reader's pin).
+
+    A writer holds the bundle lock for as long as an export takes; a pruning
+    writer holds a generation exclusively for the moment of a rename. A reader
+    that waits longer faces a process holding the lock on purpose.
+    """
+    try:
+        return float(os.environ["KERASIO_LOCK_TIMEOUT"])
+    except (KeyError, ValueError):
+        return 600.0 if kind == "writer" else 10.0
+
+
+class BundleLock:
+    """The writers' advisory lock on a bundle: ``flock`` on ``.kerasio.lock``, one writer at a time.
 
     The kernel releases it when its holder dies, so a killed writer never
-    leaves the bundle locked.
+    leaves the bundle locked. The lock file is opened with ``O_NOFOLLOW`` and
+    never truncated: a ``.kerasio.lock`` that is a symbolic link (to a file
+    outside the bundle) is refused, not written through.
     """
-    from filelock import FileLock
 
-    return FileLock(str(Path(bundle) / LOCK_NAME))
+    def __init__(self, bundle: Path):
+        self.path = Path(bundle) / LOCK_NAME
+        self._fd: int | None = None
+
+    @property
+    def is_locked(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, timeout: float | None = None) -> "BundleLock":
+        import fcntl
+        import time
+
+        from .errors import ResourceLimitError
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeArtifactError(f"{self.path}: is a symbolic link; kerasio never writes through a link out "
+                                          f"of a bundle. Remove it. Received: a symlink") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafeArtifactError(f"{self.path}: is not a regular file; remove it. Received: not a file")
+        wait = lock_timeout("writer") if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise ResourceLimitError(
+                        f"{self.path.parent}: another process has held the bundle's writer lock for over {wait:g} s; "
+                        "kerasio stopped waiting. Let that export finish, or raise KERASIO_LOCK_TIMEOUT. "
+                        f"Received: {LOCK_NAME} locked", limit="lock wait", option="KERASIO_LOCK_TIMEOUT") from None
+                time.sleep(0.05)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> "BundleLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def bundle_lock(bundle: Path) -> BundleLock:
+    """The writers' lock on ``bundle`` (see :class:`BundleLock`)."""
+    return BundleLock(bundle)
 
 
 def _alive(pid: int) -> bool:

@@ -9,7 +9,7 @@ import html
 import math
 from typing import Any, Sequence
 
-__all__ = ["table", "trace_svg", "status", "escape", "STYLE"]
+__all__ = ["table", "trace_svg", "status", "escape", "escape_lines", "STYLE"]
 
 STYLE = ("<style>.kerasio table{border-collapse:collapse;font:13px monospace;margin:4px 0}"
          ".kerasio th,.kerasio td{border:1px solid #ccc;padding:2px 8px;text-align:left}"
@@ -19,7 +19,15 @@ STYLE = ("<style>.kerasio table{border-collapse:collapse;font:13px monospace;mar
 
 
 def escape(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """HTML-escaped, with control characters (newlines included) and bidirectional overrides shown as ``\\x..``."""
+    from .validation import printable
+
+    return html.escape(printable(str(value)), quote=True)
+
+
+def escape_lines(text: str) -> str:
+    """:func:`escape` line by line, keeping the line breaks (for kerasio's own multi-line text, such as JSON)."""
+    return "\n".join(escape(line) for line in str(text).split("\n"))
 
 
 def status(text: str) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import shutil
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,13 +11,15 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ArtifactError, InputError, KerasioError, SignatureError
+from .errors import ArtifactError, InputError, KerasioError, SignatureError, UnsafeArtifactError
 from .formats import REGISTRY, Format, Runner, get_format
-from .fsutil import hash_artifact, private_dir
+from .fsutil import hash_artifact, private_dir, tree_size
+from .limits import Limits
 from .manifest import MANIFEST_NAME, Artifact, Manifest, read_manifest, read_pinned
 from .publish import flat_name
 from .signature import Signature
 from .task import NamedColumns, Task, resolve_task
+from .trust import trusted
 
 __all__ = ["load", "load_isolated", "LoadedModel", "PREFERENCE"]
 
@@ -32,6 +35,23 @@ class LoadedModel(NamedColumns):
     task: Task
     sha256: str | None = None
     manifest: Manifest | None = field(default=None, repr=False)
+    _resources: contextlib.ExitStack | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def isolated(self) -> bool:
+        """Whether the artifact runs in a sandboxed worker (an untrusted one) rather than in this process."""
+        return "sandbox" in self.runner.info
+
+    def close(self) -> None:
+        """Release what the model holds: its worker (an untrusted artifact's) and its generation's pin."""
+        if self._resources is not None:
+            self._resources.close()
+
+    def __enter__(self) -> "LoadedModel":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def signature(self) -> Signature:
@@ -97,23 +117,42 @@ class LoadedModel(NamedColumns):
 
 
 def load(path: str | Path, *, format: str | None = None, trust: bool = False, device: str = "cpu",
-         allow_ops: Sequence[str] = (), public_key: str | Path | None = None) -> LoadedModel:
+         allow_ops: Sequence[str] = (), public_key: str | Path | None = None, limits: Limits | None = None,
+         imports: Sequence[str] = (), isolate: bool | None = None) -> LoadedModel:
     """Load a bundle or a single artifact, checking its sha256 before loading.
+
+    Whether the artifact runs in this process depends on whether it is yours
+    (see :mod:`kerasio.trust`): a bundle kerasio exported under your account,
+    one whose signature verifies with ``public_key``, or anything loaded with
+    ``trust=True`` is audited and loaded here (the fast path: well under a
+    millisecond per small batch). Anything else (a bundle from someone else, a
+    bare file) is audited, loaded and run in a sandboxed worker process under
+    :class:`~kerasio.limits.Limits`: it cannot touch this process, and a limit
+    it hits is a :class:`~kerasio.errors.ResourceLimitError`. Such a model holds
+    its worker until :meth:`LoadedModel.close` (or the end of a ``with`` block,
+    or until it is garbage-collected); ``model.isolated`` says which it is.
 
     Args:
         path: a bundle directory, a ``.keras`` file, a SavedModel directory or
             any other registered artifact (``.h5``, ``.onnx``, ``.tflite``, ``.pkl``).
         format: which artifact of a bundle to load (default: ``keras`` if present).
-        trust: allow the pickle format (it can run arbitrary code).
+        trust: you vouch for the artifact: load it in this process, and allow the pickle format (which can
+            run arbitrary code).
         device: ``cpu`` or ``gpu``.
         allow_ops: SavedModel op names to accept beyond the inference allowlist (only for a file you trust).
         public_key: an elliptic-curve public key (PEM): the bundle's manifest must carry a valid signature
-            by its private key (``kerasio sign``).
+            by its private key (``kerasio sign``); a bundle that has one is then trusted.
+        limits: for an untrusted artifact, the worker's limits (default: derived from its size).
+        imports: for an untrusted artifact, modules the worker imports first (custom layers).
+        isolate: ``None`` (default) decides by trust as above; ``True`` runs even a trusted artifact in the
+            worker; ``False`` insists on this process and refuses an untrusted artifact
+            (:class:`~kerasio.errors.UnsafeArtifactError`) instead of isolating it.
 
     Raises:
         IntegrityError: the bytes differ from the manifest; nothing is loaded.
         SignatureError: ``public_key`` was given and the signature is missing or does not verify.
         ArtifactError: the path is not something kerasio can load.
+        ResourceLimitError: an untrusted artifact hit one of its limits.
 
     Example:
         >>> m = load("saved_models/seed")  # doctest: +SKIP
@@ -122,8 +161,35 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
     """
     from .audit import allowing_ops
 
-    with allowing_ops(allow_ops):
-        return _load(Path(path), format, trust, device, public_key)
+    resources = contextlib.ExitStack()  # the generation's pin (and an untrusted model's worker), held while it lives
+    try:
+        tmp = resources.enter_context(private_dir("kerasio-load-"))
+        checked = _checked_copy(Path(path), format, public_key, tmp, resources)
+        own = trusted(checked.manifest, trust=trust, public_key=public_key)
+        if isolate is False and not own:
+            raise UnsafeArtifactError(
+                f"{checked.shown}: loading in this process runs the artifact here, and it is not yours (kerasio did "
+                "not export it under this account, and no public key vouches for it). Load it in the sandboxed worker "
+                "(drop --in-process / isolate=False), or pass trust=True (--trust) if you vouch for it. "
+                "Received: isolate=False")
+        if own and not isolate:
+            with allowing_ops(allow_ops):
+                manifest = checked.manifest
+                runner = _load_copy(checked.format, checked.copy, checked.shown, device=device, trust=trust,
+                                    signature=manifest.signature if manifest else None)
+            shutil.rmtree(tmp, ignore_errors=True)  # loaded: the runtime holds what it needs
+            loaded = LoadedModel(runner, _task(checked.manifest, runner.signature), checked.sha256, checked.manifest)
+        else:
+            loaded = _in_worker(checked, tmp, resources, trust=trust, allow_ops=allow_ops, imports=imports,
+                                limits=limits, device=device)
+    except BaseException:
+        resources.close()
+        raise
+    # While it lives, a writer does not prune its generation: manifest.reference_arrays(bundle) and the files the
+    # manifest names stay readable (a later writer prunes the generation once the model is gone).
+    loaded._resources = resources
+    weakref.finalize(loaded, resources.close)
+    return loaded
 
 
 @dataclass
@@ -170,82 +236,89 @@ def _checked_copy(path: Path, format: str | None, public_key: str | Path | None,
     return _Checked(fmt, copy, path, hash_artifact(path, copy_to=copy)[0], None)  # loaded is what was hashed
 
 
-def _load(path: Path, format: str | None, trust: bool, device: str, public_key: str | Path | None) -> LoadedModel:
-    pin = contextlib.ExitStack()  # the generation's pin, held as long as the loaded model lives
-    try:
-        with contextlib.ExitStack() as stack:
-            checked = _checked_copy(path, format, public_key, stack.enter_context(private_dir("kerasio-load-")), pin)
-            manifest = checked.manifest
-            runner = _load_copy(checked.format, checked.copy, checked.shown, device=device, trust=trust,
-                                signature=manifest.signature if manifest else None)
-    except BaseException:
-        pin.close()
-        raise
-    task = manifest.task if manifest else resolve_task("auto", runner.signature)
-    loaded = LoadedModel(runner, task, checked.sha256, manifest)
-    # While it lives, a writer does not prune its generation: manifest.reference_arrays(bundle) and the files the
-    # manifest names stay readable (a later writer prunes the generation once the model is gone).
-    weakref.finalize(loaded, pin.close)
-    return loaded
+def _task(manifest: Manifest | None, signature: Signature) -> Task:
+    return manifest.task if manifest else resolve_task("auto", signature)
 
 
 @contextlib.contextmanager
 def load_isolated(path: str | Path, *, format: str | None = None, trust: bool = False, allow_ops: Sequence[str] = (),
-                  public_key: str | Path | None = None, imports: Sequence[str] = ()) -> Iterator[LoadedModel]:
-    """:func:`load`, but the artifact is loaded and run in a sandboxed worker process (what ``kerasio predict`` does).
+                  public_key: str | Path | None = None, imports: Sequence[str] = (),
+                  limits: Limits | None = None, device: str = "cpu") -> Iterator[LoadedModel]:
+    """:func:`load`, but always in a sandboxed worker process (what ``kerasio predict`` does), trusted or not.
 
     The worker reads only a checked copy of the artifact and writes only its
-    own directory (Landlock, see :mod:`kerasio.sandbox`); this process never
-    imports the artifact's runtime. ``model.runner.info["sandbox"]`` says what
-    confined it. The worker stops when the block ends.
+    own directory (Landlock, see :mod:`kerasio.sandbox`), under ``limits``;
+    this process never imports the artifact's runtime.
+    ``model.runner.info["sandbox"]`` says what confined it. The worker stops
+    when the block ends.
     """
-    from . import errors
+    with load(path, format=format, trust=trust, allow_ops=allow_ops, public_key=public_key, imports=imports,
+              limits=limits, device=device, isolate=True) as model:
+        yield model
+
+
+def _in_worker(checked: "_Checked", tmp: Path, resources: contextlib.ExitStack, *, trust: bool,
+               allow_ops: Sequence[str], imports: Sequence[str], limits: Limits | None, device: str) -> LoadedModel:
+    """A model whose artifact is loaded and run by a sandboxed, bounded worker that ``resources`` closes."""
     from .manifest import load_arrays, save_arrays
     from .runtime import default_backend
-    from .worker import Worker
+    from .worker import WARM, Worker
 
-    with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(private_dir("kerasio-predict-"))
-        checked = _checked_copy(Path(path), format, public_key, tmp, stack)
-        manifest = checked.manifest
-        if manifest is not None:  # as verify does: the custom-class modules this process has imported itself
-            from .verify import importable_custom_modules
+    manifest = checked.manifest
+    if manifest is not None:  # as verify does: the custom-class modules this process has imported itself
+        from .verify import importable_custom_modules
 
-            imports = [*imports, *importable_custom_modules(manifest.custom_objects)]
-        worker = stack.enter_context(Worker(checked.format.worker_backend(default_backend()), warm=("keras",),
-                                            imports=imports, sandbox=[str(tmp)]))
+        imports = [*imports, *importable_custom_modules(manifest.custom_objects)]
+    fmt = checked.format
+    try:  # what needs no framework is refused here, before a worker (and its TensorFlow import) starts
+        fmt.precheck(checked.copy)
+    except KerasioError as exc:
+        exc.args = (str(exc).replace(str(checked.copy), str(checked.shown)),) + exc.args[1:]
+        raise
+    size = tree_size(checked.copy)
+    bounds = (limits or Limits.from_env()).resolved(size)
+    worker = resources.enter_context(Worker(
+        fmt.worker_backend(default_backend()), warm=WARM.get(fmt.runtime, ("keras",)), imports=imports,
+        sandbox=[str(tmp)], limits=bounds, device=device))
+    closed = [False]
+    resources.callback(closed.__setitem__, 0, True)
 
-        def ask(request: dict[str, Any]) -> dict[str, Any]:
-            answer = worker.request(request)
-            if not answer["ok"]:
-                kind = getattr(errors, str(answer.get("type")), None)
-                kind = kind if isinstance(kind, type) and issubclass(kind, KerasioError) else ArtifactError
-                raise kind(str(answer["error"]).replace(str(checked.copy), str(checked.shown)))
-            return answer
+    def ask(request: dict[str, Any]) -> dict[str, Any]:
+        if closed[0]:
+            raise ArtifactError(f"{checked.shown}: this model was closed (its worker has stopped); load it again. "
+                                f"Received: a call after close()")
+        return worker.raise_for(worker.request(request), copy=checked.copy, shown=checked.shown)
 
-        opened = ask({"op": "open", "format": checked.format.name, "path": str(checked.copy), "trust": trust,
-                      "signature": manifest.signature.to_dict() if manifest else None, "allow_ops": list(allow_ops),
-                      "imports": list(imports)})
-        signature = Signature.from_dict(opened["signature"])
-        calls = itertools.count()
+    opened = ask({"op": "open", "format": fmt.name, "path": str(checked.copy), "trust": trust, "device": device,
+                  "signature": manifest.signature.to_dict() if manifest else None, "allow_ops": list(allow_ops),
+                  "imports": list(imports)})
+    signature = Signature.from_dict(opened["signature"])
+    calls = itertools.count()
+    if fmt.legacy:  # the worker's own warning stays in the worker: said here, once it has loaded
+        import warnings
 
-        def run(inputs: Any) -> dict[str, np.ndarray]:
-            sent = tmp / f"inputs-{next(calls)}.npz"
-            save_arrays(sent, inputs)
-            try:
-                outputs = Path(ask({"op": "run", "path": str(checked.copy), "inputs": str(sent)})["outputs"])
-            finally:
-                sent.unlink(missing_ok=True)
-            try:  # each chunk's files go as soon as they are read: a long prediction does not fill the disk
-                return load_arrays(outputs, signature.output_names)
-            finally:
-                outputs.unlink(missing_ok=True)
+        from .errors import LegacyFormatWarning
 
-        runner = Runner(run, format=checked.format.name, path=checked.shown, runtime=opened["runtime"],
-                        backend=opened["backend"], signature=signature, device=opened["device"],
-                        info={**opened["info"], "sandbox": worker.sandbox_status})
-        yield LoadedModel(runner, manifest.task if manifest else resolve_task("auto", signature), checked.sha256,
-                          manifest)
+        warnings.warn(f"{fmt.name}: {fmt.description}; a legacy format, prefer .keras", LegacyFormatWarning,
+                      stacklevel=4)
+
+    def run(inputs: Any) -> dict[str, np.ndarray]:
+        sent = tmp / f"inputs-{next(calls)}.npz"
+        save_arrays(sent, inputs)
+        rows = len(next(iter(inputs.values()))) if inputs else 0
+        try:
+            outputs = Path(ask({"op": "run", "path": str(checked.copy), "inputs": str(sent), "rows": rows})["outputs"])
+        finally:
+            sent.unlink(missing_ok=True)
+        try:  # each chunk's files go as soon as they are read: a long prediction does not fill the disk
+            return load_arrays(outputs, signature.output_names, list(signature.outputs))
+        finally:
+            outputs.unlink(missing_ok=True)
+
+    runner = Runner(run, format=fmt.name, path=checked.shown, runtime=opened["runtime"], backend=opened["backend"],
+                    signature=signature, device=opened["device"],
+                    info={**opened["info"], "sandbox": worker.sandbox_status})
+    return LoadedModel(runner, _task(manifest, signature), checked.sha256, manifest)
 
 
 def _load_copy(fmt: Format, copy: Path, shown: Path, **kwargs: Any) -> Runner:

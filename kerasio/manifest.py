@@ -9,6 +9,7 @@ by translating them into the same objects.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import platform
@@ -21,12 +22,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .arrays import check_npy_header, check_npz
+from .bounded import loads
 from .errors import ArtifactError, IntegrityError
-from .fsutil import confined, hash_artifact, sha256_file, write_text_atomic
+from .fsutil import confined, hash_artifact, sha256_file, tree_size, write_text_atomic
 from .publish import generation_gone, pinned
 from .signature import Signature, TensorSpec
 from .task import NamedColumns, Task
-from .validation import MAX_MANIFEST_BYTES, check_depth, validate_manifest
+from .validation import MAX_MANIFEST_BYTES, MAX_STRING, validate_manifest
 
 __all__ = ["Manifest", "Artifact", "MANIFEST_NAME", "SCHEMA_VERSION", "read_manifest", "library_versions",
            "REFERENCE_FILES", "save_arrays", "read_pinned", "manifest_bytes", "parse_manifest"]
@@ -64,6 +67,7 @@ class Artifact:
         """
         # Confined before anything is opened: relative, inside the bundle, no symlink, no FIFO or device.
         full = confined(bundle, self.path, f"artifact {self.format!r}")
+        self._sized(bundle, full)
         with pinned(bundle, self.path):
             digest, _size, files = hash_artifact(full)
         self._match(bundle, full, digest, files)
@@ -78,6 +82,7 @@ class Artifact:
         against pruning while it is copied.
         """
         full = confined(bundle, self.path, f"artifact {self.format!r}")
+        self._sized(bundle, full)
         Path(into).mkdir(mode=0o700, parents=True, exist_ok=True)
         copy = Path(into) / Path(self.path).name
         with pinned(bundle, self.path):
@@ -92,11 +97,24 @@ class Artifact:
     def read_verified(self, bundle: Path) -> bytes:
         """The bytes of a single-file artifact, hashed as they were read (see :meth:`materialize`)."""
         full = confined(bundle, self.path, f"artifact {self.format!r}")
+        self._sized(bundle, full)
+        _fits_in_memory(full, self.size, self.format)
         buffer = io.BytesIO()
         with pinned(bundle, self.path):
             digest = sha256_file(full, copy_to=buffer)
         self._match(bundle, full, digest, None)
         return buffer.getvalue()
+
+    def _sized(self, bundle: Path, full: Path) -> None:
+        """Compare the bytes on disk with the manifest's ``size`` before a byte is read (``size`` 0: not recorded)."""
+        if not self.size:
+            return
+        actual = tree_size(full)
+        if actual != self.size:
+            raise IntegrityError(
+                f"{full}: {actual:,} bytes on disk, but {bundle / MANIFEST_NAME} records {self.size:,}. The "
+                f"{self.format} artifact was modified or corrupted after export; nothing was read or loaded. Re-export "
+                f"it, or restore the original file. Received: {actual:,} bytes")
 
     def _match(self, bundle: Path, full: Path, digest: str, files: dict[str, str] | None) -> None:
         if digest == self.sha256:
@@ -136,6 +154,8 @@ class Manifest(NamedColumns):
     reference: dict[str, Any] = field(default_factory=dict)
     custom_objects: list[dict[str, Any]] = field(default_factory=list)
     attachments: list[dict[str, Any]] = field(default_factory=list)  # hashed extra files (trace.csv, ...)
+    # sha256 of the bytes this manifest was parsed from ('' when built in memory): what kerasio.trust records
+    digest: str = field(default="", repr=False, compare=False)
 
     # -- conversion -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -167,7 +187,7 @@ class Manifest(NamedColumns):
         except TypeError as exc:
             raise ArtifactError(f"{MANIFEST_NAME}: an artifact entry is malformed; re-export the bundle. "
                                 f"Received: {exc}") from None
-        known = set(cls.__dataclass_fields__) - {"signature", "task", "artifacts"}
+        known = set(cls.__dataclass_fields__) - {"signature", "task", "artifacts", "digest"}
         return cls(signature=Signature.from_dict(data["signature"]), task=Task.from_dict(data.get("task")),
                    artifacts=artifacts, **{k: v for k, v in data.items() if k in known})
 
@@ -181,9 +201,13 @@ class Manifest(NamedColumns):
         data["attachments"] = [{**a, "path": f"{prefix}/{a['path']}"} for a in data["attachments"]]
         return Manifest.from_dict(data)
 
+    def text(self) -> str:
+        """The manifest as kerasio writes it (``kerasio.json``)."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def write(self, bundle: Path) -> Path:
         path = Path(bundle) / MANIFEST_NAME
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text_atomic(path, self.text())
         return path
 
     def _repr_html_(self) -> str:
@@ -204,6 +228,31 @@ class Manifest(NamedColumns):
                 + chart + "</div>")
 
     # -- queries ------------------------------------------------------------
+    def integrity(self, bundle: Path) -> dict[str, str]:
+        """Each artifact's and reference file's bytes against the manifest, by path: ``ok`` or what is wrong.
+
+        What ``verify`` checks before it loads anything, without loading:
+        paths confined to the bundle, sizes, then sha256 of every byte.
+        """
+        from .errors import KerasioError, ResourceLimitError
+
+        entries = [(a.path, a) for a in self.artifacts]
+        entries += [(e["path"], Artifact(format=f"reference {k}", path=e["path"], size=int(e.get("size") or 0),
+                                         sha256=e["sha256"]))
+                    for k, e in self.reference.items() if isinstance(e, dict)]
+        found = {}
+        for path, art in entries:
+            try:
+                art.check(Path(bundle))
+                found[path] = "ok"
+            except IntegrityError as exc:
+                found[path] = "MODIFIED: " + str(exc).split(". ")[0]
+            except ResourceLimitError:  # nothing could be checked (a lock another process holds): say so, as an error
+                raise
+            except KerasioError as exc:
+                found[path] = "REFUSED: " + str(exc).split(". ")[0]
+        return found
+
     def artifact(self, fmt: str) -> Artifact:
         for art in self.artifacts:
             if art.format == fmt:
@@ -224,7 +273,8 @@ class Manifest(NamedColumns):
     def _reference(self, bundle: Path, key: str) -> dict[str, np.ndarray]:
         try:
             entry = self.reference[key]
-            art = Artifact(format=f"reference {key}", path=entry["path"], size=0, sha256=entry["sha256"])
+            art = Artifact(format=f"reference {key}", path=entry["path"], size=int(entry.get("size") or 0),
+                           sha256=entry["sha256"])
         except (KeyError, TypeError):
             raise ArtifactError(f"{Path(bundle) / MANIFEST_NAME}: no reference {key} recorded; re-export the "
                                 f"bundle. Received: reference keys {sorted(self.reference)}") from None
@@ -264,20 +314,16 @@ def load_arrays(path: Path, names: list[str], specs: list[TensorSpec] | None = N
     def source() -> Any:
         return io.BytesIO(data) if data is not None else path
 
+    size = len(data) if data is not None else path.stat().st_size
+    advice = "re-export the bundle"
     try:
         if path.suffix == ".npy":
             with (io.BytesIO(data) if data is not None else open(path, "rb")) as f:
-                _check_header(f, len(data) if data is not None else path.stat().st_size, f"{path}")
+                check_npy_header(f, size, f"{path}", ArtifactError, advice)
             arrays = {names[0]: np.load(source(), allow_pickle=False)}
         else:
-            with zipfile.ZipFile(source()) as archive:
-                members = archive.infolist()
-                if len(members) > 10_000:
-                    raise ArtifactError(f"{path}: {len(members)} arrays; no reference file holds that many. "
-                                        f"Re-export the bundle. Received: {len(members)} members")
-                for info in members:
-                    with archive.open(info) as member:
-                        _check_header(member, info.file_size, f"{path}: array {info.filename!r}")
+            with zipfile.ZipFile(source()) as archive:  # kerasio stores its arrays uncompressed: never expanded here
+                check_npz(archive, size, str(path), ArtifactError, advice, compressed=False)
             with np.load(source(), allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -293,18 +339,29 @@ def load_arrays(path: Path, names: list[str], specs: list[TensorSpec] | None = N
     return arrays
 
 
-def _check_header(f: Any, size: int, where: str) -> None:
-    version = np.lib.format.read_magic(f)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _fortran, dtype = read(f, max_header_size=10_000)
-    if dtype.hasobject:
-        raise ArtifactError(f"{where}: holds Python objects (dtype {dtype}), which kerasio never writes and never "
-                            f"unpickles. Re-export the bundle. Received: dtype={dtype}")
-    claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize if shape else dtype.itemsize
-    if claimed > size - f.tell():
-        raise ArtifactError(f"{where}: its header claims {claimed} bytes of data (shape {shape}, {dtype}) but the "
-                            f"file holds {size - f.tell()}: truncated or forged. Re-export the bundle. "
-                            f"Received: shape={shape}")
+def _fits_in_memory(path: Path, size: int, what: str) -> None:
+    """A file read whole into memory (reference arrays) must fit in what the machine has available."""
+    from .errors import ResourceLimitError
+    from .limits import available_memory
+
+    available = available_memory()
+    actual = size or tree_size(path)
+    if available and actual > available // 2:
+        raise ResourceLimitError(
+            f"{path}: the {what} file is {actual:,} bytes, more than half the {available:,} bytes of memory available; "
+            f"reading it would exhaust memory. Free memory, or re-export the bundle with fewer reference rows. "
+            f"Received: {actual:,} bytes", limit="memory", option="fewer reference rows")
+
+
+def npz_declared_bytes(f: Any, where: str) -> int:
+    """The bytes of data the arrays of an ``.npz`` (a Keras ``model.weights.npz``) claim, each checked first."""
+    size = f.seek(0, 2)
+    f.seek(0)
+    try:
+        with zipfile.ZipFile(f) as archive:
+            return check_npz(archive, size, where, ArtifactError, "re-export the model", compressed=True)
+    except zipfile.BadZipFile as exc:
+        raise ArtifactError(f"{where}: not a readable .npz; re-export the model. Received: {exc}") from None
 
 
 def _check_against(path: Path, arrays: dict[str, np.ndarray], specs: list[TensorSpec]) -> None:
@@ -359,21 +416,14 @@ def manifest_bytes(bundle: str | Path) -> bytes:
 
 def parse_manifest(data: bytes, path: Path) -> Manifest:
     """Validate and parse manifest bytes (``path`` names them in errors)."""
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ArtifactError(f"{path}: the manifest is over the limit of {MAX_MANIFEST_BYTES} bytes; no kerasio "
-                            f"manifest is that large. Re-export the bundle. Received: more than {MAX_MANIFEST_BYTES}")
-    try:
-        parsed = json.loads(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: not valid JSON; re-export the bundle. Received: {exc}") from None
-    except RecursionError:
-        raise ArtifactError(f"{path}: the JSON is nested too deeply to parse; no kerasio manifest is. Re-export "
-                            "the bundle. Received: deeper than Python's recursion limit") from None
-    check_depth(parsed)
+    parsed = loads(data, what=str(path), max_bytes=MAX_MANIFEST_BYTES, max_string=MAX_STRING,
+                   advice="re-export the bundle")
     if not isinstance(parsed, dict):
         raise ArtifactError(f"{path}: the manifest is not a JSON object; re-export the bundle. "
                             f"Received: {type(parsed).__name__}")
-    return Manifest.from_dict(parsed)
+    manifest = Manifest.from_dict(parsed)
+    manifest.digest = hashlib.sha256(data).hexdigest()
+    return manifest
 
 
 def read_manifest(bundle: str | Path, *, public_key: str | Path | None = None) -> Manifest:

@@ -22,7 +22,7 @@ _CACHE = "_kerasio_loaded"
 
 
 def predict(model_or_bundle: Any, inputs: Any, *, probabilities: bool = False, trust: bool = False,
-            public_key: str | Path | None = None) -> Any:
+            public_key: str | Path | None = None, limits: Any = None) -> Any:
     """Predict for ``inputs`` with any model kerasio can load, or an in-memory Keras model.
 
     Args:
@@ -32,8 +32,9 @@ def predict(model_or_bundle: Any, inputs: Any, *, probabilities: bool = False, t
             name, a DataFrame (columns matched by name; extra columns such as
             the label are ignored), or a CSV/Parquet/.npz/.npy path.
         probabilities: for a classification, also return the probabilities.
-        trust: allow loading a pickle artifact.
+        trust: you vouch for the artifact (see :func:`kerasio.load`): it loads in this process, pickle included.
         public_key: require the bundle's signature by this key (see :func:`kerasio.load`).
+        limits: for an artifact that is not yours, the worker's limits (see :class:`kerasio.Limits`).
 
     Returns:
         A classification: an array of class names, or ``(labels, probabilities)``.
@@ -47,8 +48,9 @@ def predict(model_or_bundle: Any, inputs: Any, *, probabilities: bool = False, t
         >>> kerasio.predict(model, "new_flowers.csv")  # doctest: +SKIP
         array(['setosa', 'virginica'], dtype='<U10')
     """
-    if isinstance(model_or_bundle, (str, Path)):
-        model_or_bundle = load(model_or_bundle, trust=trust, public_key=public_key)
+    if isinstance(model_or_bundle, (str, Path)):  # loaded for this call only (an untrusted one's worker stops after)
+        with load(model_or_bundle, trust=trust, public_key=public_key, limits=limits) as loaded:
+            return loaded.predict(inputs, probabilities=probabilities)
     if not isinstance(model_or_bundle, LoadedModel):
         model_or_bundle = _wrap_keras(model_or_bundle, inputs)
     return model_or_bundle.predict(inputs, probabilities=probabilities)

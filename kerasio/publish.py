@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from .fsutil import fsync_dir, interrupts_deferred, place
+from .trust import record
 
 if TYPE_CHECKING:
     from .manifest import Manifest
@@ -106,6 +107,9 @@ def commit(stage: Path, bundle: Path, manifest: Manifest) -> Manifest:
     fsync_tree(stage)
     crash_point("staged")
     published = manifest.relocated(f"{GENERATIONS}/{gen}")
+    # Recorded before the swap, so that a kill after it leaves a bundle that is still known as this account's own
+    # (a record of bytes that never got published authorizes nothing but those bytes, which kerasio wrote).
+    record(published.text().encode(), manifest.text().encode())
     with interrupts_deferred():  # the rename and the swap land together or not at all
         os.rename(stage, generations / str(gen))
         fsync_dir(generations)
@@ -248,17 +252,55 @@ def prune(bundle: Path, manifest: Manifest) -> list[int]:
 def pinned(bundle: Path, rel: str) -> Iterator[None]:
     """Hold a shared lock on the generation that ``rel`` lies in, so that no writer prunes it meanwhile.
 
-    A flat path (a bundle from before generations) or a generation that is
+    ``generations`` and ``generations/<g>`` are each opened with
+    ``O_NOFOLLOW``, the second relative to the first: a link out of the
+    bundle is never opened (the read that follows refuses it by name). A
+    writer holds a generation exclusively only for the moment it renames it
+    away; a lock held longer than ``KERASIO_LOCK_TIMEOUT`` (10 s) is another
+    process's doing, and the reader gives up with a
+    :class:`~kerasio.errors.ResourceLimitError` instead of waiting forever. A
+    flat path (a bundle from before generations) or a generation that is
     already gone pins nothing; the read that follows reports what is missing.
     """
     gen = generation_of(rel)
     fd = None
     if gen is not None:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
         with contextlib.suppress(OSError):
-            fd = os.open(Path(bundle) / GENERATIONS / str(gen), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            parent = os.open(Path(bundle) / GENERATIONS, flags)
+            try:
+                fd = os.open(str(gen), flags, dir_fd=parent)
+            finally:
+                os.close(parent)
+        if fd is not None:
+            _wait_shared(fd, Path(bundle) / GENERATIONS / str(gen))
     try:
         yield
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _wait_shared(fd: int, where: Path) -> None:
+    import time
+
+    from .errors import ResourceLimitError
+    from .fsutil import lock_timeout
+
+    wait = lock_timeout("reader")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise ResourceLimitError(
+                    f"{where}: another process has held this generation locked for over {wait:g} s (a writer locks "
+                    "one only for the moment it removes it); kerasio stopped waiting to read it. Retry once that "
+                    f"process is done, or raise KERASIO_LOCK_TIMEOUT. Received: generation locked",
+                    limit="lock wait", option="KERASIO_LOCK_TIMEOUT") from None
+            time.sleep(0.02)
+        except OSError:
+            return  # a file system without flock: read unpinned, as before generations existed

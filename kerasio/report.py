@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .html import STYLE, escape, status, table, trace_svg
+from .html import STYLE, escape, escape_lines, status, table, trace_svg
 from .manifest import read_manifest
 from .publish import flat_name
 
@@ -27,7 +27,18 @@ def render_report(bundle: str | Path, *, public_key: str | Path | None = None) -
     manifest = read_manifest(bundle, public_key=public_key)
     sig = manifest.signature
     last = last_report(bundle)
+    integrity = manifest.integrity(bundle)  # what verify checks first: every file's size and sha256
+    changed = [p for p, state in integrity.items() if state != "ok"]
+    from .signing import SIGNATURE_NAME
+
+    signed = (f"verified with {public_key}" if public_key is not None else
+              f"{SIGNATURE_NAME} present but not checked (pass --public-key)"
+              if (bundle / SIGNATURE_NAME).is_file() else "not signed")
+    state = (f'<span class="fail">CHANGED SINCE EXPORT: {len(changed)} of {len(integrity)} files differ from the '
+             f"manifest ({escape(', '.join(flat_name(p) for p in changed))})</span>" if changed else
+             f'<span class="pass">all {len(integrity)} files match the manifest</span>')
     parts = [f"<h1>kerasio report: {escape(bundle.name or bundle)}</h1>",
+             f"<p>Integrity: {state}. Signature: {escape(signed)}.</p>",
              f'<p class="note">{escape(bundle.resolve())} &middot; created {escape(manifest.created_utc)} &middot; '
              f"schema {escape(manifest.schema_version)}</p>"]
     facts: list[list[Any]] = [[f"input {s.name}", s.describe()] for s in sig.inputs]
@@ -46,10 +57,11 @@ def render_report(bundle: str | Path, *, public_key: str | Path | None = None) -
         parts += ["<h2>Training trace</h2>", trace_svg(manifest.trace, key="loss", width=560),
                   trace_svg(manifest.trace, key="accuracy", width=560),
                   table(["Epoch", "Loss", "Accuracy", "Val loss", "Val acc", "Observation"], rows)]
-    rows = [[a.format, flat_name(a.path), a.size, a.sha256] for a in manifest.artifacts]
-    rows += [[e["path"].rsplit("/", 1)[-1], flat_name(e["path"]), e.get("size", "-"), e["sha256"]]
+    rows = [[a.format, flat_name(a.path), a.size, a.sha256, "ok" if integrity.get(a.path) == "ok" else "CHANGED"]
+            for a in manifest.artifacts]
+    rows += [[e["path"].rsplit("/", 1)[-1], flat_name(e["path"]), e.get("size", "-"), e["sha256"], "-"]
              for e in manifest.attachments]
-    parts += ["<h2>Artifacts</h2>", table(["Format", "Path", "Bytes", "sha256"], rows)]
+    parts += ["<h2>Artifacts</h2>", table(["Format", "Path", "Bytes", "sha256", "Bytes now"], rows)]
     if manifest.skipped:
         parts.append("<ul>" + "".join(f"<li>{escape(k)} skipped: {escape(v)}</li>"
                                       for k, v in manifest.skipped.items()) + "</ul>")
@@ -61,8 +73,7 @@ def render_report(bundle: str | Path, *, public_key: str | Path | None = None) -
                   table(["Format", "Backend", "Device", "Max abs diff", "Result"], rows, status_column=4)]
     else:
         parts.append('<p class="note">never verified: run kerasio verify</p>')
-    base = bundle / "serving"
-    serving = sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) if base.is_dir() else []
+    serving = _serving_versions(bundle)
     versions: list[list[Any]] = [["SavedModel versions (serving/)", ", ".join(map(str, serving)) or "-"]]
     versions += [[k, v] for k, v in manifest.versions.items()]
     parts += ["<h2>Versions</h2>", table(["", ""], versions)]
@@ -76,12 +87,28 @@ def render_report(bundle: str | Path, *, public_key: str | Path | None = None) -
                   f"tensorflow_model_server --rest_api_port=8501 --model_name=model "
                   f"--model_base_path={escape(model_dir)}</pre>",
                   "<p>REST request (the first reference row): <code>POST /v1/models/model:predict</code></p>",
-                  f"<pre>{escape(body)}</pre>"]
+                  f"<pre>{escape_lines(body)}</pre>"]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>kerasio report: {escape(bundle.name or bundle)}</title>{STYLE}"
             "<style>body{font-family:sans-serif;max-width:1000px;margin:24px auto;padding:0 12px}"
             "pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head>"
             f'<body class="kerasio">{"".join(parts)}</body></html>')
+
+
+def _serving_versions(bundle: Path) -> list[int]:
+    """The SavedModel versions under ``serving/``, read without following a link out of the bundle."""
+    import os
+    import stat
+
+    base = bundle / "serving"
+    try:
+        if not stat.S_ISDIR(os.lstat(base).st_mode):
+            return []  # a symbolic link (or anything else) is not the bundle's own serving directory
+        names = os.listdir(base)
+    except OSError:
+        return []
+    return sorted(int(n) for n in names[:100_000] if n.isdigit() and len(n) < 12
+                  and stat.S_ISDIR(os.lstat(base / n).st_mode))
 
 
 def write_report(bundle: str | Path, out: str | Path | None = None, *, public_key: str | Path | None = None) -> Path:

@@ -15,9 +15,12 @@ import numpy as np
 from .errors import ArtifactError, InputError
 
 __all__ = ["TensorSpec", "Signature", "derive_signature", "complete_outputs", "mark_probabilities", "dtype_name",
-           "STRUCTURES"]
+           "STRUCTURES", "DTYPES"]
 
 STRUCTURES = ("single", "list", "dict")
+# The dtypes a signature may name (what Keras, TensorFlow, onnxruntime and LiteRT carry, and numpy can hold).
+DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+          "uint64", "bool", "string", "complex64", "complex128")
 _RECURRENT = frozenset({"LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D",
                         "ConvLSTM3D"})
 _LOOKUP = frozenset({"TextVectorization", "StringLookup", "IntegerLookup"})

@@ -18,6 +18,7 @@ from .fsutil import bundle_lock, confined, private_dir, sha256_file, write_text_
 __all__ = ["sign", "check_signature", "SIGNATURE_NAME"]
 
 SIGNATURE_NAME = "kerasio.json.sig"
+MAX_SIGNATURE_BYTES = 1 << 20  # a Sigstore bundle over one manifest is about 3 KB
 
 
 def _model_signing():
@@ -50,7 +51,11 @@ def sign(bundle: str | Path, private_key: str | Path, *, password: str | None = 
     model_signing = _model_signing()
     with bundle_lock(bundle), private_dir("kerasio-sign-") as tmp:  # no export swaps the manifest meanwhile
         data = manifest_bytes(bundle)
-        parse_manifest(data, bundle / MANIFEST_NAME)  # never sign what kerasio would refuse to read
+        manifest = parse_manifest(data, bundle / MANIFEST_NAME)  # never sign what kerasio would refuse to read
+        for art in manifest.artifacts:  # ... nor an artifact changed since export: the signature would vouch for it
+            art.check(bundle)
+        manifest.reference_arrays(bundle)  # the reference files' hashes, checked as they are read
+        manifest.reference_one_row(bundle)
         copy = tmp / MANIFEST_NAME
         copy.write_bytes(data)
         try:
@@ -75,6 +80,11 @@ def check_signature(bundle: Path, data: bytes, public_key: str | Path) -> None:
         raise SignatureError(
             f"{bundle}: has no signature ({SIGNATURE_NAME}), but a public key was given; nothing was loaded. Sign "
             f"it with `kerasio sign {bundle} --key PRIVATE.pem`, or drop --public-key. Received: {key}") from None
+    size = sig.stat().st_size
+    if size > MAX_SIGNATURE_BYTES:
+        raise SignatureError(
+            f"{sig}: is {size:,} bytes; a kerasio signature is a few kilobytes, so this is not one. Nothing was "
+            f"loaded. Re-sign the bundle with `kerasio sign`. Received: {size:,} bytes")
     model_signing = _model_signing()
     with private_dir("kerasio-sig-") as tmp:
         copy = tmp / MANIFEST_NAME  # the very bytes the caller goes on to parse: no check-then-reopen

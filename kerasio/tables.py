@@ -31,6 +31,7 @@ def read_input_file(path: str | Path) -> Any:
     """
     file, suffix = _input_path(path)
     with _reading(file, suffix):
+        _bounded(file, suffix, header=True)
         if suffix == ".npz":
             with np.load(file, allow_pickle=False) as data:
                 return {name: data[name] for name in data.files}
@@ -57,6 +58,7 @@ def iter_input_file(path: str | Path, *, chunk_rows: int = CHUNK_ROWS, header: b
     file, suffix = _input_path(path)
     done = [0]  # rows yielded so far, for the error message
     with _reading(file, suffix, done):
+        _bounded(file, suffix, header=header)
         if suffix in (".npz", ".npy"):
             if suffix == ".npz":
                 with np.load(file, allow_pickle=False) as archive:
@@ -84,6 +86,76 @@ def iter_input_file(path: str | Path, *, chunk_rows: int = CHUNK_ROWS, header: b
             for frame in reader:
                 yield done[0], frame, max(total, done[0] + len(frame))
                 done[0] += len(frame)
+
+
+MAX_COLUMNS = 100_000
+MAX_HEADER_BYTES = 16 << 20
+
+
+def _bounded(file: Path, suffix: str, *, header: bool) -> None:
+    """Check an input file's own account of its size before anything is allocated from it.
+
+    ``.npy``: the header's shape must fit in the file. ``.npz``: every member
+    too, a compressed one expanding at most 200x, all of them within half the
+    memory available. Parquet: no duplicate column names, and no row group
+    larger than half the memory available once decoded. CSV: a header line of
+    at most 16 MiB, at most 100,000 columns, no duplicate names.
+    """
+    import zipfile
+
+    from .arrays import check_npy_header, check_npz
+    from .limits import available_memory
+
+    advice = "check the file"
+    room = available_memory() // 2 or None
+    if suffix == ".npy":
+        with open(file, "rb") as f:
+            claimed = check_npy_header(f, file.stat().st_size, str(file), InputError, advice)
+        if room is not None and claimed > room:
+            raise InputError(f"{file}: its array needs {claimed:,} bytes of memory, more than the {room:,} available; "
+                             f"split it into smaller files. Received: {claimed:,} bytes")
+    elif suffix == ".npz":
+        try:
+            archive = zipfile.ZipFile(file)
+        except zipfile.BadZipFile as exc:
+            raise InputError(f"{file}: not a readable .npz file ({exc}). Received: {file.name}") from None
+        with archive:
+            check_npz(archive, file.stat().st_size, str(file), InputError, advice, compressed=True, max_bytes=room)
+    elif suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(file)
+        names = list(meta.schema_arrow.names)
+        _unique(file, names)
+        for i in range(meta.metadata.num_row_groups):
+            size = meta.metadata.row_group(i).total_byte_size
+            if room is not None and size > room:
+                raise InputError(f"{file}: row group {i} decodes to {size:,} bytes, more than the {room:,} of memory "
+                                 f"available; rewrite it with smaller row groups. Received: {size:,} bytes")
+    elif header:
+        import csv
+
+        with open(file, "rb") as f:
+            first = f.readline(MAX_HEADER_BYTES + 1)
+        if len(first) > MAX_HEADER_BYTES:
+            raise InputError(f"{file}: its first line is longer than {MAX_HEADER_BYTES:,} bytes; no header of a "
+                             f"model's inputs is. Check the file. Received: a line over {MAX_HEADER_BYTES:,} bytes")
+        names = next(csv.reader([first.decode("utf-8", "replace")]), [])
+        if len(names) > MAX_COLUMNS:
+            raise InputError(f"{file}: {len(names):,} columns, over the limit of {MAX_COLUMNS:,}; check the file. "
+                             f"Received: {len(names):,} columns")
+        _unique(file, [n.strip() for n in names])
+
+
+def _unique(file: Path, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen and name:  # unnamed columns are named by pandas itself ("Unnamed: 3")
+            from .validation import printable
+
+            raise InputError(f"{file}: column {printable(name)[:80]!r} appears twice, so which one is the input is "
+                             f"ambiguous. Rename or drop one. Received: duplicate column {printable(name)[:80]!r}")
+        seen.add(name)
 
 
 def _input_path(path: str | Path) -> tuple[Path, str]:
@@ -282,8 +354,14 @@ def render_table(head: list[str], rows: list[list[str]], *, width: int = WIDTH) 
     """A plain ``|``-separated text table (export, verify, inspect and the trace use it), at most ``width`` wide.
 
     When the content is wider, the widest columns are narrowed and their
-    cells cut with ``…`` (a hash or a path keeps its start).
+    cells cut with ``…`` (a hash or a path keeps its start). Every cell is one
+    line: control characters in it (a bundle's strings are a stranger's) are
+    shown escaped.
     """
+    from .validation import printable
+
+    head = [printable(str(h)) for h in head]
+    rows = [[printable(str(c)) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     while sum(widths) + 3 * len(widths) + 1 > width and max(widths) > 6:
         widths[widths.index(max(widths))] -= 1
@@ -299,11 +377,15 @@ def render_table(head: list[str], rows: list[list[str]], *, width: int = WIDTH) 
 
 
 def wrap_notes(notes: list[str], *, width: int = WIDTH, indent: str = "  ") -> list[str]:
-    """Each note wrapped to ``width`` columns, continuation lines indented under its text."""
+    """Each note wrapped to ``width`` columns, continuation lines indented under its text (control characters
+    escaped: a note is one logical line, whatever a bundle's strings hold)."""
     import textwrap
+
+    from .validation import printable
 
     out = []
     for note in notes:
+        note = printable(note)
         body = note[len(indent):] if note.startswith(indent) else note
         out += textwrap.wrap(body, width=width, initial_indent=indent, subsequent_indent=indent + "  ",
                              break_on_hyphens=False, break_long_words=True) or [indent]

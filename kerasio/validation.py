@@ -15,16 +15,29 @@ import re
 import warnings
 from typing import Any, Callable, Mapping
 
+from .bounded import MAX_DEPTH, check_depth
 from .errors import ArtifactError, ManifestWarning
-from .signature import STRUCTURES
+from .signature import DTYPES, STRUCTURES
 from .task import TASKS
 
-__all__ = ["validate_manifest", "check_depth", "MAX_MANIFEST_BYTES", "MAX_DEPTH", "printable"]
+__all__ = ["validate_manifest", "check_depth", "MAX_MANIFEST_BYTES", "MAX_DEPTH", "MAX_STRING", "printable"]
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest with a 10,000-epoch trace is a few MB
-MAX_DEPTH = 64
+# Bounds on what a manifest may hold, far above anything kerasio writes and far below what would make a reader
+# (inspect's tables, verify's loop) take long: every string, every name, every list.
+MAX_STRING = 64 << 10  # a skip reason, an observation, an error text
+MAX_NAME = 1024  # an input, output, class, feature, layer or format name
+MAX_PATH = 4096
+MAX_SPECS = 1024  # inputs or outputs
+MAX_ITEMS = 1_000_000  # class names, trace epochs, layer names, files of a directory artifact
+MAX_ARTIFACTS = 64
+MAX_DIM = (1 << 31) - 1
+MAX_RANK = 32
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Shown escaped: control characters (a newline that starts a fake line, an ANSI escape), the bidirectional
+# overrides and zero-width marks that make a terminal show text in another order (Trojan Source), lone surrogates.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 Check = Callable[[Any, str], None]
 
@@ -45,7 +58,17 @@ def _is(kind: type | tuple[type, ...], want: str) -> Check:
     return check
 
 
-STR, INT, BOOL = _is(str, "a string"), _is(int, "an integer"), _is(bool, "true or false")
+def _text(limit: int, want: str = "a string") -> Check:
+    def check(value: Any, field: str) -> None:
+        if not isinstance(value, str):
+            raise _fail(field, want, value)
+        if len(value) > limit:
+            raise _fail(field, f"{want} of at most {limit} characters", f"{len(value)} characters")
+    return check
+
+
+STR, NAME = _text(MAX_STRING), _text(MAX_NAME, "a name")
+INT, BOOL = _is(int, "an integer"), _is(bool, "true or false")
 NUMBER, DICT, LIST = _is((int, float), "a number"), _is(dict, "an object"), _is(list, "a list")
 
 
@@ -56,18 +79,24 @@ def _optional(check: Check) -> Check:
     return inner
 
 
-def _list_of(check: Check) -> Check:
+def _list_of(check: Check, limit: int = MAX_ITEMS) -> Check:
     def inner(value: Any, field: str) -> None:
         LIST(value, field)
+        if len(value) > limit:
+            raise _fail(field, f"a list of at most {limit} items", f"{len(value)} items")
         for i, item in enumerate(value):
             check(item, f"{field}[{i}]")
     return inner
 
 
-def _map_of(check: Check) -> Check:
+def _map_of(check: Check, limit: int = MAX_ITEMS) -> Check:
     def inner(value: Any, field: str) -> None:
         DICT(value, field)
+        if len(value) > limit:
+            raise _fail(field, f"an object of at most {limit} entries", f"{len(value)} entries")
         for key, item in value.items():
+            if len(key) > MAX_PATH:
+                raise _fail(field, f"an object whose keys have at most {MAX_PATH} characters", f"{len(key)} characters")
             check(item, f"{field}.{key}")
     return inner
 
@@ -85,8 +114,23 @@ def _sha256(value: Any, field: str) -> None:
 
 
 def _dim(value: Any, field: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise _fail(field, "a dimension (an integer >= 0, or null)", value)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DIM):
+        raise _fail(field, f"a dimension (an integer from 0 to {MAX_DIM}, or null)", value)
+
+
+def _path(value: Any, field: str) -> None:
+    """A relative path as kerasio writes it: no control characters (a newline, an escape), bounded length."""
+    STR(value, field)
+    if len(value) > MAX_PATH or _CONTROL.search(value):
+        raise _fail(field, f"a path of at most {MAX_PATH} characters without control characters", value)
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in value.split("/")):
+        raise _fail(field, "a path whose every component has at most 255 bytes (the file system's limit)",
+                    value)
+
+
+def _number_or_null(value: Any, field: str) -> None:
+    if value is not None:
+        NUMBER(value, field)
 
 
 def _check_fields(value: Mapping[str, Any], fields: Mapping[str, Check], required: tuple[str, ...],
@@ -110,45 +154,35 @@ def _object(fields: Mapping[str, Check], required: tuple[str, ...] = ()) -> Chec
     return inner
 
 
-_SPEC = _object({"name": STR, "dtype": STR, "shape": _list_of(_dim), "activation": _optional(STR),
-                 "probabilities": BOOL}, required=("name", "dtype", "shape"))
+_SPEC = _object({"name": NAME, "dtype": _one_of(DTYPES), "shape": _list_of(_dim, MAX_RANK),
+                 "activation": _optional(NAME), "probabilities": BOOL}, required=("name", "dtype", "shape"))
 _SIGNATURE = _object({
-    "inputs": _list_of(_SPEC), "outputs": _list_of(_SPEC), "input_structure": _one_of(STRUCTURES),
-    "output_structure": _one_of(STRUCTURES), "feature_names": _optional(_list_of(STR)),
-    "model_kind": STR, "compute_dtype": STR, "layers": _list_of(STR),
+    "inputs": _list_of(_SPEC, MAX_SPECS), "outputs": _list_of(_SPEC, MAX_SPECS), "input_structure": _one_of(STRUCTURES),
+    "output_structure": _one_of(STRUCTURES), "feature_names": _optional(_list_of(NAME)),
+    "model_kind": NAME, "compute_dtype": _one_of(DTYPES), "layers": _list_of(NAME),
 }, required=("inputs", "outputs"))
-_TASK = _object({"kind": _one_of(tuple(t for t in TASKS if t != "auto")), "output": _optional(STR),
-                 "class_names": _list_of(STR), "binary": BOOL})
-_ENTRY = _object({"path": STR, "sha256": _sha256, "size": INT}, required=("path", "sha256"))
-_ARTIFACT = _object({"format": STR, "path": STR, "size": INT, "sha256": _sha256,
+_TASK = _object({"kind": _one_of(tuple(t for t in TASKS if t != "auto")), "output": _optional(NAME),
+                 "class_names": _list_of(NAME), "binary": BOOL})
+_ENTRY = _object({"path": _path, "sha256": _sha256, "size": INT}, required=("path", "sha256"))
+_ARTIFACT = _object({"format": NAME, "path": _path, "size": INT, "sha256": _sha256,
                      "files": _optional(_map_of(_sha256)), "info": DICT},
                     required=("format", "path", "size", "sha256"))
+_TRACE = _object({"epoch": _number_or_null, "loss": _number_or_null, "accuracy": _number_or_null,
+                  "val_loss": _number_or_null, "val_accuracy": _number_or_null, "learning_rate": _number_or_null,
+                  "seconds": _number_or_null, "observation": _optional(STR)})
 _REFERENCE = _object({"rows": INT, "inputs": _ENTRY, "outputs": _ENTRY, "outputs_1row": _ENTRY},
                      required=("inputs", "outputs", "outputs_1row"))
 FIELDS: dict[str, Check] = {
     "schema_version": INT, "created_utc": STR, "versions": _map_of(STR), "backend": STR, "device": STR,
-    "device_name": STR, "cpu_features": STR, "signature": _SIGNATURE, "task": _TASK, "artifacts": _list_of(_ARTIFACT),
-    "skipped": _map_of(STR), "label": STR, "trace": _list_of(DICT), "metrics": _map_of(NUMBER),
-    "training": DICT, "reference": _REFERENCE, "custom_objects": _list_of(DICT), "attachments": _list_of(_ENTRY),
+    "device_name": STR, "cpu_features": NAME, "signature": _SIGNATURE, "task": _TASK,
+    "artifacts": _list_of(_ARTIFACT, MAX_ARTIFACTS), "skipped": _map_of(STR, MAX_ARTIFACTS), "label": NAME,
+    "trace": _list_of(_TRACE), "metrics": _map_of(NUMBER), "training": DICT, "reference": _REFERENCE,
+    "custom_objects": _list_of(DICT, 10_000), "attachments": _list_of(_ENTRY, 256),
 }
 REQUIRED = ("schema_version", "signature", "artifacts", "reference")
 # kerasio 0.1 (schema 1) wrote these instead of signature/task; they are translated after this check.
 FIELDS_1 = {**FIELDS, "feature_names": _list_of(STR), "class_names": _list_of(STR), "input": DICT, "outputs": DICT}
 REQUIRED_1 = ("schema_version", "feature_names", "class_names", "artifacts", "reference")
-
-
-def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
-    """Refuse JSON nested deeper than ``limit`` (iteratively: a hostile document cannot exhaust the stack here)."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            raise ArtifactError(f"kerasio.json: nested more than {limit} levels deep; no kerasio manifest is. "
-                                f"Re-export the bundle. Received: depth > {limit}")
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
 
 
 # Unknown field names found by the running validation (a newer kerasio's additions, anywhere in the manifest).
@@ -174,6 +208,10 @@ def validate_manifest(data: Mapping[str, Any], *, schema: int) -> None:
 
 def _cross_check(data: Mapping[str, Any]) -> None:
     """Facts that must agree, so that later code can index by them."""
+    formats = [a["format"] for a in data.get("artifacts", [])]
+    if len(set(formats)) != len(formats):
+        twice = sorted({f for f in formats if formats.count(f) > 1})
+        raise _fail("artifacts", "a list with one entry per format", f"{twice[0]!r} listed {formats.count(twice[0])} times")
     signature, task = data["signature"], data.get("task") or {}
     if not signature["inputs"] or not signature["outputs"]:
         raise _fail("signature", "a signature with at least one input and one output", signature)
@@ -197,5 +235,10 @@ def _cross_check(data: Mapping[str, Any]) -> None:
 
 
 def printable(text: str) -> str:
-    """``text`` with control characters (terminal escapes among them) shown as ``\\x..`` instead of sent raw."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """``text`` on one line, with control characters (newlines and terminal escapes among them), bidirectional
+    overrides and lone surrogates shown as ``\\x..`` / ``\\u....`` instead of sent raw."""
+    def code(m: re.Match[str]) -> str:
+        n = ord(m.group())
+        return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
+
+    return _UNPRINTABLE.sub(code, text)

@@ -19,13 +19,24 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import BackendUnavailableError, InputError, KerasioError, VerificationError, WorkerError
+from .errors import (
+    BackendUnavailableError,
+    InputError,
+    KerasioError,
+    ResourceLimitError,
+    UnsafeArtifactError,
+    VerificationError,
+    WorkerError,
+)
 from .formats import get_format
 from .fsutil import write_text_atomic
+from .limits import Limits
 from .manifest import Artifact, Manifest, load_arrays, read_pinned, save_arrays
+from .protocol import answer_error
 from .runtime import cpu_features, default_backend, keras_backend
 from .tables import render_table
 from .tolerances import OutputComparison, compare_output, tolerance_for
+from .trust import trusted
 
 __all__ = ["verify", "verifier", "VerifyReport", "Check", "VERIFICATION_FILE", "check_request"]
 
@@ -76,8 +87,8 @@ class VerifyReport:
     sandbox: dict[str, str] = field(default_factory=dict)  # what confined the worker of each backend
 
     def worker_failure(self) -> str:
-        """The first check that failed because the verifying interpreter died or hung ('' if none)."""
-        return next((c.error for c in self.checks if c.error_type == "WorkerError"), "")
+        """The first check that could not run: the verifying interpreter died, hung or hit a limit ('' if none)."""
+        return next((c.error for c in self.checks if c.error_type in ("WorkerError", "ResourceLimitError")), "")
 
     @property
     def ok(self) -> bool:
@@ -266,8 +277,10 @@ def verify(
     rtol: float | None = None,
     atol: float | None = None,
     trust_pickle: bool = False,
+    trust: bool = False,
     imports: Sequence[str] = (),
     allow_ops: Sequence[str] = (),
+    limits: Any = None,
     verifier: Any = None,
     workers: dict[str, Any] | None = None,
     record: bool = True,
@@ -282,7 +295,8 @@ def verify(
         bundle: a bundle directory written by :func:`kerasio.export`.
         formats: only these formats (default: every artifact in the manifest).
         in_process: load in this interpreter instead of a fresh one (faster,
-            but a custom class registered here could hide a broken artifact).
+            but a custom class registered here could hide a broken artifact). Only for a bundle that is yours
+            (:mod:`kerasio.trust`: exported here, signed by ``public_key``, or ``trust=True``).
         device: ``auto`` (GPU when the runtime sees one), ``cpu``, ``gpu`` or
             ``all`` (every device, plus the CPU-vs-GPU drift).
         backend: Keras backend for the backend-agnostic formats (``keras``,
@@ -293,8 +307,10 @@ def verify(
         rtol, atol: override the tolerance table (both default to the table's row);
             the report records what was used.
         trust_pickle: allow loading the pickle artifact.
+        trust: you vouch for the bundle: it may be verified in this process, and its pickle loaded.
         imports: modules to import before loading (custom layers).
         allow_ops: SavedModel op names to accept beyond the inference allowlist (recorded in the report).
+        limits: the fresh worker's :class:`~kerasio.limits.Limits` (default: derived from the artifacts' sizes).
         verifier: a verifying interpreter started earlier with :func:`verifier` (not closed here).
         workers: already-started :class:`~kerasio.worker.Worker` objects by
             backend (the pipeline starts one early); they are not closed.
@@ -320,10 +336,17 @@ def verify(
         if value is not None and not (isinstance(value, (int, float)) and value >= 0):
             raise InputError(f"{name} must be a number >= 0; pass e.g. {name}=1e-5. Received: {name}={value!r}")
     bundle = Path(bundle)
+    trust_pickle = trust_pickle or trust
     with contextlib.ExitStack() as pins:  # the generation it reads stays pinned until the report is done
         manifest = read_pinned(bundle, pins, public_key)
         x_ref, y_ref = manifest.reference_arrays(bundle)
         y_one = manifest.reference_one_row(bundle)
+        if in_process and check_hashes and not trusted(manifest, trust=trust, public_key=public_key):
+            raise UnsafeArtifactError(
+                f"{bundle}: verifying in this process runs the bundle's artifacts here, and this bundle is not yours "
+                "(kerasio did not export it under this account, and no public key vouches for it). Verify it in the "
+                "sandboxed worker (drop in_process / --in-process), or pass trust=True (--trust) if you vouch for it. "
+                "Received: in_process=True")
         wanted = None
         if formats:
             wanted = [formats] if isinstance(formats, str) else list(formats)
@@ -354,9 +377,12 @@ def verify(
                     return handle({**request, "out_dir": tmp})
                 if child_backend not in workers:
                     # Artifacts of an existing bundle are not the caller's own: the worker reads only their checked
-                    # copies (in tmp) and writes only its own directory. (An export's staged files are.)
+                    # copies (in tmp), writes only its own directory and runs under limits sized for the largest
+                    # artifact. (An export's staged files are the caller's own.)
+                    bounds = (limits or Limits.from_env()).resolved(max((a.size for a in arts), default=0))
                     workers[child_backend] = stack.enter_context(Worker(
-                        child_backend, warm=("keras",), imports=imports, sandbox=[tmp] if check_hashes else None))
+                        child_backend, warm=("keras",), imports=imports, sandbox=[tmp] if check_hashes else None,
+                        limits=bounds if check_hashes else None, device=device))
                 report.sandbox.setdefault(child_backend, workers[child_backend].sandbox_status)
                 return workers[child_backend].request(request)
 
@@ -383,9 +409,11 @@ def verify(
                             art.format, path, signature, inputs, device=device, precision=precision,
                             trust=trust_pickle, imports=imports, allow_ops=allow_ops))
                         if not answer["ok"]:
-                            answer["error"] = str(answer["error"]).replace(str(path), str(bundle / art.path))
+                            worker = workers.get(child_backend)
+                            raise answer_error(answer, getattr(worker, "limits", None), copy=path,
+                                               shown=bundle / art.path)
                     if not answer["ok"]:
-                        raise KerasioError(answer["error"])
+                        raise answer_error(answer)
                     judged = _judge(manifest, art, answer["results"], y_ref, y_one, start, rtol, atol)
                     report.checks.extend(judged)
                     for c in judged:
@@ -395,7 +423,7 @@ def verify(
                                                error_type=type(exc).__name__, backend=child_backend,
                                                seconds=time.perf_counter() - start))
                     _tell(progress, report.checks[-1])
-                    if isinstance(exc, WorkerError):  # the next check starts a new worker; answers pending here are lost
+                    if isinstance(exc, (WorkerError, ResourceLimitError)):  # the next check starts a new worker
                         dead = workers.pop(child_backend, None)
                         if dead is not None:
                             dead.close()

@@ -5,11 +5,19 @@ so nothing left in memory (a custom class registered only by the exporter, a
 cached graph) can hide a broken artifact. The worker speaks JSON lines on
 stdin/stdout; arrays travel as ``.npy`` files. It can be started before the
 artifacts exist, so that its TensorFlow import overlaps training.
+
+A worker for artifacts that are not the caller's own (``sandbox=``) is
+*untrusted*: it starts with a scrubbed environment, under the resource limits
+of :class:`~kerasio.limits.Limits` and the Landlock sandbox of
+:mod:`kerasio.sandbox`; each request that touches the artifact has a wall-time
+deadline and a CPU-time limit, and its resident memory is watched. A limit hit
+is a :class:`~kerasio.errors.ResourceLimitError`.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import gc
 import importlib
 import itertools
@@ -17,6 +25,7 @@ import json
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,10 +35,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import KerasioError, WorkerError
+from .errors import KerasioError, ResourceLimitError, WorkerError
 from .fsutil import clean_stale_temp
+from .limits import Limits, memory_error, memory_text
+from .protocol import answer_error
 
-__all__ = ["run_check", "handle", "Worker"]
+__all__ = ["run_check", "handle", "Worker", "scrubbed_env", "WARM"]
+
+# What a worker imports at start for the runtime it will serve (so that the import overlaps the caller's work).
+WARM = {"keras": ("keras",), "tensorflow": ("tensorflow",), "onnxruntime": ("onnxruntime",),
+        "litert": ("ai_edge_litert.interpreter",)}
+# Requests that load or run an artifact: these get the limits' deadline (the rest are kerasio's own imports).
+_ARTIFACT_OPS = ("check", "open", "run")
 
 
 def run_check(request: dict[str, Any]) -> dict[str, Any]:
@@ -47,7 +64,7 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
     from .audit import allowing_ops
     from .formats import get_format
     from .manifest import load_arrays, save_arrays
-    from .runtime import device_name, keras_backend, precision_policy, resolve_devices
+    from .runtime import default_backend, device_name, precision_policy, resolve_devices
     from .signature import Signature
 
     for module in request.get("imports", ()):
@@ -57,7 +74,7 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
     path = Path(request["path"])
     x = load_arrays(Path(request["inputs"]), signature.input_names)
     first = {k: v[:1] for k, v in x.items()}
-    backend = keras_backend()
+    backend = default_backend()  # Keras's, read without importing it: an ONNX check never loads Keras
     results = []
     big = sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*"))) > 64 << 20
     devices = resolve_devices(request.get("device", "auto"), fmt.available_devices(backend), runtime=fmt.runtime)
@@ -69,11 +86,11 @@ def run_check(request: dict[str, Any]) -> dict[str, Any]:
         with allowing_ops(request.get("allow_ops", ())):
             runner = fmt.load(path, signature=signature, device=device, trust=bool(request.get("trust")))
         entry: dict[str, Any] = {"device": device, "runtime": runner.runtime, "backend": runner.backend,
-                                 "device_name": device_name(device, backend),
+                                 "device_name": device_name(device, runner.backend),
                                  "precision": "float32-pinned" if modes[0] == "highest" else "tf32-allowed",
                                  "load_seconds": time.perf_counter() - start}
         for mode in modes:  # the policy applies when the graph runs (JAX: when it is traced)
-            with precision_policy(mode, backend):
+            with precision_policy(mode, runner.backend):
                 start = time.perf_counter()
                 full, one = runner.run(x), runner.run(first)
             stem = Path(request["out_dir"]) / f"{fmt.name}-{device}-{mode}"
@@ -108,7 +125,12 @@ def open_artifact(request: dict[str, Any]) -> dict[str, Any]:
                                                     trust=bool(request.get("trust")))
     _OPEN[request["path"]] = runner
     return {"ok": True, "signature": runner.signature.to_dict(), "runtime": runner.runtime, "backend": runner.backend,
-            "device": runner.device, "info": runner.info}
+            "device": runner.device, "info": _json_safe(runner.info)}
+
+
+def _json_safe(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` as JSON can carry it (a runtime's facts may include objects)."""
+    return json.loads(json.dumps(info, default=str))
 
 
 def run_artifact(request: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +186,8 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
 
     The same function serves the fresh worker and ``verify(in_process=True)``,
     so both report a broken artifact the same way and go on to the next one.
+    A failure to allocate memory, open a file or write a large enough file is
+    answered as the limit it hit (``"limit"``), whatever the runtime wrapped it in.
     """
     op = request.get("op", "check")
     try:
@@ -175,7 +199,8 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         if op == "rehearse":
             return rehearse(request.get("formats", ()))
         if op == "status":
-            return {"ok": True, "sandbox": os.environ.get("KERASIO_SANDBOX_STATUS", "off")}
+            return {"ok": True, "sandbox": os.environ.get("KERASIO_SANDBOX_STATUS", "off"),
+                    "limits": os.environ.get("KERASIO_LIMITS_STATUS", "")}
         if op == "open":
             return open_artifact(request)
         if op == "run":
@@ -187,40 +212,112 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
             result = getattr(importlib.import_module(module), name)(*request.get("args", ()))
             return {"ok": True, "result": result.to_dict() if hasattr(result, "to_dict") else result}
         return run_check(request)
-    except KerasioError as exc:
-        return {"ok": False, "error": str(exc), "type": type(exc).__name__}
-    except Exception as exc:  # report, do not die: the next artifact still gets checked
-        return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}", "type": type(exc).__name__}
+    except ResourceLimitError as exc:
+        return {"ok": False, "error": str(exc), "type": "ResourceLimitError", "limit": exc.limit}
+    except BaseException as exc:  # report, do not die: the next artifact still gets checked
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        limit = _limit_of(exc)
+        if limit:
+            return {"ok": False, "error": f"{type(exc).__name__}: {_first_line(exc)}", "type": "ResourceLimitError",
+                    "limit": limit}
+        if isinstance(exc, KerasioError):
+            return {"ok": False, "error": str(exc), "type": type(exc).__name__}
+        return {"ok": False, "error": f"{type(exc).__name__}: {_first_line(exc)}", "type": type(exc).__name__}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else ""
+
+
+def _limit_of(exc: BaseException) -> str:
+    """Which resource limit ``exc`` reports, if any (``memory``, ``open files``, ``file size``)."""
+    if memory_error(exc):
+        return "memory"
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code in (errno.EMFILE, errno.ENFILE) or "Too many open files" in text:
+        return "open files"
+    if code == errno.EFBIG or "File too large" in text:
+        return "file size"
+    return ""
 
 
 def _serve() -> None:
     """The worker loop: one JSON request per line in, one JSON answer per line out.
 
-    On ``exit`` (or when its parent closes the pipe) the worker leaves with
-    ``os._exit`` at once: every answer is written and flushed, every file it
-    wrote is complete, and an orderly interpreter shutdown would only spend
-    most of a second tearing TensorFlow down while its parent waits.
+    A request may carry ``cpu_seconds``: the worker then limits its own CPU
+    time for that request (``RLIMIT_CPU``, counted from what it has used so
+    far), so a graph that spins is stopped by the kernel even if it never
+    returns to Python. On ``exit`` (or when its parent closes the pipe) the
+    worker leaves with ``os._exit`` at once: every answer is written and
+    flushed, every file it wrote is complete, and an orderly interpreter
+    shutdown would only spend most of a second tearing TensorFlow down while
+    its parent waits.
     """
+    import resource
+
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # library chatter goes to stderr
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the file-size limit fails with EFBIG instead
     for line in sys.stdin:
         if not line.strip():
             continue
         request = json.loads(line)
         if request.get("op") == "exit":
             break
-        protocol.write(json.dumps(handle(request)) + "\n")
+        budget = request.get("cpu_seconds")
+        if budget:
+            used = resource.getrusage(resource.RUSAGE_SELF)
+            soft = int(used.ru_utime + used.ru_stime + float(budget)) + 1
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.getrlimit(resource.RLIMIT_CPU)[1]))
+        answer = handle(request)
+        if budget:
+            with contextlib.suppress(ValueError, OSError):
+                hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+                resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
+        protocol.write(json.dumps(answer) + "\n")
     protocol.flush()
     sys.stderr.flush()
     os._exit(0)
 
 
 def _timeout() -> float:
-    """Seconds to wait for one answer (``KERASIO_WORKER_TIMEOUT``; default 30 minutes: a huge model loads slowly)."""
+    """Seconds to wait for one answer of a trusted worker (``KERASIO_WORKER_TIMEOUT``; default 30 minutes)."""
     try:
         return float(os.environ.get("KERASIO_WORKER_TIMEOUT", 1800))
     except ValueError:
         return 1800.0
+
+
+# The environment an untrusted worker sees: what the interpreter, the runtimes and their devices need, nothing
+# else (a secret in the parent's environment never reaches a process that runs a stranger's graph).
+_ENV_NAMES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH", "PYTHONHASHSEED", "PYTHONUTF8",
+                        "PYTHONIOENCODING", "PYTHONDONTWRITEBYTECODE", "PYTHONWARNINGS", "SYSTEMROOT",
+                        "TF_CPP_MIN_LOG_LEVEL", "TF_CPP_MAX_VLOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS",
+                        "TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_FORCE_GPU_ALLOW_GROWTH",
+                        "TF_GPU_ALLOCATOR", "TF_XLA_FLAGS", "TF_DETERMINISTIC_OPS", "TF_CUDNN_DETERMINISTIC",
+                        "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+                        "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
+                        "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "JAX_PLATFORMS", "JAX_ENABLE_X64",
+                        "KERAS_BACKEND"})
+_ENV_PREFIXES = ("LC_", "KERASIO_")
+
+
+def scrubbed_env(env: dict[str, str]) -> dict[str, str]:
+    """Only the variables an untrusted worker needs (see ``_ENV_NAMES``); everything else is dropped."""
+    kept = {k: v for k, v in env.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES) or k == "PYTHONPATH"}
+    kept.setdefault("PATH", os.defpath)
+    kept["MALLOC_ARENA_MAX"] = "4"  # glibc reserves 64 MiB of address space per thread arena otherwise
+    return kept
+
+
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU a runtime may open (its device nodes), without importing anything."""
+    return os.path.exists("/dev/nvidiactl") or bool(os.environ.get("KERASIO_ASSUME_GPU"))
 
 
 class Worker:
@@ -238,12 +335,17 @@ class Worker:
         imports: modules to import first (custom layers).
         rehearse: formats to save, load and run once with a tiny model while idle.
         sandbox: for artifacts that are not the caller's own: the paths the worker may read besides the
-            Python environment. It is then confined with Landlock (:mod:`kerasio.sandbox`) and may write only
-            its own temporary directory; :attr:`sandbox_status` says what applied.
+            Python environment. It then starts with a scrubbed environment, under ``limits``, confined with
+            Landlock (:mod:`kerasio.sandbox`), and may write only its own temporary directory;
+            :attr:`sandbox_status` says what applied.
+        limits: the resource limits of an untrusted worker (default: :class:`Limits` for a small artifact).
+        device: the device the artifacts will run on (``cpu`` lets the address space be capped even where a
+            GPU exists; a GPU runtime needs it uncapped, and its resident memory is watched instead).
     """
 
     def __init__(self, backend: str | None = None, *, warm: Sequence[str] = ("keras",), imports: Sequence[str] = (),
-                 rehearse: Sequence[str] = (), sandbox: Sequence[str] | None = None):
+                 rehearse: Sequence[str] = (), sandbox: Sequence[str] | None = None, limits: Limits | None = None,
+                 device: str = "auto"):
         from .runtime import backend_env, default_backend
 
         self.backend = backend = backend or default_backend()
@@ -257,14 +359,14 @@ class Worker:
         self.tmp = tempfile.TemporaryDirectory(prefix=f"kerasio-verify-{os.getpid()}-")
         self._stderr = open(Path(self.tmp.name) / "stderr.log", "w+")
         command = [sys.executable, "-m", "kerasio.worker"]
+        self.untrusted = sandbox is not None
+        self.limits = (limits or Limits.from_env()).resolved() if self.untrusted else None
         self._status: str | None = "off: the artifacts are the caller's own" if sandbox is None else None
+        self._stopped_for = ""  # the limit the parent stopped the worker for, if it did
+        self._rss_watch = False  # set for an untrusted worker whose address space a GPU runtime needs uncapped
         if sandbox is not None:
-            from .sandbox import mode
-
-            if mode() == "off":
-                self._status = "off: KERASIO_SANDBOX=off"
-            else:
-                command = self._sandboxed(env, list(sandbox), mode())
+            env = scrubbed_env(env)
+            command = self._sandboxed(env, list(sandbox), device)
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._stderr, env=env, text=True, bufsize=1)
         assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
@@ -274,29 +376,40 @@ class Worker:
         self._in_flight: collections.deque[tuple[int, bool]] = collections.deque()  # (ticket, answer wanted)
         self._answers: dict[int, dict[str, Any]] = {}
         self._what: dict[int, str] = {}
+        self._deadline: dict[int, float] = {}  # seconds each request may take, from when the worker starts on it
         self._tickets = itertools.count()
         self.submit({"op": "warm", "modules": [*imports, *warm]}, keep=False)
         if rehearse:  # only when the caller has idle time to give (the pipeline trains meanwhile)
             self.submit({"op": "rehearse", "formats": list(rehearse)}, keep=False)
 
-    def _sandboxed(self, env: dict[str, str], readable: list[str], mode: str) -> list[str]:
-        """The command line of a Landlock-confined worker; its temp files and Keras config live in its own dir."""
+    def _sandboxed(self, env: dict[str, str], readable: list[str], device: str) -> list[str]:
+        """The command line of a confined worker; its temp files, home and Keras config live in its own dir."""
         import shutil
+
+        from .sandbox import mode
 
         keras_home = Path(self.tmp.name) / "keras"
         keras_home.mkdir()
         user_config = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "keras.json"
         if user_config.is_file():  # the user's floatx and image_data_format still apply
             shutil.copyfile(user_config, keras_home / "keras.json")
-        env.update(KERAS_HOME=str(keras_home), TMPDIR=self.tmp.name)
-        config = {"mode": mode, "read": readable, "write": [self.tmp.name]}
+        env.update(KERAS_HOME=str(keras_home), TMPDIR=self.tmp.name, HOME=self.tmp.name)
+        gpu = device != "cpu" and gpu_present()
+        assert self.limits is not None
+        self._rss_watch = gpu  # where the address space stays uncapped, the parent watches resident memory
+        config = {"mode": mode(), "read": readable, "write": [self.tmp.name], "gpu": gpu,
+                  "limits": self.limits.rlimits(address_space=not gpu)}
         return [sys.executable, str(Path(__file__).with_name("sandbox.py")), json.dumps(config)]
 
     @property
     def sandbox_status(self) -> str:
         """What confines this worker: ``landlock ABI n: ...``, ``unavailable: <reason>`` or ``off: <why>``."""
         if self._status is None:
-            self._status = str(self.request({"op": "status"}).get("sandbox", "unknown"))
+            answer = self.request({"op": "status"})
+            self._status = str(answer.get("sandbox", "unknown"))
+            if self.limits is not None:
+                watched = "; resident memory watched" if self._rss_watch else ""
+                self._status += f"; limits: {self.limits.describe()}{watched}"
         return self._status
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -306,19 +419,31 @@ class Worker:
         except (BrokenPipeError, OSError, ValueError):
             raise self._died(f"a {message.get('op', 'check')} request") from None
 
-    def _receive(self, what: str = "a request") -> dict[str, Any]:
-        """One answer line, or :class:`WorkerError` when the worker died or gave none within ``timeout`` seconds."""
-        deadline = time.monotonic() + self.timeout
+    def _receive(self, what: str = "a request", deadline_s: float | None = None) -> dict[str, Any]:
+        """One answer line; :class:`WorkerError` when the worker died or gave none in time.
+
+        An untrusted worker's artifact requests get the limits' deadline and
+        raise :class:`ResourceLimitError` when it passes (or when the worker's
+        resident memory passes the memory limit); the others get
+        ``KERASIO_WORKER_TIMEOUT``.
+        """
+        limit = deadline_s if deadline_s is not None else self.timeout
+        deadline = time.monotonic() + limit
+        watch = self.limits is not None and self._rss_watch
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
             if left <= 0:
-                self.proc.kill()
-                self.proc.wait()
+                self._stop("wall time")
+                if deadline_s is not None and self.limits is not None:
+                    raise self.limits.hit("wall time", what)
                 raise WorkerError(
                     f"the verification worker (backend {self.backend}) gave no answer to {what} in "
-                    f"{self.timeout:.0f} s and was stopped; the remaining checks run in a new one. Raise "
-                    f"KERASIO_WORKER_TIMEOUT for very large models. Received: no answer after {self.timeout:.0f} s")
-            ready, _, _ = select.select([self._fd], [], [], min(left, 1.0))
+                    f"{limit:.0f} s and was stopped; the remaining checks run in a new one. Raise "
+                    f"KERASIO_WORKER_TIMEOUT for very large models. Received: no answer after {limit:.0f} s")
+            ready, _, _ = select.select([self._fd], [], [], min(left, 0.1 if watch else 1.0))
+            if watch and self._resident() > int(self.limits.memory or 0):  # type: ignore[union-attr]
+                self._stop("memory")
+                raise self.limits.hit("memory", what)  # type: ignore[union-attr]
             if not ready:
                 continue
             chunk = os.read(self._fd, 1 << 16)
@@ -328,7 +453,19 @@ class Worker:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return json.loads(line)
 
-    def _died(self, what: str) -> WorkerError:
+    def _resident(self) -> int:
+        try:
+            with open(f"/proc/{self.proc.pid}/statm", encoding="ascii") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _stop(self, why: str) -> None:
+        self._stopped_for = why
+        self.proc.kill()
+        self.proc.wait()
+
+    def _died(self, what: str) -> KerasioError:
         try:
             code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -338,6 +475,13 @@ class Worker:
         noise = re.compile(r"^([IWE]\d{4} |WARNING: All log messages)")  # TensorFlow's C++ start-up lines
         lines = [line.strip() for line in self._stderr.read().splitlines() if line.strip() and not noise.match(line)]
         last = lines[-1][:300] if lines else "no output"
+        if self.limits is not None:
+            if code == -signal.SIGXCPU:
+                return self.limits.hit("CPU time", what)
+            if code == -signal.SIGXFSZ:
+                return self.limits.hit("file size", what)
+            if code != 0 and any(memory_text(line) for line in lines[-20:]):  # a runtime that aborts on bad_alloc
+                return self.limits.hit("memory", what)
         return WorkerError(
             f"the verification worker (backend {self.backend}) died during {what} (exit code {code}); the "
             f"remaining checks run in a new one. Its last words: {last}. Received: exit code {code}")
@@ -351,8 +495,17 @@ class Worker:
         """Send a request without waiting; return the ticket :meth:`collect` takes."""
         message.setdefault("out_dir", self.tmp.name)
         ticket = next(self._tickets)
-        self._what[ticket] = (f"the check of {Path(message['path']).name} ({message['format']})"
-                              if "format" in message else f"its {message.get('op', 'request')}")
+        op = message.get("op", "check")
+        verb = {"check": "the check", "open": "the load", "run": "a run"}.get(op)
+        self._what[ticket] = (f"{verb} of {Path(message['path']).name}"
+                              + (f" ({message['format']})" if "format" in message else "")
+                              if verb and "path" in message else f"its {op}")
+        if self.limits is not None and op in _ARTIFACT_OPS:
+            steps = 3 if op == "check" else 1  # a check loads, then runs the full batch and one row
+            rows = int(message.get("rows", 0) or 0)
+            steps *= max(1, -(-rows // 16_384))  # a large batch of the caller's rows earns more time
+            self._deadline[ticket] = float(self.limits.timeout or 0) * steps
+            message["cpu_seconds"] = self.limits.cpu_seconds * steps
         self._send(message)
         self._in_flight.append((ticket, keep))
         return ticket
@@ -363,7 +516,7 @@ class Worker:
             if not self._in_flight:
                 raise KeyError(f"no request with ticket {ticket} is in flight")
             sent, keep = self._in_flight[0]
-            answer = self._receive(self._what.get(sent, "a request"))
+            answer = self._receive(self._what.get(sent, "a request"), self._deadline.pop(sent, None))
             self._in_flight.popleft()
             if keep:
                 self._answers[sent] = answer
@@ -371,6 +524,13 @@ class Worker:
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         return self.collect(self.submit(message))
+
+    def raise_for(self, answer: dict[str, Any], *, copy: str | Path | None = None,
+                  shown: str | Path | None = None) -> dict[str, Any]:
+        """``answer`` if it succeeded; else raise its error (see :func:`answer_error`)."""
+        if not answer.get("ok"):
+            raise answer_error(answer, self.limits, copy=copy, shown=shown)
+        return answer
 
     def release(self) -> None:
         """Tell an idle worker to exit, without waiting: its exit overlaps whatever the caller does next.

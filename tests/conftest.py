@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The session's own record of the bundles it exports (kerasio.trust), never the user's ~/.kerasio; the CLI
+# processes the tests start inherit it.
+os.environ["KERASIO_HOME"] = tempfile.mkdtemp(prefix="kerasio-home-")
 
 from bundles import copy_bundle, named  # noqa: F401
 

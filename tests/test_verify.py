@@ -137,7 +137,7 @@ def test_reduced_precision_reference_fails_strict_tolerance(keras_bundle, tmp_pa
     save_arrays(b / "reference_outputs.npz", {"probabilities": low})
     manifest.reference["outputs"] = hash_entry(b, "reference_outputs.npz")
     manifest.write(b)
-    rep = kerasio.verify(b, formats="keras", in_process=True, record=False)
+    rep = kerasio.verify(b, formats="keras", in_process=True, record=False, trust=True)
     check = rep.checks[0]
     assert not check.passed and not check.error, check.error
     assert check.max_abs_diff > 1e-4
@@ -146,7 +146,7 @@ def test_reduced_precision_reference_fails_strict_tolerance(keras_bundle, tmp_pa
                              r"tolerance atol 0, rtol 0"):
         rep.raise_for_failure()
     # An explicit, looser tolerance is used and recorded as such.
-    loose = kerasio.verify(b, formats="keras", in_process=True, record=False, atol=1e-2, rtol=0)
+    loose = kerasio.verify(b, formats="keras", in_process=True, record=False, atol=1e-2, rtol=0, trust=True)
     assert loose.ok and loose.checks[0].tolerance_source == "override" and loose.checks[0].atol == 1e-2
     assert "given by the caller" in loose.to_json()
 

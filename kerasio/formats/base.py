@@ -83,10 +83,34 @@ class Runner:
                 f"{self.path}: the {self.format} artifact returned no output {missing}; it returns "
                 f"{sorted(out)}. Re-export it. Received: outputs={sorted(out)}"
             )
-        return {name: to_numpy(out[name]) for name in self.signature.output_names}
+        rows = {len(v) for v in inputs.values() if np.ndim(v)}
+        result = {}
+        for spec in self.signature.outputs:
+            array = to_numpy(out[spec.name])
+            _check_output(self, spec, array, rows.pop() if len(rows) == 1 else None)
+            result[spec.name] = array
+        return result
 
     def __repr__(self) -> str:
         return f"<Runner {self.format} {self.path} via {self.runtime} on {self.device}>"
+
+
+def _check_output(runner: Runner, spec: Any, array: np.ndarray, rows: int | None) -> None:
+    """An output must have the rank, fixed dimensions, kind and rows its signature declares.
+
+    What reads the outputs next (labels by class index, columns per class)
+    trusts them; an artifact that returns something else is refused here.
+    """
+    strings = array.dtype.kind in "USO"
+    wrong = array.ndim != spec.rank or (strings != (spec.dtype == "string")) or any(
+        want is not None and got != want for want, got in zip(spec.shape[1:], array.shape[1:]))
+    if not wrong and rows is not None and array.ndim and spec.shape[:1] == (None,):
+        wrong = array.shape[0] != rows
+    if wrong:
+        raise ArtifactError(
+            f"{runner.path}: the {runner.format} artifact returned output {spec.name!r} as {array.dtype}"
+            f"{list(array.shape)}, but the signature declares {spec.describe()}"
+            f"{f' with {rows} rows' if rows is not None else ''}. Re-export it. Received: shape={tuple(array.shape)}")
 
 
 class Format:
@@ -132,6 +156,13 @@ class Format:
         reads the names off the artifact itself.
         """
         raise NotImplementedError
+
+    def precheck(self, path: Path) -> None:
+        """The audits that need no ML framework, run in the caller's process before an untrusted artifact's
+        worker starts: a hostile file is refused at once, with the same error the worker would give. The worker
+        (through :meth:`load`) runs every audit again. Nothing here may import TensorFlow or parse a format
+        through a native library.
+        """
 
     def describe(self, path: Path) -> dict[str, Any]:
         """Facts read back from a written artifact (I/O names, signatures) without running it.

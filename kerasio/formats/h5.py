@@ -1,13 +1,13 @@
 """``h5``: legacy Keras HDF5. Written and read with a :class:`LegacyFormatWarning`."""
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 from ..audit import audit_config
-from ..errors import ArtifactError, LegacyFormatWarning, UnsafeArtifactError
+from ..audit.keras import build_legacy, check_weights, h5_file_config
+from ..errors import LegacyFormatWarning
 from ..signature import Signature
 from ._keras_common import guarded_load, keras_runner
 from .base import ExportContext, Format, Runner, register
@@ -53,7 +53,9 @@ class H5Format(Format):
         import keras
 
         warnings.warn(_WHY, LegacyFormatWarning, stacklevel=3)
-        audit_config(_h5_config(path), path)
+        config, held = h5_file_config(path)  # links refused, every dataset backed by storage
+        audit_config(config, path)
+        check_weights(config, path, lambda: held, build=build_legacy)
         # compile=False: an inference reload needs no optimizer, and Keras 3 cannot rebuild a legacy
         # compile config that names metrics by string ("Could not locate function 'mse'").
         model = guarded_load(path, device, lambda: keras.saving.load_model(path, safe_mode=True, compile=False))
@@ -64,35 +66,6 @@ class H5Format(Format):
 
     def describe(self, path: Path) -> dict[str, Any]:
         return {"legacy": True}
-
-
-def _h5_config(path: Path) -> dict[str, Any]:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            _refuse_external_links(f, path)
-            raw = f.attrs.get("model_config")
-    except OSError as exc:
-        raise ArtifactError(f"{path}: not a readable HDF5 file; re-export it. Received: {exc}") from None
-    if raw is None:
-        raise ArtifactError(f"{path}: HDF5 file has no model_config; it holds weights only, not a model. "
-                            "Load it with its architecture (the weights format). Received: no 'model_config'")
-    try:
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: the HDF5 model_config is not JSON; re-export it. Received: {exc}") from None
-
-
-def _refuse_external_links(f: Any, path: Path) -> None:
-    import h5py
-
-    links: list[str] = []
-    # Collect, then raise: an exception inside h5py's visitor corrupts its lock.
-    f.visititems_links(lambda name, link: links.append(name) if isinstance(link, h5py.ExternalLink) else None)
-    if links:
-        raise UnsafeArtifactError(f"{path}: HDF5 object {links[0]!r} is an external link; refusing to follow it. "
-                                  "Re-export the model. Received: an ExternalLink")
 
 
 FORMAT = register(H5Format())

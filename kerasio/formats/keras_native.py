@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ..audit import audit_keras_file
+from ..audit import audit_keras_file, read_keras_config
 from ..signature import Signature
 from ._keras_common import guarded_load, keras_runner
 from .base import ExportContext, Format, Runner, register
@@ -31,6 +31,11 @@ class KerasFormat(Format):
         custom = audit_keras_file(path)  # before any object is constructed
         model = guarded_load(path, device, lambda: keras.saving.load_model(path, safe_mode=True))
         return keras_runner(model, self.name, path, signature, device, custom_objects=custom)
+
+    def precheck(self, path: Path) -> None:
+        from ..audit.keras import precheck_config
+
+        precheck_config(read_keras_config(path), path)  # the archive, then the config as bounded JSON
 
     def describe(self, path: Path) -> dict[str, Any]:
         with zipfile.ZipFile(path) as z:

@@ -63,11 +63,14 @@ class LiteRTFormat(Format):
 
     def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
              trust: bool = False) -> Runner:
+        from ..audit.litert import audit_litert
+
+        audit_litert(path)  # indices, subgraph calls and custom ops, before the interpreter reads the file
         Interpreter = _interpreter_class()
         try:
             interpreter = Interpreter(model_path=str(path))
             runner = interpreter.get_signature_runner("serving_default")
-        except (ValueError, RuntimeError) as exc:
+        except Exception as exc:  # ValueError, RuntimeError and whatever a malformed model raises
             raise ArtifactError(f"{path}: the LiteRT interpreter could not load it (or it has no serving_default "
                                 f"signature); re-export it. Received: {exc}") from None
         in_details, out_details = runner.get_input_details(), runner.get_output_details()
@@ -94,6 +97,11 @@ class LiteRTFormat(Format):
         Interp = type(interpreter)
         return Runner(run, format=self.name, path=path, runtime="litert", backend="litert", signature=signature,
                       device=device, model=interpreter, info={"interpreter": f"{Interp.__module__}.{Interp.__name__}"})
+
+    def precheck(self, path: Path) -> None:
+        from ..audit.litert import audit_litert
+
+        audit_litert(path)  # pure Python over the flatbuffer: no interpreter
 
     def describe(self, path: Path) -> dict[str, Any]:
         interpreter = _interpreter_class()(model_path=str(path))

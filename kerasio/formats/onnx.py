@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, UnsafeArtifactError
+from ..errors import ArtifactError
 from ..runtime import require, tf_input_names
 from ..signature import Signature, TensorSpec
 from ._tf_common import endpoint, forward_function
@@ -71,7 +71,10 @@ class OnnxFormat(Format):
     def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
              trust: bool = False) -> Runner:
         ort = require("onnxruntime", "running ONNX")
-        _refuse_external_data(path)
+        require("onnx", "reading ONNX")
+        from ..audit.onnx import audit_onnx
+
+        audit_onnx(path)  # external data, custom ops, recursion and sizes, before onnxruntime sees the file
         providers = ["CUDAExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
         try:
             session = ort.InferenceSession(str(path), providers=providers)
@@ -97,6 +100,12 @@ class OnnxFormat(Format):
         return Runner(run, format=self.name, path=path, runtime="onnxruntime", backend="onnxruntime",
                       signature=signature, device=device, model=session, info={"providers": session.get_providers()})
 
+    def precheck(self, path: Path) -> None:
+        from ..audit.onnx import audit_onnx
+
+        require("onnx", "reading ONNX")
+        audit_onnx(path)  # the onnx package only: a protobuf read within its own recursion and size limits
+
     def describe(self, path: Path) -> dict[str, Any]:
         onnx = require("onnx", "reading ONNX")
         graph = onnx.load(str(path), load_external_data=False).graph
@@ -106,49 +115,6 @@ class OnnxFormat(Format):
 def _spec(node: Any) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else None for d in node.shape)
     return TensorSpec(node.name, _ONNX_DTYPES.get(node.type, "float32"), shape)
-
-
-def _refuse_external_data(path: Path) -> None:
-    """kerasio never writes external tensor data: a tensor anywhere in the model that points outside the file is refused.
-
-    Checked everywhere a tensor can live: initializers and sparse initializers,
-    node attributes (a ``Constant``'s value, tensor lists) and every subgraph
-    (``If``/``Loop``/``Scan`` bodies), recursively. Nothing is loaded first.
-    """
-    onnx = require("onnx", "reading ONNX")
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception as exc:  # onnx raises DecodeError and others for garbage
-        raise ArtifactError(f"{path}: not a readable ONNX model; re-export it. Received: {str(exc)[:200]}") from None
-    found = next(_external_tensors(onnx, graph, "graph"), None)
-    if found is not None:
-        where, location = found
-        raise UnsafeArtifactError(
-            f"{path}: {where} reads external data from {location!r}, which no hash covers; refusing to load. "
-            f"Re-export it without external data. Received: location={location!r}"
-        )
-
-
-def _external_tensors(onnx: Any, graph: Any, scope: str) -> Any:
-    """``(where, location)`` for each tensor with ``data_location=EXTERNAL`` in ``graph`` and its subgraphs."""
-    def location(tensor: Any) -> str:
-        return next((e.value for e in tensor.external_data if e.key == "location"), "?")
-
-    for tensor in graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            yield f"{scope}: initializer {tensor.name!r}", location(tensor)
-    for sparse in graph.sparse_initializer:
-        for part in (sparse.values, sparse.indices):
-            if part.data_location == onnx.TensorProto.EXTERNAL:
-                yield f"{scope}: sparse initializer {part.name!r}", location(part)
-    for node in graph.node:
-        for attr in node.attribute:
-            where = f"{scope}: node {node.name or node.op_type!r} attribute {attr.name!r}"
-            for tensor in [attr.t, *attr.tensors]:
-                if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                    yield where, location(tensor)
-            for sub in [attr.g, *attr.graphs] if attr.HasField("g") or attr.graphs else []:
-                yield from _external_tensors(onnx, sub, f"{where} subgraph")
 
 
 def _rename_io(graph: Any, renames: dict[str, str]) -> None:

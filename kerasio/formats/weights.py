@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import audit_config
+from ..audit.keras import check_weights, read_architecture, weights_held_bytes
 from ..errors import ArtifactError
 from ..signature import Signature
 from ._keras_common import guarded_load, keras_runner
@@ -46,12 +47,12 @@ class WeightsFormat(Format):
         if not arch.is_file():
             raise ArtifactError(f"{path}: no {ARCHITECTURE}; a weights artifact needs its architecture. "
                                 f"Re-export it. Received: {sorted(p.name for p in path.iterdir())[:10]}")
-        try:
-            config = json.loads(arch.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"{arch}: unreadable architecture JSON; re-export it. Received: {exc}") from None
+        config = read_architecture(arch)
         audit_config(config, arch)
         weights = path / SHARDED if (path / SHARDED).is_file() else path / WEIGHTS
+        shards = sorted(p for p in path.iterdir() if p.name.endswith(".h5") and p.is_file())
+        check_weights(config, arch, lambda: weights_held_bytes(shards, path),
+                      build=lambda c: keras.models.model_from_json(json.dumps(c)))
 
         def build() -> Any:
             model = keras.models.model_from_json(json.dumps(config))
