@@ -160,6 +160,7 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
         array(['setosa', 'virginica', 'setosa'], dtype='<U10')
     """
     from .audit import allowing_ops
+    from .audit.keras import exported_here
 
     resources = contextlib.ExitStack()  # the generation's pin (and an untrusted model's worker), held while it lives
     try:
@@ -173,7 +174,7 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
                 "(drop --in-process / isolate=False), or pass trust=True (--trust) if you vouch for it. "
                 "Received: isolate=False")
         if own and not isolate:
-            with allowing_ops(allow_ops):
+            with allowing_ops(allow_ops), exported_here(trusted(checked.manifest)):
                 manifest = checked.manifest
                 runner = _load_copy(checked.format, checked.copy, checked.shown, device=device, trust=trust,
                                     signature=manifest.signature if manifest else None)

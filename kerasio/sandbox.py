@@ -41,7 +41,8 @@ MODES = ("auto", "require", "off")
 SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sys", "/dev/urandom", "/dev/random", "/dev/zero",
                "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/nsswitch.conf",
                "/etc/passwd", "/etc/group", "/etc/ssl", "/etc/os-release", "/etc/fonts")
-PROC_READ = ("/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys")  # and the worker's own, see own_proc
+# and the worker's own, see own_proc; /proc/driver/nvidia is what CUDA reads of its driver at initialisation
+PROC_READ = ("/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys", "/proc/driver/nvidia")
 OWN_PROC = ("status", "stat", "statm", "maps", "cgroup", "mountinfo", "mounts", "limits", "fd", "task", "cmdline",
             "exe", "auxv")  # never environ
 DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri")  # a GPU runtime opens, reads, writes and ioctls these

@@ -413,6 +413,11 @@ class Worker:
         return self._status
 
     def _send(self, message: dict[str, Any]) -> None:
+        if self._stopped_for:
+            raise WorkerError(
+                f"this artifact's worker was stopped when it reached its {self._stopped_for} limit, and holds nothing "
+                "any more; load the artifact again (a new worker), with a higher limit if it needs one. Received: a "
+                f"{message.get('op', 'check')} request after the {self._stopped_for} limit")
         try:
             self._in.write(json.dumps(message) + "\n")
             self._in.flush()

@@ -117,7 +117,7 @@ def test_h5_external_link_is_refused(bundle, tmp_path):
         f["model_weights/evil"] = h5py.ExternalLink("/etc/passwd", "/")
     with pytest.warns(kerasio.LegacyFormatWarning):
         with pytest.raises(kerasio.UnsafeArtifactError, match=r"'model_weights/evil' is an external link"):
-            kerasio.load(path)
+            kerasio.load(path, trust=True)
 
 
 def test_h5_weights_only_file_is_named(bundle, tmp_path):
@@ -125,7 +125,7 @@ def test_h5_weights_only_file_is_named(bundle, tmp_path):
     shutil.copy(bundle / "weights" / "model.weights.h5", path)
     with pytest.warns(kerasio.LegacyFormatWarning):
         with pytest.raises(kerasio.ArtifactError, match=r"w\.h5: HDF5 file has no model_config"):
-            kerasio.load(path, format="h5")
+            kerasio.load(path, format="h5", trust=True)
 
 
 def test_manifest_with_future_schema(keras_bundle, tmp_path):
@@ -163,7 +163,7 @@ def test_savedmodel_with_file_ops_is_refused(tmp_path):
                        match=r"sm: the SavedModel's signature 'serving_default' runs op 'WriteFile' \(in function "
                              r"'__inference_serve_\d+'\), which a Keras model's inference never needs.*"
                              r"--allow-op WriteFile\)\. Received: op='WriteFile'"):
-        kerasio.load(tmp_path / "sm")
+        kerasio.load(tmp_path / "sm", trust=True)
     assert not target.exists()
 
 
@@ -256,7 +256,7 @@ def test_member_count_is_capped_and_configurable(keras_bundle, tmp_path, monkeyp
     with pytest.raises(kerasio.UnsafeArtifactError, match=r"has 63 members, over the limit of 50; refusing to load"):
         kerasio.load(path)
     monkeypatch.setenv("KERASIO_MAX_ARCHIVE_MEMBERS", "100")
-    assert kerasio.load(path).format == "keras"  # the same file under a raised limit: the padding is harmless
+    assert kerasio.load(path, trust=True).format == "keras"  # the same file under a raised limit: the padding is harmless
 
 
 def _point_keras_artifact_at(bundle_dir, rel):
@@ -355,11 +355,11 @@ def test_savedmodel_that_saves_files_from_its_signature_is_refused_and_writes_no
 
     sm = _hostile_savedmodel(tmp_path, body)
     with pytest.raises(kerasio.UnsafeArtifactError, match=r"signature 'serving_default' runs op 'SaveV2'"):
-        kerasio.load(sm)
+        kerasio.load(sm, trust=True)  # the audit runs in whichever process loads it
     assert main(["predict", str(sm), "--input", str(tmp_path / "none.npy")]) == 2
     assert "runs op 'SaveV2'" in capsys.readouterr().err
     assert not canary.parent.exists()  # the canary: nothing was written
-    loaded = kerasio.load(sm, allow_ops=["SaveV2"])  # the explicit escape hatch, for a file you trust
+    loaded = kerasio.load(sm, allow_ops=["SaveV2"], trust=True)  # the explicit escape hatch, for a file you trust
     assert loaded.format == "savedmodel" and not canary.parent.exists()  # loading alone still runs nothing
 
 
@@ -376,7 +376,7 @@ def test_savedmodel_that_reads_outside_files_with_tf_data_is_refused(tmp_path):
     sm = _hostile_savedmodel(tmp_path, body)
     with pytest.raises(kerasio.UnsafeArtifactError, match=r"signature 'serving_default' runs op '(TextLineDataset\w*|"
                                                           r"DatasetToSingleElement|\w*Dataset\w*)'"):
-        kerasio.load(sm)
+        kerasio.load(sm, trust=True)
 
 
 def test_allowed_ops_are_recorded_in_the_report(keras_bundle):

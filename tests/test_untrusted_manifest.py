@@ -3,7 +3,6 @@ byte is read, links never followed, locks never waited on forever, and every str
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import time

@@ -104,6 +104,9 @@ def test_a_loop_that_never_ends_is_stopped_at_the_time_limit(keras_bundle, tmp_p
         with pytest.raises(kerasio.ResourceLimitError, match=r"reached the untrusted worker's time limit \(6 s a step\) "
                                                              r"and was stopped.*--timeout SECONDS") as info:
             model.run(X)
+        with pytest.raises(kerasio.WorkerError, match=r"this artifact's worker was stopped when it reached its wall "
+                                                      r"time limit.*load the artifact again"):
+            model.run(X)  # the stopped worker is not silently reused
     assert info.value.limit == "wall time"
     assert_contained(cli("predict", str(b), "--format", "savedmodel", "--input", str(tmp_path / "rows.npy"),
                          "--timeout", "6"), within=120, message=r"time limit \(6 s a step\)")
