@@ -7,7 +7,8 @@
 # On a CPU:     bash benchmarks/gpu_check.sh   (uses --device auto; runs to completion)
 #
 # Environment: BUNDLE (default saved_models/seed), DEVICE (default: all when a GPU is visible, else auto),
-# OUT (default benchmarks/results), PYTHON (default .venv/bin/python if present, else python3).
+# OUT (default benchmarks/results), PYTHON (default .venv/bin/python if present, else python3), ROWS and CALLS
+# (the predict throughput batch, default 100000 rows, 3 timed calls).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -30,6 +31,7 @@ for backend in jax torch; do
     echo "{\"backend\": \"$backend\", \"skipped\": \"$backend is not installed here\"}" > "$OUT/gpu_check_$backend.json"
   else
     KERAS_BACKEND=$backend TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" benchmarks/gpu_check.py "$BUNDLE" --device "$DEVICE" \
+      --rows "${ROWS:-100000}" --calls "${CALLS:-3}" \
       > "$OUT/gpu_check_$backend.json" 2> "$OUT/gpu_check_$backend.log" || status=1
   fi
   results+=("$OUT/gpu_check_$backend.json")

@@ -587,6 +587,9 @@ def entry() -> None:
     TensorFlow otherwise spends most of a second tearing it down, and the CLI
     has nothing left to clean up (files are already renamed into place).
     """
+    from . import runtime
+
+    runtime.LEAN = True  # this process is kerasio's own: Keras starts without what kerasio never uses
     try:
         code = main()
         sys.stdout.flush()

@@ -18,7 +18,7 @@ import numpy as np
 from .errors import BackendUnavailableError
 
 __all__ = [
-    "require", "import_keras_quietly", "default_backend", "keras_backend", "available_devices", "resolve_devices",
+    "require", "import_keras_quietly", "lean_imports", "default_backend", "keras_backend", "available_devices", "resolve_devices",
     "precision_policy", "device_scope", "keras_forward", "device_name", "backend_env", "to_numpy", "graph_forward",
     "tf_input_specs", "tf_input_names", "outputs_from_run", "cpu_features",
 ]
@@ -56,12 +56,43 @@ def keras_backend() -> str:
     return keras.backend.backend()
 
 
+# What TensorFlow and Keras import at start only because it is installed, for features kerasio never uses (Keras's
+# image-gallery plot, TFLite's JAX converter, the backends not in use): 2.3 of the 10 s that importing Keras took on
+# this project's 2-core machine. Skipped where kerasio owns the process: the worker, and the CLI (LEAN below).
+OPTIONAL_AT_START = ("matplotlib", "jax", "jaxlib", "torch")
+LEAN = False  # set by the CLI's entry point; a notebook or script importing kerasio keeps Keras exactly as it is
+
+
+class _Skip:
+    """A meta-path finder that answers ``names`` as not installed; the optional imports above fall back cleanly."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"{name} is not imported while kerasio starts its runtime", name=name)
+
+
+@contextlib.contextmanager
+def lean_imports() -> Iterator[None]:
+    """While inside, :data:`OPTIONAL_AT_START` (except the Keras backend's own) cannot be imported. Only for the
+    runtime's start: a module imported afterwards (a custom layer's, matplotlib for ``trace.png``) may use any."""
+    finder = _Skip(tuple(n for n in OPTIONAL_AT_START if not n.startswith(default_backend())))
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
 def import_keras_quietly() -> None:
     """Import Keras (and TensorFlow) with TensorFlow's native start-up lines hidden.
 
     TF 2.21 prints oneDNN and CUDA-stub notices from C++ before its logging is
     set up, ignoring ``TF_CPP_MIN_LOG_LEVEL``. They are shown only if the import
-    fails. Python warnings are untouched.
+    fails. Python warnings are untouched. Under the CLI (:data:`LEAN`), without
+    the optional imports of :func:`lean_imports`.
     """
     import tempfile
 
@@ -71,7 +102,8 @@ def import_keras_quietly() -> None:
     with tempfile.TemporaryFile() as log:
         os.dup2(log.fileno(), 2)
         try:
-            import keras  # noqa: F401
+            with lean_imports() if LEAN else contextlib.nullcontext():
+                import keras  # noqa: F401
         except Exception:
             os.dup2(saved, 2)
             log.seek(0)

@@ -39,6 +39,7 @@ from .errors import KerasioError, ResourceLimitError, WorkerError
 from .fsutil import clean_stale_temp
 from .limits import Limits, memory_error, memory_text
 from .protocol import answer_error
+from .runtime import lean_imports
 
 __all__ = ["run_check", "handle", "Worker", "scrubbed_env", "WARM"]
 
@@ -192,9 +193,10 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     op = request.get("op", "check")
     try:
         if op == "warm":
-            for module in request.get("modules", ()):
-                with contextlib.suppress(ImportError):
-                    importlib.import_module(module)
+            with lean_imports():
+                for module in request.get("modules", ()):
+                    with contextlib.suppress(ImportError):
+                        importlib.import_module(module)
             return {"ok": True}
         if op == "rehearse":
             return rehearse(request.get("formats", ()))

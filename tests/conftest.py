@@ -58,3 +58,11 @@ def write_csv(path: Path, text: str) -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# The longest files first, so that the two test processes (pytest -n, whole files each) end about together.
+LONGEST = ("test_publishing.py", "test_backends.py", "test_zoo.py", "test_distribute.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: LONGEST.index(item.path.name) if item.path.name in LONGEST else len(LONGEST))

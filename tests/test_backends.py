@@ -139,7 +139,9 @@ def test_gpu_check_script_runs_to_completion_on_cpu(bundle, tmp_path):
     """benchmarks/gpu_check.sh is the prepared GPU run; without a GPU it must still finish (--device auto)."""
     pytest.importorskip("jax")
     root = HERE.parent
-    env = {**os.environ, "BUNDLE": str(bundle), "OUT": str(tmp_path), "PYTHON": sys.executable}
+    # A small throughput batch: this checks that the script runs, not how fast (benchmarks/ measure that).
+    env = {**os.environ, "BUNDLE": str(bundle), "OUT": str(tmp_path), "PYTHON": sys.executable, "ROWS": "2000",
+           "CALLS": "1"}
     out = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
                          env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -148,4 +150,4 @@ def test_gpu_check_script_runs_to_completion_on_cpu(bundle, tmp_path):
     jax_run = next(r for r in summary["runs"] if r.get("backend") == "jax")
     assert jax_run["verify_ok"] and {c["format"] for c in jax_run["checks"]} == {"keras", "h5", "weights"}
     assert all(c["precision"] == "float32-pinned" for c in jax_run["checks"])
-    assert jax_run["throughput"]["cpu"]["rows_per_s"] > 0
+    assert jax_run["throughput"]["cpu"]["rows_per_s"] > 0 and jax_run["throughput"]["cpu"]["rows"] == 2000
