@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import InputError
 
-__all__ = ["Distribution", "STRATEGIES", "resolve_strategy", "prepare_devices", "launch_local_cluster",
+__all__ = ["Distribution", "STRATEGIES", "resolve_strategy", "precheck_strategy", "prepare_devices", "launch_local_cluster",
            "multiworker_strategy", "cluster_spec", "is_chief_task", "chief_by_environment"]
 
 
@@ -95,17 +95,26 @@ def _default(replicas: int | None) -> Distribution:
     return Distribution("default", devices=("default",))
 
 
-def _require_backend(name: str, wanted: str, hint: str) -> None:
-    import keras
+# The Keras backend each named strategy runs on, and what to do instead.
+_BACKENDS = {
+    "mirrored": ("tensorflow", "Use --strategy dataparallel with JAX, or set KERAS_BACKEND=tensorflow."),
+    "multiworker": ("tensorflow", "Multi-worker training uses tf.distribute; set KERAS_BACKEND=tensorflow."),
+    "dataparallel": ("jax", "Set KERAS_BACKEND=jax, or use --strategy mirrored with TensorFlow."),
+}
 
-    backend = keras.backend.backend()
+
+def _require_backend(name: str) -> None:
+    from ..runtime import default_backend  # Keras's own answer once it is imported; read from its settings before
+
+    wanted, hint = _BACKENDS[name]
+    backend = default_backend()
     if backend != wanted:
         raise InputError(f"--strategy {name} runs on Keras's {wanted} backend, and this process uses {backend}. "
                          f"{hint} Received: KERAS_BACKEND={backend}")
 
 
 def _mirrored(replicas: int | None) -> Distribution:
-    _require_backend("mirrored", "tensorflow", "Use --strategy dataparallel with JAX, or set KERAS_BACKEND=tensorflow.")
+    _require_backend("mirrored")
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")  # physical: listing logical devices would start the runtime
@@ -195,8 +204,7 @@ def multiworker_strategy() -> Any:
 
 
 def _multiworker(replicas: int | None) -> Distribution:
-    _require_backend("multiworker", "tensorflow", "Multi-worker training uses tf.distribute; set "
-                     "KERAS_BACKEND=tensorflow.")
+    _require_backend("multiworker")
     if replicas not in (None, 1):
         raise InputError(f"--strategy multiworker runs one replica per worker process; choose the number of "
                          f"processes with --workers N (or TF_CONFIG). Received: --replicas {replicas}")
@@ -211,7 +219,7 @@ def _multiworker(replicas: int | None) -> Distribution:
 
 
 def _dataparallel(replicas: int | None) -> Distribution:
-    _require_backend("dataparallel", "jax", "Set KERAS_BACKEND=jax, or use --strategy mirrored with TensorFlow.")
+    _require_backend("dataparallel")
     import keras
 
     devices = keras.distribution.list_devices()
@@ -241,14 +249,32 @@ def resolve_strategy(strategy: Any = None, *, replicas: int | None = None) -> Di
             replicas than devices, or a missing ``TF_CONFIG``.
     """
     if strategy is None or isinstance(strategy, str):
-        name = strategy or "default"
-        if name not in STRATEGIES:
-            raise InputError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}. "
-                             f"Received: --strategy {name}")
-        if replicas is not None and replicas < 1:
-            raise InputError(f"--replicas must be at least 1. Received: --replicas {replicas}")
-        return STRATEGIES[name](replicas)
+        return STRATEGIES[_named(strategy, replicas)](replicas)
     return _from_object(strategy)
+
+
+def _named(strategy: str | None, replicas: int | None) -> str:
+    name = strategy or "default"
+    if name not in STRATEGIES:
+        raise InputError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}. "
+                         f"Received: --strategy {name}")
+    if replicas is not None and replicas < 1:
+        raise InputError(f"--replicas must be at least 1. Received: --replicas {replicas}")
+    return name
+
+
+def precheck_strategy(strategy: Any, *, replicas: int | None, batch_size: int) -> None:
+    """What :func:`resolve_strategy` would refuse that needs neither Keras nor a device, checked before either
+    starts: a misuse costs a second, not TensorFlow's import. ``resolve_strategy`` still checks everything."""
+    if strategy is not None and not isinstance(strategy, str):
+        return
+    name = _named(strategy, replicas)
+    if name == "default":
+        _default(replicas)
+    else:
+        _require_backend(name)
+    if replicas and name in ("mirrored", "dataparallel"):
+        Distribution(name, replicas=replicas).check_batch(batch_size)
 
 
 def _from_object(engine: Any) -> Distribution:

@@ -130,8 +130,9 @@ def run_pipeline(
     with contextlib.ExitStack() as stack:
         if streamed:  # the spooled rows go once training is over, or on any error (a kill: the next run's cleanup)
             stack.callback(dataset.close)
-        from .distribute import chief_by_environment, resolve_strategy, worker_output
+        from .distribute import chief_by_environment, precheck_strategy, resolve_strategy, worker_output
 
+        precheck_strategy(strategy, replicas=replicas, batch_size=batch_size)  # a misuse refused before Keras starts
         chief = chief_by_environment(strategy)
         if chief:
             _check_writable(out)  # after the data is known good (a bad CSV creates nothing), before any training
