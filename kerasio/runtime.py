@@ -18,9 +18,9 @@ import numpy as np
 from .errors import BackendUnavailableError
 
 __all__ = [
-    "require", "import_keras_quietly", "lean_imports", "default_backend", "keras_backend", "available_devices", "resolve_devices",
-    "precision_policy", "device_scope", "keras_forward", "device_name", "backend_env", "to_numpy", "graph_forward",
-    "tf_input_specs", "tf_input_names", "outputs_from_run", "cpu_features",
+    "require", "import_keras_quietly", "lean_imports", "default_backend", "keras_backend", "available_devices",
+    "resolve_devices", "precision_policy", "device_scope", "keras_forward", "device_name", "backend_env", "to_numpy",
+    "graph_forward", "tf_input_specs", "tf_input_names", "outputs_from_run", "cpu_features",
 ]
 
 PRECISIONS = ("highest", "fast")

@@ -46,6 +46,7 @@ __all__ = ["run_check", "handle", "Worker", "scrubbed_env", "WARM"]
 # What a worker imports at start for the runtime it will serve (so that the import overlaps the caller's work).
 WARM = {"keras": ("keras",), "tensorflow": ("tensorflow",), "onnxruntime": ("onnxruntime",),
         "litert": ("ai_edge_litert.interpreter",)}
+_RUNTIMES = frozenset(m for modules in WARM.values() for m in modules)
 # Requests that load or run an artifact: these get the limits' deadline (the rest are kerasio's own imports).
 _ARTIFACT_OPS = ("check", "open", "run")
 
@@ -193,10 +194,10 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     op = request.get("op", "check")
     try:
         if op == "warm":
-            with lean_imports():
-                for module in request.get("modules", ()):
-                    with contextlib.suppress(ImportError):
-                        importlib.import_module(module)
+            for module in request.get("modules", ()):
+                # the runtimes start lean; a module the caller named (custom layers) imports whatever it needs
+                with contextlib.suppress(ImportError), lean_imports() if module in _RUNTIMES else contextlib.nullcontext():
+                    importlib.import_module(module)
             return {"ok": True}
         if op == "rehearse":
             return rehearse(request.get("formats", ()))

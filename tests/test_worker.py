@@ -70,3 +70,35 @@ def test_a_request_to_a_killed_worker_is_a_worker_error_not_a_broken_pipe():
             worker.request({"op": "warm", "modules": []})
     finally:
         worker.close()
+
+
+LEAN_START = '''
+import json, sys
+import numpy as np
+from kerasio.worker import handle
+assert handle({"op": "warm", "modules": ["keras"]}) == {"ok": True}
+skipped = [m for m in ("matplotlib", "jax", "torch") if m in sys.modules]
+import keras
+handle({"op": "warm", "modules": ["plots_things"]})  # a module the caller named, as verify(imports=...) does
+print(json.dumps({"skipped_but_imported": skipped, "named_module": "plots_things" in sys.modules,
+                  "predicts": keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]).predict_on_batch(
+                      np.ones((1, 2), "float32")).shape == (1, 1)}))
+'''
+
+
+def test_the_worker_starts_keras_lean_and_a_named_module_still_imports_anything(tmp_path):
+    """The runtime's warm import skips the optional packages Keras and TensorFlow pull in (matplotlib, and JAX and
+    torch when they are not the backend); a custom-layer module the caller names may still import them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    (tmp_path / "plots_things.py").write_text("import matplotlib\nimport matplotlib.pyplot\n")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", LEAN_START], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"skipped_but_imported": [], "named_module": True,
+                                                              "predicts": True}

@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import InputError
 
-__all__ = ["Distribution", "STRATEGIES", "resolve_strategy", "precheck_strategy", "prepare_devices", "launch_local_cluster",
-           "multiworker_strategy", "cluster_spec", "is_chief_task", "chief_by_environment"]
+__all__ = ["Distribution", "STRATEGIES", "resolve_strategy", "precheck_strategy", "prepare_devices",
+           "launch_local_cluster", "multiworker_strategy", "cluster_spec", "is_chief_task", "chief_by_environment"]
 
 
 @dataclass
