@@ -166,7 +166,8 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
     try:
         tmp = resources.enter_context(private_dir("kerasio-load-"))
         checked = _checked_copy(Path(path), format, public_key, tmp, resources)
-        own = trusted(checked.manifest, trust=trust, public_key=public_key)
+        recorded = trusted(checked.manifest)  # exported here: one lookup of the record, used twice below
+        own = recorded or trusted(None, trust=trust, public_key=public_key)
         if isolate is False and not own:
             raise UnsafeArtifactError(
                 f"{checked.shown}: loading in this process runs the artifact here, and it is not yours (kerasio did "
@@ -174,7 +175,7 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
                 "(drop --in-process / isolate=False), or pass trust=True (--trust) if you vouch for it. "
                 "Received: isolate=False")
         if own and not isolate:
-            with allowing_ops(allow_ops), exported_here(trusted(checked.manifest)):
+            with allowing_ops(allow_ops), exported_here(recorded):
                 manifest = checked.manifest
                 runner = _load_copy(checked.format, checked.copy, checked.shown, device=device, trust=trust,
                                     signature=manifest.signature if manifest else None)

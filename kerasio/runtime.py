@@ -75,9 +75,13 @@ class _Skip:
 
 
 @contextlib.contextmanager
-def lean_imports() -> Iterator[None]:
+def lean_imports(enabled: bool = True) -> Iterator[None]:
     """While inside, :data:`OPTIONAL_AT_START` (except the Keras backend's own) cannot be imported. Only for the
-    runtime's start: a module imported afterwards (a custom layer's, matplotlib for ``trace.png``) may use any."""
+    runtime's start: a module imported afterwards (a custom layer's, matplotlib for ``trace.png``) may use any.
+    ``enabled=False`` changes nothing."""
+    if not enabled:
+        yield
+        return
     finder = _Skip(tuple(n for n in OPTIONAL_AT_START if not n.startswith(default_backend())))
     sys.meta_path.insert(0, finder)
     try:
@@ -102,7 +106,7 @@ def import_keras_quietly() -> None:
     with tempfile.TemporaryFile() as log:
         os.dup2(log.fileno(), 2)
         try:
-            with lean_imports() if LEAN else contextlib.nullcontext():
+            with lean_imports(LEAN):
                 import keras  # noqa: F401
         except Exception:
             os.dup2(saved, 2)

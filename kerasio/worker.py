@@ -196,7 +196,7 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         if op == "warm":
             for module in request.get("modules", ()):
                 # the runtimes start lean; a module the caller named (custom layers) imports whatever it needs
-                with contextlib.suppress(ImportError), lean_imports() if module in _RUNTIMES else contextlib.nullcontext():
+                with contextlib.suppress(ImportError), lean_imports(module in _RUNTIMES):
                     importlib.import_module(module)
             return {"ok": True}
         if op == "rehearse":
