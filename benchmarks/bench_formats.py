@@ -21,9 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 warnings.filterwarnings("ignore")
 
 
-import kerasio  # noqa: E402
 from _common import median, report  # noqa: E402
-from kerasio.fsutil import hash_artifact  # noqa: E402
+
+import kerasio  # noqa: E402
+from kerasio.bundle.fsutil import hash_artifact  # noqa: E402
 
 
 def timed(fn):
@@ -83,16 +84,15 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        result = kerasio.run_pipeline(out=tmp / "seed", epochs=2, verify=False, echo=None)
+        result = kerasio.run_pipeline(config=kerasio.TrainConfig(epochs=2), out=tmp / "seed", verify=False, echo=None)
         model, x = result.model, result.split.x_test
-        for fmt in kerasio.FORMATS:
+        for fmt in kerasio.formats.REGISTRY:
             fig = {k: [] for k in ("kerasio_export", "keras_save", "kerasio_load", "keras_load", "kerasio_verify")}
             for i in range(args.rounds):
                 bundle = tmp / f"k-{fmt}-{i}"
                 save_fn, load_fn, path = direct(model, x, fmt, tmp)
                 steps = [
-                    ("kerasio_export", lambda: kerasio.export(model, bundle, reference_inputs=x, formats=fmt,
-                                                              trust_pickle=True)),
+                    ("kerasio_export", lambda: kerasio.export(model, bundle, reference_inputs=x, formats=fmt, trust=True)),
                     ("keras_save", save_fn),
                 ]
                 for name, fn in (steps if i % 2 == 0 else steps[::-1]):
@@ -104,7 +104,7 @@ def main() -> None:
                 for name, fn in (steps if i % 2 == 0 else steps[::-1]):
                     fig[name].append(timed(fn))
                 fig["kerasio_verify"].append(timed(lambda: kerasio.verify(
-                    bundle, formats=fmt, in_process=True, trust_pickle=True, record=False).raise_for_failure()))
+                    bundle, formats=fmt, in_process=True, trust=True, record=False).raise_for_failure()))
             art = kerasio.read_manifest(bundle).artifact(fmt)
             rows[fmt] = {k: round(median(v) * 1e3, 1) for k, v in fig.items()} | {
                 "kerasio_bytes": art.size, "keras_bytes": hash_artifact(path)[1]}

@@ -28,7 +28,8 @@ def side(name: str, out: Path, width: int) -> dict:
     if name == "kerasio-early-verifier":  # started before TensorFlow is imported here and the model is built
         import kerasio
 
-        early = kerasio.verifier()
+        early = kerasio.Session()
+        early.start()
     import keras
     import numpy as np
 
@@ -46,8 +47,8 @@ def side(name: str, out: Path, width: int) -> dict:
         import kerasio
 
         mode = "in-process" if name == "kerasio-in-process" else "fresh-process"
-        result = kerasio.export(model, out, reference_inputs=x, formats="keras,savedmodel", verify=mode,
-                                verifier=early)
+        result = kerasio.export(model, out, reference_inputs=x, formats="keras,savedmodel",
+                                verify=kerasio.VerifyOptions(mode=mode, session=early))
         if early is not None:
             early.close()
         t["export_and_verify"] = time.perf_counter() - start

@@ -13,9 +13,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from _common import interleave, median, report  # noqa: E402
 
 import kerasio  # noqa: E402
-from _common import interleave, median, report  # noqa: E402
 
 
 def per_call(fn, calls: int) -> float:
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = kerasio.run_pipeline(out=f"{tmp}/b", epochs=2, verify=False, echo=None)
+        result = kerasio.run_pipeline(config=kerasio.TrainConfig(epochs=2), out=f"{tmp}/b", verify=False, echo=None)
         loaded = kerasio.load(result.bundle)
         keras_model = loaded.model  # the same reloaded .keras model, called the plain way
         x200 = result.split.x_test

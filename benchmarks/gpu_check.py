@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 import kerasio
-from kerasio.runtime import available_devices, device_name, device_scope, keras_backend, precision_policy, resolve_devices
+from kerasio.backends.base import available_devices, device_name, device_scope, precision_policy
+from kerasio.backends.environment import keras_backend, resolve_devices
 
 
 def throughput(bundle, device: str, rows: int, calls: int) -> dict:
@@ -49,9 +50,10 @@ def main() -> None:
     args = parser.parse_args()
     backend = keras_backend()
     formats = [a.format for a in kerasio.read_manifest(args.bundle).artifacts
-               if kerasio.FORMATS[a.format].runtime == "keras" and not kerasio.FORMATS[a.format].needs_trust]
+               if kerasio.formats.REGISTRY[a.format].runtime == "keras" and not kerasio.formats.REGISTRY[a.format].needs_trust]
     start = time.perf_counter()
-    report = kerasio.verify(args.bundle, formats=formats, device=args.device, in_process=True, record=False)
+    report = kerasio.verify(args.bundle, options=kerasio.VerifyOptions(device=args.device), formats=formats,
+                            in_process=True, record=False)
     verify_s = time.perf_counter() - start
     out = {
         "backend": backend,

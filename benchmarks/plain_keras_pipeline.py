@@ -9,9 +9,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/plain_keras"

@@ -1,3 +1,3 @@
-from .cli import entry
+from kerasio.cli import entry
 
 entry()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -26,10 +27,15 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default: 5)")
     p.add_argument("--out", default="saved_models/seed", help="bundle directory (default: saved_models/seed)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, weights and batch order (default: 0)")
+    from kerasio.formats import REGISTRY
+
     p.add_argument("--formats", default="keras,savedmodel",
                    help="comma-separated formats, or 'all' (default: keras,savedmodel); "
-                        "known: keras, savedmodel, h5, weights, onnx, litert, pickle")
-    p.add_argument("--max-shard-size", type=float, metavar="GB", help="shard the weights format above this size")
+                        f"known: {', '.join(REGISTRY)} (see the list below)")
+    p.add_argument("--max-shard-size", type=float, metavar="GB",
+                   help="shard the weights format above this size (--format-option weights.max_shard_size=GB)")
+    p.add_argument("--format-option", action="append", dest="format_options", default=[], type=_format_option,
+                   metavar="FORMAT.NAME=VALUE", help="an option of one format (see the list below); repeatable")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="training batch size (default: 32)")
     p.add_argument("--learning-rate", type=float, default=0.01, metavar="LR", help="Adam learning rate (default: 0.01)")
     p.add_argument("--hidden", type=_hidden, default=(32, 16), metavar="UNITS",
@@ -38,6 +44,50 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
                    "(default: 0.1)")
     p.add_argument("--test-size", type=_test_size, default=0.2, metavar="SIZE",
                    help="held-out rows: a fraction (0.2) or a count (200) (default: 0.2, stratified)")
+
+
+def _format_option(text: str) -> tuple[str, str, object]:
+    name, _, value = text.partition("=")
+    fmt, _, option = name.partition(".")
+    if not (fmt and option and _):
+        raise argparse.ArgumentTypeError(f"takes FORMAT.NAME=VALUE, e.g. weights.max_shard_size=2; received: {text!r}")
+    try:
+        parsed: object = json.loads(value)
+    except ValueError:
+        parsed = value
+    return fmt.strip(), option.strip(), parsed
+
+
+def _format_options(args) -> dict[str, dict[str, object]]:
+    options: dict[str, dict[str, object]] = {}
+    if getattr(args, "max_shard_size", None):
+        options.setdefault("weights", {})["max_shard_size"] = args.max_shard_size
+    for fmt, option, value in args.format_options:
+        options.setdefault(fmt, {})[option] = value
+    return options
+
+
+def _formats_epilog() -> str:
+    """Every registered format, its description and options: read from the registry, never listed by hand."""
+    from kerasio.formats import REGISTRY
+
+    return _epilog_of(tuple(REGISTRY.values()))
+
+
+@functools.lru_cache(maxsize=4)  # built once per registry state: the main parser and `run` show the same text
+def _epilog_of(formats: tuple) -> str:
+    import textwrap
+
+    lines = ["formats (--formats NAME; kerasio.formats.REGISTRY):"]
+    for fmt in formats:
+        flags = ", ".join(f for f, on in (("default", fmt.default), ("legacy", fmt.legacy),
+                                           ("needs --trust", fmt.needs_trust)) if on)
+        text = f"{fmt.name:<11}{fmt.description}" + (f" [{flags}]" if flags else "")
+        lines += textwrap.wrap(text, width=98, initial_indent="  ", subsequent_indent=" " * 13)
+        for option, what in fmt.options.items():
+            lines += textwrap.wrap(f"--format-option {fmt.name}.{option}=VALUE: {what}", width=98,
+                                   initial_indent=" " * 13, subsequent_indent=" " * 15)
+    return "\n".join(lines)
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -82,7 +132,7 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _limits(args):
-    from .limits import Limits
+    from kerasio.spec.limits import Limits
 
     return Limits.from_env(memory=args.max_memory, timeout=args.timeout)
 
@@ -92,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kerasio",
         description="Train, export, reload and verify a Keras classifier; every artifact proven against the "
                     "original model's outputs.",
+        epilog=_formats_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from . import __version__
+    from kerasio._version import __version__
 
     parser.add_argument("--version", action="version", version=f"kerasio {__version__}",
                         help="print kerasio's version and exit")
@@ -105,11 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="show the training progress bar from the first batch, not only in epochs over 2 s")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="data -> split -> train -> export -> verify -> predict, with a trace")
+    run = sub.add_parser("run", help="data -> split -> train -> export -> verify -> predict, with a trace",
+                         epilog=_formats_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_run_args(run)
     run.add_argument("--no-verify", action="store_true", help="skip verification")
     run.add_argument("--in-process", action="store_true", help="verify in this process (faster, weaker)")
-    run.add_argument("--trust-pickle", action="store_true", help="allow writing and loading the pickle format")
+    run.add_argument("--trust", "--trust-pickle", action="store_true", dest="trust",
+                     help="write (and load) the formats that need explicit trust: pickle")
     run.add_argument("--json", action="store_true", help="print a JSON summary instead of the trace")
     run.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker", "dataparallel"],
                      help="train under a distribution: mirrored (TensorFlow, several GPUs or CPU devices), "
@@ -139,8 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--in-process", action="store_true",
                      help="load in this process instead of a fresh one (only a bundle you exported here, or --trust)")
     ver.add_argument("--resume", action="store_true", help="also check that model.keras resumes training exactly")
-    ver.add_argument("--trust-pickle", action="store_true", help="allow loading the pickle artifact")
-    ver.add_argument("--trust", action="store_true",
+    ver.add_argument("--trust", "--trust-pickle", action="store_true", dest="trust",
                      help="you vouch for this bundle: it may be verified in this process, its pickle loaded")
     _limit_args(ver)
     ver.add_argument("--import", action="append", dest="imports", default=[], metavar="MODULE",
@@ -160,8 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--format", help="which artifact of the bundle to use (default: keras)")
     pred.add_argument("--import", action="append", dest="imports", default=[], metavar="MODULE",
                       help="import a module first (one that registers custom layers)")
-    pred.add_argument("--trust-pickle", action="store_true", help="allow loading the pickle artifact")
-    pred.add_argument("--trust", action="store_true",
+    pred.add_argument("--trust", "--trust-pickle", action="store_true", dest="trust",
                       help="you vouch for this artifact: it may be loaded in this process, its pickle too")
     _limit_args(pred)
     pred.add_argument("--allow-op", action="append", dest="allow_ops", default=[], metavar="OP",
@@ -211,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_ERROR
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from .errors import KerasioError
+    from kerasio.errors import KerasioError
 
     _warnings_once_to_stderr()
 
@@ -220,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KerasioError as exc:
         if args.debug:
             raise
-        from .validation import printable
+        from kerasio.present.text import printable
 
         print(f"kerasio: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
@@ -232,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # never a traceback: what no kerasio error names is still one line
         if args.debug:
             raise
-        from .validation import printable
+        from kerasio.present.text import printable
 
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         kind = "ran out of memory" if isinstance(exc, MemoryError) else f"unexpected {type(exc).__name__}"
@@ -248,7 +299,7 @@ def _warnings_once_to_stderr() -> None:
     shown: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
-        from .validation import printable
+        from kerasio.present.text import printable
 
         text = f"kerasio: warning: {message}"
         if text not in shown:
@@ -265,21 +316,21 @@ def _out(text: str = "", **kwargs) -> None:
     and notes escape their cells), so none of them can start a line; a single
     message that carries such strings goes through :func:`_say`.
     """
-    from .validation import printable
+    from kerasio.present.text import printable
 
     print("\n".join(printable(line) for line in str(text).split("\n")), **kwargs)
 
 
 def _say(text: str, **kwargs) -> None:
     """Print one line: every control character in it, a newline included, is shown escaped."""
-    from .validation import printable
+    from kerasio.present.text import printable
 
     print(printable(str(text)), **kwargs)
 
 
 def _run(args) -> int:
-    from .errors import InputError
-    from .recipe.distribute import launch_local_cluster, prepare_devices
+    from kerasio.errors import InputError
+    from kerasio.recipe.distribute import launch_local_cluster, prepare_devices
 
     if args.workers and args.strategy != "multiworker":
         raise InputError(f"--workers starts a multi-worker cluster; add --strategy multiworker. Received: --workers "
@@ -288,15 +339,19 @@ def _run(args) -> int:
         return launch_local_cluster(_without_option(args.argv, "--workers"), args.workers,
                                     echo=lambda line: print(line, file=sys.stderr))
     prepare_devices(args.strategy, args.replicas)  # before Keras: JAX reads its CPU device count at start
-    from .recipe.pipeline import run_pipeline
+    from kerasio.recipe.model import TrainConfig
+    from kerasio.recipe.pipeline import RunOptions, run_pipeline
 
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, hidden=tuple(args.hidden),
+                         dropout=args.dropout, learning_rate=args.learning_rate, seed=args.seed,
+                         test_size=args.test_size)
+    run = RunOptions(strategy=args.strategy, replicas=args.replicas, streaming=args.streaming,
+                     chunk_bytes=args.chunk_mb << 20 if args.chunk_mb else None,
+                     progress_after=0.0 if args.verbose else 2.0)
     result = run_pipeline(
-        args.data, label=args.label, out=args.out, epochs=args.epochs, seed=args.seed, formats=args.formats,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, hidden=args.hidden, dropout=args.dropout,
-        test_size=args.test_size, verify=not args.no_verify, in_process=args.in_process, trust_pickle=args.trust_pickle,
-        max_shard_size=args.max_shard_size, echo=None if args.json or args.quiet else print,
-        progress_after=0.0 if args.verbose else 2.0, strategy=args.strategy, replicas=args.replicas,
-        streaming=args.streaming, chunk_bytes=args.chunk_mb << 20 if args.chunk_mb else None,
+        args.data, label=args.label, out=args.out, config=config, formats=args.formats,
+        verify=False if args.no_verify else ("in-process" if args.in_process else True), trust=args.trust,
+        format_options=_format_options(args), echo=None if args.json or args.quiet else print, run=run,
     )
     if args.quiet and result.ok:
         count = len(result.export.manifest.artifacts) if result.export else 0
@@ -334,13 +389,14 @@ def _without_option(argv: list[str], option: str) -> list[str]:
 
 
 def _verify(args) -> int:
-    from .runtime import import_keras_quietly
-    from .verify import verify
+    from kerasio.backends.environment import import_keras_quietly
+    from kerasio.options import VerifyOptions
+    from kerasio.verify import verify
 
     if args.resume:  # refused before anything runs
-        from .errors import UnsafeArtifactError
-        from .manifest import read_manifest
-        from .trust import trusted
+        from kerasio.bundle.reader import read_manifest
+        from kerasio.bundle.trust import trusted
+        from kerasio.errors import UnsafeArtifactError
 
         if not trusted(read_manifest(args.path, public_key=args.public_key), trust=args.trust,
                        public_key=args.public_key):
@@ -351,14 +407,16 @@ def _verify(args) -> int:
                 "you vouch for it. Received: --resume")
     if args.in_process:
         import_keras_quietly()
+    options = VerifyOptions(device=args.device, backend=args.backend, precision=args.precision, rtol=args.rtol,
+                            atol=args.atol, imports=tuple(args.imports), allow_ops=tuple(args.allow_ops),
+                            limits=_limits(args))
     report = verify(
-        args.path, formats=args.formats, in_process=args.in_process, device=args.device, backend=args.backend,
-        precision=args.precision, trust_pickle=args.trust_pickle, trust=args.trust, imports=args.imports,
-        rtol=args.rtol, atol=args.atol, allow_ops=args.allow_ops, public_key=args.public_key, limits=_limits(args),
+        args.path, formats=args.formats, options=options, in_process=args.in_process, trust=args.trust,
+        public_key=args.public_key,
         progress=None if args.json or args.quiet else (lambda line: _say(f"  {line}", flush=True)),
     )
     if args.resume:
-        from .recipe.resume import resume_in_fresh_process
+        from kerasio.recipe.resume import resume_in_fresh_process
 
         report.resume = resume_in_fresh_process(args.path, backend=args.backend)
     if args.json:
@@ -382,12 +440,12 @@ def _verify(args) -> int:
 def _predict(args) -> int:
     import importlib
 
-    from .loading import load, load_isolated
-    from .predict import predict_chunks, predict_to_file
-    from .runtime import import_keras_quietly
+    from kerasio.backends.environment import import_keras_quietly
+    from kerasio.loading import load, load_isolated
+    from kerasio.predict import predict_chunks, predict_to_file
 
     with contextlib.ExitStack() as stack:
-        trust = args.trust or args.trust_pickle
+        trust = args.trust
         if args.in_process:  # your own bundle: load it here (an untrusted one is refused, not isolated)
             import_keras_quietly()
             for module in args.imports:
@@ -414,8 +472,8 @@ def _print_predictions(parts, progress, args) -> None:
     """Predictions on stdout as they come: CSV (one header), or one JSON array of records."""
     import pandas as pd
 
-    from .errors import InputError
-    from .predict import with_progress
+    from kerasio.errors import InputError
+    from kerasio.predict import with_progress
 
     first = True
     for part in with_progress(parts, progress):
@@ -437,7 +495,7 @@ def _escaped(columns):
     """String columns (a classifier's labels) with control characters escaped, for a terminal."""
     import numpy as np
 
-    from .validation import printable
+    from kerasio.present.text import printable
 
     return {printable(str(name)): np.vectorize(printable, otypes=[str])(values)
             if values.dtype.kind in "USO" and values.size else values for name, values in columns.items()}
@@ -464,30 +522,30 @@ def _rows_progress(enabled: bool):
 
 
 def _inspect(args) -> int:
-    from .manifest import read_manifest
-    from .recipe.trace import TraceRecords
-    from .tables import render_table
-    from .verify import last_report
+    from kerasio.bundle.reader import read_manifest
+    from kerasio.present.text import render_table
+    from kerasio.recipe.trace import TraceRecords
+    from kerasio.verify import last_report
 
     bundle = Path(args.path)
     manifest = read_manifest(bundle, public_key=args.public_key)
     last = last_report(bundle)
     integrity = manifest.integrity(bundle)  # the hashes verify checks, without loading anything
     changed = {path: state for path, state in integrity.items() if state != "ok"}
-    signature = _signature_state(bundle, args.public_key)
+    signing = _signature_state(bundle, args.public_key)
     if args.json:
-        _out(json.dumps({"manifest": manifest.to_dict(), "integrity": integrity, "signature": signature,
+        _out(json.dumps({"manifest": manifest.to_dict(), "integrity": integrity, "signature": signing,
                          "last_verification": last}, indent=2))
         return EXIT_FAILED if changed else 0
-    from .publish import flat_name
-    from .tables import wrap_notes
+    from kerasio.bundle.layout import flat_name
+    from kerasio.present.text import wrap_notes
 
     if changed:
-        first = f"integrity   CHANGED: {len(changed)} of {len(integrity)} files differ; {signature}"
+        first = f"integrity   CHANGED: {len(changed)} of {len(integrity)} files differ; {signing}"
     else:
-        first = f"integrity   all {len(integrity)} files match their sha256; {signature}"
+        first = f"integrity   all {len(integrity)} files match their sha256; {signing}"
     v = manifest.versions
-    sig = manifest.signature
+    sig = manifest.iospec
     lines = [first]
     if changed:
         lines.append("changed     " + ", ".join(flat_name(p) for p in changed) + ": do not use this bundle")
@@ -536,7 +594,7 @@ def _inspect(args) -> int:
 
 def _signature_state(bundle: Path, public_key: str | None) -> str:
     """What ``inspect`` can say of the bundle's signature (it checked it only if given a key)."""
-    from .signing import SIGNATURE_NAME
+    from kerasio.bundle.layout import SIGNATURE_NAME
 
     if public_key is not None:
         return f"signature verified with {public_key}"
@@ -568,15 +626,15 @@ def _describe_io(info: dict) -> list[str]:
 
 
 def _serving_request(args) -> int:
-    from .manifest import read_manifest
-    from .runtime import tf_input_names
-    from .serving import rest_body
-    from .tables import read_input_file
+    from kerasio.backends.tensorflow import tf_input_names
+    from kerasio.bundle.inputs import read_input_file
+    from kerasio.bundle.reader import read_manifest
+    from kerasio.formats.tf_serving import rest_body
 
     manifest = read_manifest(args.path)
-    inputs = manifest.signature.coerce(read_input_file(args.input), source=args.input)
-    named = dict(zip(tf_input_names(manifest.signature), inputs.values()))
-    print(json.dumps(rest_body(named, signature=args.signature, columnar=args.columnar)))
+    inputs = manifest.iospec.coerce(read_input_file(args.input), source=args.input)
+    named = dict(zip(tf_input_names(manifest.iospec), inputs.values()))
+    print(json.dumps(rest_body(named, signature_name=args.signature, columnar=args.columnar)))
     return 0
 
 
@@ -587,7 +645,7 @@ def entry() -> None:
     TensorFlow otherwise spends most of a second tearing it down, and the CLI
     has nothing left to clean up (files are already renamed into place).
     """
-    from . import runtime
+    from kerasio.backends import environment as runtime
 
     runtime.LEAN = True  # this process is kerasio's own: Keras starts without what kerasio never uses
     try:
@@ -601,9 +659,9 @@ def entry() -> None:
 
 
 def _sign(args) -> int:
-    from .errors import InputError
-    from .manifest import read_manifest
-    from .signing import sign
+    from kerasio.bundle.reader import read_manifest
+    from kerasio.bundle.signing import sign
+    from kerasio.errors import InputError
 
     password = None
     if args.password_env:
@@ -619,7 +677,7 @@ def _sign(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import write_report
+    from kerasio.report import write_report
 
     target = write_report(args.path, args.output, public_key=args.public_key)
     if not args.quiet:

@@ -5,6 +5,8 @@ The CLI prints ``str(error)`` on one line and exits with status 2.
 """
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "KerasioError",
     "DataError",
@@ -56,7 +58,11 @@ class UnsupportedFormatError(ArtifactError):
 
 
 class VerificationError(KerasioError, AssertionError):
-    """A reloaded artifact's outputs differ from the original model's."""
+    """An artifact did not reproduce the reference outputs; ``report`` is the :class:`~kerasio.verify.VerifyReport`."""
+
+    def __init__(self, message: str, *, report: Any = None):
+        super().__init__(message)
+        self.report = report
 
 
 class WorkerError(KerasioError):

@@ -1,25 +1,28 @@
 """Stage 4: write a bundle (every format that can carry the model + manifest), crash-safely.
 
 Everything is first written into a hidden staging directory inside the
-bundle, hashed and (optionally) verified there; :func:`kerasio.publish.commit`
+bundle, hashed and (optionally) verified there; :func:`kerasio.bundle.publish.commit`
 then publishes it as a new generation with one atomic swap of the manifest. An
 interrupted or failed export leaves the existing bundle as it was. SavedModel
 versions are never overwritten.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import ArtifactError, KerasioError, UnsafeArtifactError, UnsupportedFormatError, VerificationError
-from .formats import REGISTRY, ExportContext, Format, explicit, resolve_formats
-from .fsutil import (
+from kerasio.backends.base import available_devices, device_name, keras_forward, outputs_from_run, precision_policy
+from kerasio.backends.environment import cpu_features, default_backend, keras_backend, quiet_framework_logs
+from kerasio.bundle.arrays import save_arrays
+from kerasio.bundle.fsutil import (
     bundle_lock,
     clean_stale,
     hash_artifact,
@@ -27,20 +30,19 @@ from .fsutil import (
     writable_error,
     write_text_atomic,
 )
-from .manifest import MANIFEST_NAME, REFERENCE_FILES, Artifact, Manifest, hash_entry, library_versions, save_arrays
-from .publish import commit, crash_point, flat_name, repair
-from .runtime import (
-    available_devices,
-    cpu_features,
-    device_name,
-    keras_backend,
-    keras_forward,
-    outputs_from_run,
-    precision_policy,
-    quiet_framework_logs,
-)
-from .signature import Signature, derive_signature, mark_probabilities
-from .task import resolve_task
+from kerasio.bundle.layout import MANIFEST_NAME, REFERENCE_FILES, flat_name
+from kerasio.bundle.manifest import Artifact, Manifest, hash_entry, library_versions
+from kerasio.bundle.publish import commit, crash_point, repair
+from kerasio.errors import ArtifactError, KerasioError, UnsafeArtifactError, UnsupportedFormatError, VerificationError
+from kerasio.formats import REGISTRY, ExportContext, Format, explicit, resolve_formats
+from kerasio.options import BundleInfo, VerifyOptions, check_format_options, verify_options
+from kerasio.present.html import STYLE, escape, table
+from kerasio.present.text import render_table, wrap_notes
+from kerasio.process.protocol import CheckRequest
+from kerasio.process.session import Session
+from kerasio.spec.iospec import IOSpec, _all_layers, derive_iospec, mark_probabilities
+from kerasio.spec.task import resolve_task
+from kerasio.verify import VERIFICATION_FILE, importable_custom_modules, plugin_modules, verify_staged
 
 __all__ = ["export", "ExportResult", "choose_formats"]
 
@@ -55,7 +57,6 @@ class ExportResult:
 
     def table(self, width: int = 100) -> str:
         """The written artifacts as a text table, skipped formats with their reasons below, at most ``width`` wide."""
-        from .tables import render_table, wrap_notes
 
         rows = [[a.format, flat_name(a.path), _size(a.size), a.sha256[:12], f"{self.seconds.get(a.format, 0):.2f}"]
                 for a in self.manifest.artifacts]
@@ -64,8 +65,6 @@ class ExportResult:
         return text + ("\n" + "\n".join(wrap_notes(notes, width=width)) if notes else "")
 
     def _repr_html_(self) -> str:
-        from .html import STYLE, escape, table
-
         rows = [[a.format, a.path, _size(a.size), a.sha256, f"{self.seconds.get(a.format, 0):.2f}"]
                 for a in self.manifest.artifacts]
         skipped = "".join(f"<li>{escape(k)} skipped: {escape(v)}</li>" for k, v in self.skipped.items())
@@ -92,22 +91,11 @@ def export(
     *,
     reference_inputs: Any,
     formats: str | Sequence[str] | None = None,
-    task: str = "auto",
     input_signature: Any = None,
-    feature_names: Sequence[str] | None = None,
-    class_names: Sequence[str] | None = None,
-    label: str = "label",
-    trace: Sequence[dict[str, Any]] = (),
-    metrics: dict[str, float] | None = None,
-    training: dict[str, Any] | None = None,
-    trust_pickle: bool = False,
-    max_shard_size: float | None = None,
-    verify: bool | str = False,
-    rtol: float | None = None,
-    atol: float | None = None,
-    verifier: Any = None,
-    workers: dict[str, Any] | None = None,
-    attachments: Mapping[str, bytes | Callable[[], bytes | None]] | None = None,
+    info: BundleInfo | None = None,
+    verify: bool | str | VerifyOptions = False,
+    trust: bool = False,
+    format_options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export any Keras model to ``bundle_dir`` in several formats, with a manifest.
@@ -122,25 +110,18 @@ def export(
         formats: names, comma-separated names or ``"all"``; default ``keras,savedmodel``.
             A format that cannot carry the model is skipped with its reason;
             a format named explicitly that cannot is an error.
-        task: ``auto`` (a single softmax output or sigmoid unit is a
-            classification), ``classification``, ``regression`` or ``raw``.
-        input_signature: explicit input specs (:class:`~kerasio.TensorSpec`) for a subclassed model.
-        feature_names: column names of a single 2-D input (default ``f0, f1, ...``).
-        class_names: names of the classes of a classification (default ``0, 1, ...``).
-        trust_pickle: the pickle format is written only when this is true.
-        max_shard_size: shard the ``weights`` format above this many GB.
+        input_signature: explicit input specs (:class:`~kerasio.TensorSpec`) for a subclassed model
+            (Keras's own name for them, as in ``model.export``).
+        info: what the bundle records besides the model (:class:`~kerasio.BundleInfo`: task, feature and
+            class names, label, trace, metrics, training, attachments).
         verify: verify every artifact before publishing it (``result.report``);
-            if any fails, raise :class:`VerificationError` and leave the bundle
-            as it was. ``True`` (or ``"fresh-process"``) loads them in a fresh
-            interpreter started before the first artifact is written;
-            ``"in-process"`` loads them here (faster, but weaker).
-        rtol, atol: override the tolerance table for that verification.
-        verifier: a verifying interpreter started earlier with :func:`kerasio.verifier`
-            (its import then overlaps your work instead of this export); not closed here.
-        workers: verification workers already started, by backend (not closed here).
-        attachments: extra files for the bundle, by file name (``trace.csv``, a plot, notes): bytes, or a
-            callable returning bytes (or ``None`` to skip), called once the artifacts are written. They go
-            into the same generation, hashed and listed in the manifest's ``attachments``.
+            if any fails, raise :class:`~kerasio.errors.VerificationError` (its ``report`` says why) and leave the
+            bundle as it was. ``True`` (or ``"fresh-process"``) loads them in a fresh interpreter started before
+            the first artifact is written; ``"in-process"`` loads them here (faster, but weaker); a
+            :class:`~kerasio.VerifyOptions` says how (tolerances, and a session started earlier).
+        trust: you vouch for the formats that can run code when loaded: the pickle format is written only then.
+        format_options: options of one format, by format name (``{"weights": {"max_shard_size": 2}}``); each
+            format lists its own (``kerasio --help``).
         progress: called with one line per artifact as it is written, and per check as it completes.
 
     Returns:
@@ -151,33 +132,24 @@ def export(
         >>> [a.format for a in result.manifest.artifacts]  # doctest: +SKIP
         ['keras', 'savedmodel']
     """
-    if verify not in (False, True, "fresh-process", "in-process"):
-        raise ValueError(f"verify must be True, False, 'fresh-process' or 'in-process'; received: verify={verify!r}")
+    checks = verify_options(verify)
+    info = info or BundleInfo()
+    options = check_format_options(format_options)
     bundle = Path(bundle_dir)
-    signature = derive_signature(model, reference_inputs, input_signature=input_signature,
-                                 feature_names=feature_names)
-    x_ref = signature.coerce(reference_inputs, source="reference_inputs")
+    iospec = derive_iospec(model, reference_inputs, input_signature=input_signature,
+                           feature_names=info.feature_names)
+    x_ref = iospec.coerce(reference_inputs, source="reference_inputs")
     if not len(next(iter(x_ref.values()))):
         raise ArtifactError(f"{bundle}: reference_inputs has no rows; pass at least one example. Received: 0 rows")
     with precision_policy("highest"):  # the references are full float32, as every check is (TF32 off on GPUs)
-        forward = _reference_forward(model, signature, x_ref)
+        forward = _reference_forward(model, iospec, x_ref)
         reference_outputs = forward(x_ref)
         reference_one_row = forward({k: v[:1] for k, v in x_ref.items()})
-    mark_probabilities(signature, reference_outputs)
-    resolved = resolve_task(task, signature, class_names)
-    chosen, skipped = choose_formats(formats, signature, trust_pickle=trust_pickle)
+    mark_probabilities(iospec, reference_outputs)
+    resolved = resolve_task(info.task, iospec, info.class_names)
+    chosen, skipped = choose_formats(formats, iospec, trust=trust)
     device = "gpu" if "gpu" in available_devices() else "cpu"  # where Keras placed the model
-    ctx = ExportContext(signature=signature, task=resolved, reference_inputs=x_ref, max_shard_size=max_shard_size)
-    workers = dict(workers or {})
-    if verifier is not None:
-        workers.setdefault(verifier.backend, verifier)
-    own_worker = None
-    if verify and verify != "in-process" and not workers:
-        from .worker import Worker
-
-        own_worker = Worker(None, warm=["keras"])  # started first: its import overlaps everything below
-        workers[own_worker.backend] = own_worker
-    attachments = dict(attachments or {})
+    attachments = dict(info.attachments or {})
     taken = {Path(f.filename).name for f in REGISTRY.values()} | set(REFERENCE_FILES.values()) | {MANIFEST_NAME}
     for name in attachments:
         if not name or "/" in name or "\\" in name or name.startswith(".") or name in taken:
@@ -185,146 +157,146 @@ def export(
                                 f"reference file or the manifest uses. Rename it. Received: {name!r}")
     seconds: dict[str, float] = {}
     custom = _custom_objects(model)
-    submitted: dict[str, Any] = {}
     lock: Any = None
     stage: Path | None = None
-    try:
-        bundle.mkdir(parents=True, exist_ok=True)
-        lock = bundle_lock(bundle)
-        lock.acquire()  # one writer at a time: each export gets its own serving/<n>, none is lost
-        clean_stale(bundle)  # what killed writers left behind
-        repair(bundle)  # links a killed writer had not made yet
-        stage = staging_dir(bundle)
-        save_arrays(stage / REFERENCE_FILES["inputs"], x_ref)
-        save_arrays(stage / REFERENCE_FILES["outputs"], reference_outputs)
-        save_arrays(stage / REFERENCE_FILES["outputs_1row"], reference_one_row)
-        artifacts = []
-        # Hash each artifact on a second thread while the next one is written
-        # (hashlib and file reads release the GIL): for a 300 MB model this hides
-        # most of the hashing behind the SavedModel export.
-        with ThreadPoolExecutor(max_workers=1) as hasher:
-            pending = []
-            for fmt in chosen:
-                rel = fmt.relpath(bundle)
-                dest = stage / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                start = time.perf_counter()
-                try:
-                    info = _save(fmt, model, dest, ctx, bundle / rel)
-                except ArtifactError as exc:
-                    if explicit(formats):
-                        raise
-                    skipped[fmt.name] = f"its converter failed: {exc.__cause__ or exc}"[:400]
-                    if dest.is_dir():
-                        shutil.rmtree(dest, ignore_errors=True)
-                    else:
-                        dest.unlink(missing_ok=True)
-                    continue
-                seconds[fmt.name] = time.perf_counter() - start
-                crash_point(f"saved:{fmt.name}")
-                if progress is not None:
-                    progress(f"{fmt.name:<10} wrote {flat_name(rel)} in {seconds[fmt.name]:.2f} s")
-                pending.append((fmt.name, rel, info, hasher.submit(hash_artifact, dest)))
-                if verify and verify != "in-process":  # the worker checks it while the next one is written
-                    _submit_check(fmt, dest, stage, signature, custom, workers, submitted, trust_pickle)
-            for name, rel, info, digest_size_files in pending:
-                digest, size, files = digest_size_files.result()
-                artifacts.append(Artifact(format=name, path=rel, size=size, sha256=digest, files=files, info=info))
-        for name, given in list(attachments.items()):  # a callable is resolved now, after the artifacts
-            content = given() if callable(given) else given
-            if content is None:
-                del attachments[name]
-            else:
-                (stage / name).write_bytes(content)
-        if not artifacts:
-            raise UnsupportedFormatError(
-                f"{bundle}: none of the formats could carry this model, so nothing was written: "
-                + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ". Received: formats=" + repr(formats))
-        manifest = Manifest(
-            signature=signature, task=resolved, artifacts=artifacts, skipped=skipped, versions=library_versions(),
-            backend=keras_backend(), device=device, device_name=device_name(device), cpu_features=cpu_features(),
-            label=label,
-            trace=list(trace), metrics=dict(metrics or {}), training=dict(training or {}),
-            reference={"rows": int(len(next(iter(x_ref.values())))),
-                       **{key: hash_entry(stage, name) for key, name in REFERENCE_FILES.items()}},
-            custom_objects=custom, attachments=[hash_entry(stage, name) for name in attachments],
-        )
-        report = None
-        manifest.write(stage)  # the staged export is a bundle of its own: verified as one, published as one
-        if verify:
-            # Verify the staged bundle (same layout) before anything is published: an
-            # artifact that fails never replaces the one already in the bundle.
-            from .verify import VERIFICATION_FILE
-            from .verify import verify as run_verify
-
-            report = run_verify(stage, workers=workers, record=False, in_process=verify == "in-process",
-                                trust_pickle=trust_pickle, check_hashes=False, rtol=rtol, atol=atol,
-                                submitted=submitted, progress=progress)
-            report.bundle = str(bundle)
-            if not report.ok:
-                error = VerificationError(
-                    f"{bundle}: nothing was published, the bundle is as it was; the new artifacts failed "
-                    f"verification: {report.failure_text()}")
-                error.report = report  # type: ignore[attr-defined]
-                raise error
-        manifest = commit(stage, bundle, manifest)  # one atomic swap of the manifest publishes the generation
-        stage = None  # it is the new generation now
-        if report is not None:
-            write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))
-    except OSError as exc:  # a full disk, a read-only file system, a permission: say so, publish nothing
-        what = "write the bundle (nothing was published; it is as it was)" if stage is not None else "write the bundle"
-        raise writable_error(bundle, exc, what) from None
-    finally:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-        if lock is not None and lock.is_locked:
-            lock.release()
-        if own_worker is not None:
-            own_worker.close()
+    with contextlib.ExitStack() as workers:
+        session = checks.session if checks is not None and checks.session is not None else \
+            workers.enter_context(Session())
+        # Checks go to a fresh worker as each artifact is written (a __main__ class cannot: verify says why).
+        early = checks if checks is not None and not checks.in_process and not any(
+            c.get("module") == "__main__" for c in custom) else None
+        if early is not None:
+            session.start(early.backend)  # started first: its import overlaps everything below
+        try:
+            bundle.mkdir(parents=True, exist_ok=True)
+            lock = bundle_lock(bundle)
+            lock.acquire()  # one writer at a time: each export gets its own serving/<n>, none is lost
+            clean_stale(bundle)  # what killed writers left behind
+            repair(bundle)  # links a killed writer had not made yet
+            stage = staging_dir(bundle)
+            save_arrays(stage / REFERENCE_FILES["inputs"], x_ref)
+            save_arrays(stage / REFERENCE_FILES["outputs"], reference_outputs)
+            save_arrays(stage / REFERENCE_FILES["outputs_1row"], reference_one_row)
+            artifacts = []
+            # Hash each artifact on a second thread while the next one is written
+            # (hashlib and file reads release the GIL): for a 300 MB model this hides
+            # most of the hashing behind the SavedModel export.
+            with ThreadPoolExecutor(max_workers=1) as hasher:
+                pending = []
+                for fmt in chosen:
+                    rel = fmt.relpath(bundle)
+                    dest = stage / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    ctx = ExportContext(iospec=iospec, task=resolved, reference_inputs=x_ref,
+                                        options=options.get(fmt.name, {}))
+                    start = time.perf_counter()
+                    try:
+                        info_written = _save(fmt, model, dest, ctx, bundle, rel, session)
+                    except ArtifactError as exc:
+                        if explicit(formats):
+                            raise
+                        skipped[fmt.name] = f"its converter failed: {exc.__cause__ or exc}"[:400]
+                        if dest.is_dir():
+                            shutil.rmtree(dest, ignore_errors=True)
+                        else:
+                            dest.unlink(missing_ok=True)
+                        continue
+                    seconds[fmt.name] = time.perf_counter() - start
+                    crash_point(f"saved:{fmt.name}")
+                    if progress is not None:
+                        progress(f"{fmt.name:<10} wrote {flat_name(rel)} in {seconds[fmt.name]:.2f} s")
+                    pending.append((fmt.name, rel, info_written, hasher.submit(hash_artifact, dest)))
+                    if early is not None:  # the worker checks it while the next one is written
+                        _submit_check(session, fmt, dest, stage, iospec, custom, trust, early)
+                for name, rel, info_written, digest_size_files in pending:
+                    digest, size, files = digest_size_files.result()
+                    artifacts.append(Artifact(format=name, path=rel, size=size, sha256=digest, files=files,
+                                              info=info_written))
+            for name, given in list(attachments.items()):  # a callable is resolved now, after the artifacts
+                content = given() if callable(given) else given
+                if content is None:
+                    del attachments[name]
+                else:
+                    (stage / name).write_bytes(content)
+            if not artifacts:
+                raise UnsupportedFormatError(
+                    f"{bundle}: none of the formats could carry this model, so nothing was written: "
+                    + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ". Received: formats=" + repr(formats))
+            manifest = Manifest(
+                iospec=iospec, task=resolved, artifacts=artifacts, skipped=skipped, versions=library_versions(),
+                backend=keras_backend(), device=device, device_name=device_name(device),
+                cpu_features=cpu_features(), label=info.label, trace=list(info.trace), metrics=dict(info.metrics or {}),
+                training=dict(info.training or {}),
+                reference={"rows": int(len(next(iter(x_ref.values())))),
+                           **{key: hash_entry(stage, name) for key, name in REFERENCE_FILES.items()}},
+                custom_objects=custom, attachments=[hash_entry(stage, name) for name in attachments],
+            )
+            report = None
+            manifest.write(stage)  # the staged export is a bundle of its own: verified as one, published as one
+            if checks is not None:
+                # Verify the staged bundle (same layout) before anything is published: an
+                # artifact that fails never replaces the one already in the bundle.
+                report = verify_staged(stage, manifest, checks, shown=bundle, trust=trust, session=session,
+                                       progress=progress)
+                if not report.ok:
+                    raise VerificationError(
+                        f"{bundle}: nothing was published, the bundle is as it was; the new artifacts failed "
+                        f"verification: {report.failure_text()}", report=report)
+            manifest = commit(stage, bundle, manifest)  # one atomic swap of the manifest publishes the generation
+            stage = None  # it is the new generation now
+            if report is not None:
+                write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))
+        except OSError as exc:  # a full disk, a read-only file system, a permission: say so, publish nothing
+            what = ("write the bundle (nothing was published; it is as it was)" if stage is not None
+                    else "write the bundle")
+            raise writable_error(bundle, exc, what) from None
+        finally:
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
+            if lock is not None and lock.is_locked:
+                lock.release()
     return ExportResult(bundle, manifest, seconds, skipped, report)
 
 
-def _reference_forward(model: Any, signature: Signature, x_ref: dict[str, Any]) -> Any:
+def _reference_forward(model: Any, iospec: IOSpec, x_ref: dict[str, Any]) -> Any:
     """The compiled forward pass; a subclassed model's outputs are first named from a 2-row eager call.
 
     Functional and Sequential models name their outputs symbolically, so they skip that call.
     """
     try:
-        if signature.model_kind == "subclassed":
-            outputs_from_run(model, signature, x_ref)
-        return keras_forward(model, signature)
+        if iospec.model_kind == "subclassed":
+            outputs_from_run(model, iospec, x_ref)
+        return keras_forward(model, iospec)
     except KerasioError:
         raise
     except Exception as exc:  # the model itself refused the reference inputs
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise ArtifactError(
             f"the model could not run on the reference inputs ({type(exc).__name__}: {first}). Pass inputs the "
-            f"model accepts, or an explicit input_signature. Received: inputs {signature.describe()}"
+            f"model accepts, or an explicit input_signature. Received: inputs {iospec.describe()}"
         ) from None
 
 
-def _submit_check(fmt: Format, dest: Path, stage: Path, signature: Signature, custom: list[dict[str, Any]],
-                  workers: dict[str, Any], submitted: dict[str, Any], trust: bool) -> None:
-    """Send ``dest``'s check to a worker already running for its backend (else verify starts one later)."""
-    from functools import partial
+def _submit_check(session: Session, fmt: Format, dest: Path, stage: Path, iospec: IOSpec,
+                  custom: list[dict[str, Any]], trust: bool, checks: VerifyOptions) -> None:
+    """Send ``dest``'s check to the session's worker for its backend now; verify collects it.
 
-    from .runtime import default_backend
-    from .verify import check_request, importable_custom_modules
-
-    worker = workers.get(fmt.worker_backend(default_backend()))
-    if worker is None or any(c.get("module") == "__main__" for c in custom):
-        return  # verify reports a __main__ class with its own clear message
-    ticket = worker.submit(check_request(fmt.name, dest, signature.to_dict(), stage / REFERENCE_FILES["inputs"],
-                                         trust=trust, imports=importable_custom_modules(custom)))
-    submitted[fmt.name] = partial(worker.collect, ticket)
+    The request is the one :func:`~kerasio.verify.verify_staged` would send (same imports, device, precision and
+    allowed ops), so that the answer it collects is the one it would have asked for.
+    """
+    worker = session.start(fmt.worker_backend(checks.backend or default_backend()))
+    imports = (*checks.imports, *importable_custom_modules(custom), *plugin_modules([fmt.name]))
+    session.submit(worker, CheckRequest(fmt.name, str(dest), iospec.to_dict(), str(stage / REFERENCE_FILES["inputs"]),
+                                        device=checks.device, precision=checks.precision, trust=trust,
+                                        imports=imports, allow_ops=tuple(checks.allow_ops)))
 
 
-def choose_formats(formats: str | Sequence[str] | None, signature: Signature | None = None, *,
-                   trust_pickle: bool = False) -> tuple[list[Format], dict[str, str]]:
+def choose_formats(formats: str | Sequence[str] | None, iospec: IOSpec | None = None, *,
+                   trust: bool = False) -> tuple[list[Format], dict[str, str]]:
     """Resolve format names; return ``(formats to write, {skipped name: why})``.
 
     A format that needs trust (pickle) is skipped from ``"all"`` without
-    ``trust_pickle``, and refused when named explicitly. A format that cannot
+    ``trust``, and refused when named explicitly. A format that cannot
     carry this signature is skipped with its reason, or refused with
     :class:`UnsupportedFormatError` when named explicitly.
     """
@@ -332,53 +304,74 @@ def choose_formats(formats: str | Sequence[str] | None, signature: Signature | N
     named = explicit(formats)
     skipped: dict[str, str] = {}
     for fmt in list(chosen):
-        if fmt.needs_trust and not trust_pickle:
+        if fmt.needs_trust and not trust:
             if named:
                 raise UnsafeArtifactError(
                     f"format {fmt.name!r} is written only with explicit trust: loading it runs arbitrary code. "
-                    f"Pass trust_pickle=True (CLI: --trust-pickle). Received: formats={formats!r}"
+                    f"Pass trust=True (CLI: --trust). Received: formats={formats!r}"
                 )
-            skipped[fmt.name] = "pass trust_pickle=True (--trust-pickle) to write it"
+            skipped[fmt.name] = "pass trust=True (--trust) to write it"
             chosen.remove(fmt)
             continue
-        reason = fmt.supports(signature) if signature is not None else None
+        reason = fmt.supports(iospec) if iospec is not None else None
         if reason:
             if named:
                 raise UnsupportedFormatError(
                     f"format {fmt.name!r} cannot carry this model: {reason}. Drop it from --formats (or use "
                     f"formats='all', which skips it and records why). Received: formats={formats!r}, "
-                    f"model {signature.describe() if signature else ''}"
+                    f"model {iospec.describe() if iospec else ''}"
                 )
             skipped[fmt.name] = reason
             chosen.remove(fmt)
     return chosen, skipped
 
 
-def _save(fmt: Format, model: Any, dest: Path, ctx: ExportContext, final: Path) -> dict[str, Any]:
+def _save(fmt: Format, model: Any, dest: Path, ctx: ExportContext, bundle: Path, rel: str,
+          session: Session) -> dict[str, Any]:
+    final = bundle / rel
     try:
         with warnings.catch_warnings(), quiet_framework_logs():
             warnings.filterwarnings("ignore", module=r"(keras|tensorflow|tf2onnx)(\.|$)")
-            written = fmt.save(model, dest, ctx) or {}
+            if fmt.save_backend and fmt.save_backend != keras_backend():
+                written = _save_under(fmt.save_backend, fmt, model, dest, ctx, session)
+            else:
+                written = fmt.save(model, dest, ctx) or {}
             return {**fmt.describe(dest), **written}
     except KerasioError:
         raise
     except OSError as exc:
         if exc.errno in _WRITE_ERRNOS:
             raise  # the disk or the permissions, not the format: export reports it as such
-        raise _format_failed(fmt, final, exc) from exc
+        raise _format_failed(fmt, final, bundle, exc) from exc
     except Exception as exc:
         # TensorFlow and h5py report a full disk in their own exception types; the cause is still the disk.
         cause = next((code for code in _WRITE_ERRNOS if os.strerror(code) in str(exc)), None)
         if cause is not None:
             raise OSError(cause, os.strerror(cause), str(final)) from exc
-        raise _format_failed(fmt, final, exc) from exc
+        raise _format_failed(fmt, final, bundle, exc) from exc
 
 
-def _format_failed(fmt: Format, final: Path, exc: Exception) -> ArtifactError:
+def _save_under(backend: str, fmt: Format, model: Any, dest: Path, ctx: ExportContext,
+                session: Session) -> dict[str, Any]:
+    """A format that must be written under another backend (a SavedModel of a JAX model): the model's ``.keras``
+    file, loaded by a worker of that backend, saved there (the registered job ``save_format``)."""
+    with tempfile.TemporaryDirectory(prefix=f"kerasio-{fmt.name}-") as tmp:
+        keras_file, references = Path(tmp) / "model.keras", Path(tmp) / "references.npz"
+        model.save(keras_file)
+        save_arrays(references, ctx.reference_inputs)
+        try:
+            return dict(session.job("save_format", backend=backend, keras_file=str(keras_file), format=fmt.name,
+                                    dest=str(dest), iospec=ctx.iospec.to_dict(), task=ctx.task.to_dict(),
+                                    references=str(references), options=ctx.options))
+        except KerasioError as exc:
+            raise ArtifactError(f"{dest}: {backend} could not build the {fmt.name} artifact from the {model.name!r} "
+                                f"model's .keras file; drop {fmt.name!r} from the formats. Received: {exc}") from None
+
+
+def _format_failed(fmt: Format, final: Path, bundle: Path, exc: Exception) -> ArtifactError:
     first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-    where = final.parent if fmt.name != "savedmodel" else final.parent.parent
     return ArtifactError(
-        f"{final}: exporting format {fmt.name!r} failed. Nothing in {where} was changed; "
+        f"{final}: exporting format {fmt.name!r} failed. Nothing in {bundle} was changed; "
         f"drop {fmt.name!r} from --formats or fix the model. Received: {type(exc).__name__}: {first_line}"
     )
 
@@ -390,7 +383,6 @@ def _custom_objects(model: Any) -> list[dict[str, Any]]:
     """Classes in the model that are not Keras's own (a fresh process must import them to reload)."""
     import keras
 
-    from .signature import _all_layers
 
     seen = {}
     for obj in [model, *_all_layers(model)]:

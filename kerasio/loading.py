@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import shutil
 import weakref
 from dataclasses import dataclass, field
@@ -11,15 +10,24 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ArtifactError, InputError, KerasioError, SignatureError, UnsafeArtifactError
-from .formats import REGISTRY, Format, Runner, get_format
-from .fsutil import hash_artifact, private_dir, tree_size
-from .limits import Limits
-from .manifest import MANIFEST_NAME, Artifact, Manifest, read_manifest, read_pinned
-from .publish import flat_name
-from .signature import Signature
-from .task import NamedColumns, Task, resolve_task
-from .trust import trusted
+from kerasio.backends.environment import default_backend
+from kerasio.bundle.audit import allowing_ops
+from kerasio.bundle.audit.keras import exported_here
+from kerasio.bundle.fsutil import hash_artifact, private_dir, tree_size
+from kerasio.bundle.inputs import read_input_file
+from kerasio.bundle.layout import MANIFEST_NAME, flat_name
+from kerasio.bundle.manifest import Artifact, Manifest
+from kerasio.bundle.reader import read_manifest, read_pinned
+from kerasio.bundle.trust import trusted
+from kerasio.errors import ArtifactError, InputError, KerasioError, LegacyFormatWarning, SignatureError, UnsafeArtifactError
+from kerasio.formats import REGISTRY, Format, Runner, get_format
+from kerasio.present.html import STYLE, escape, table
+from kerasio.process.protocol import WARM, OpenRequest
+from kerasio.process.session import Session
+from kerasio.spec.iospec import IOSpec
+from kerasio.spec.limits import Limits
+from kerasio.spec.task import NamedColumns, Task, resolve_task
+from kerasio.verify import importable_custom_modules, plugin_modules
 
 __all__ = ["load", "load_isolated", "LoadedModel", "PREFERENCE"]
 
@@ -54,8 +62,8 @@ class LoadedModel(NamedColumns):
         self.close()
 
     @property
-    def signature(self) -> Signature:
-        return self.runner.signature
+    def iospec(self) -> IOSpec:
+        return self.runner.iospec
 
     @property
     def format(self) -> str:
@@ -70,11 +78,9 @@ class LoadedModel(NamedColumns):
         return self.runner.model
 
     def _repr_html_(self) -> str:
-        from .html import STYLE, escape, table
-
         r = self.runner
         facts: list[list[Any]] = [["format", r.format], ["path", r.path], ["sha256", self.sha256 or "-"],
-                 ["runtime", f"{r.runtime} on {r.device}"], ["signature", self.signature.describe()],
+                 ["runtime", f"{r.runtime} on {r.device}"], ["signature", self.iospec.describe()],
                  ["task", self.task.kind + (f": {self.task.class_names}" if self.task.is_classification else "")]]
         if "sandbox" in r.info:
             facts.append(["sandbox", r.info["sandbox"]])
@@ -89,10 +95,8 @@ class LoadedModel(NamedColumns):
         """
         source = "inputs"
         if isinstance(inputs, (str, Path)):
-            from .tables import read_input_file
-
             source, inputs = str(inputs), read_input_file(inputs)
-        return self.runner.run(self.signature.coerce(inputs, source=source))
+        return self.runner.run(self.iospec.coerce(inputs, source=source))
 
     def predict(self, inputs: Any, *, probabilities: bool = False) -> Any:
         """Labels for a classification (``(labels, probabilities)`` when asked); otherwise the outputs.
@@ -122,12 +126,12 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
     """Load a bundle or a single artifact, checking its sha256 before loading.
 
     Whether the artifact runs in this process depends on whether it is yours
-    (see :mod:`kerasio.trust`): a bundle kerasio exported under your account,
+    (see :mod:`kerasio.bundle.trust`): a bundle kerasio exported under your account,
     one whose signature verifies with ``public_key``, or anything loaded with
     ``trust=True`` is audited and loaded here (the fast path: well under a
     millisecond per small batch). Anything else (a bundle from someone else, a
     bare file) is audited, loaded and run in a sandboxed worker process under
-    :class:`~kerasio.limits.Limits`: it cannot touch this process, and a limit
+    :class:`~kerasio.spec.limits.Limits`: it cannot touch this process, and a limit
     it hits is a :class:`~kerasio.errors.ResourceLimitError`. Such a model holds
     its worker until :meth:`LoadedModel.close` (or the end of a ``with`` block,
     or until it is garbage-collected); ``model.isolated`` says which it is.
@@ -159,8 +163,6 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
         >>> m.predict(x[:3])  # doctest: +SKIP
         array(['setosa', 'virginica', 'setosa'], dtype='<U10')
     """
-    from .audit import allowing_ops
-    from .audit.keras import exported_here
 
     resources = contextlib.ExitStack()  # the generation's pin (and an untrusted model's worker), held while it lives
     try:
@@ -178,9 +180,9 @@ def load(path: str | Path, *, format: str | None = None, trust: bool = False, de
             with allowing_ops(allow_ops), exported_here(recorded):
                 manifest = checked.manifest
                 runner = _load_copy(checked.format, checked.copy, checked.shown, device=device, trust=trust,
-                                    signature=manifest.signature if manifest else None)
+                                    iospec=manifest.iospec if manifest else None)
             shutil.rmtree(tmp, ignore_errors=True)  # loaded: the runtime holds what it needs
-            loaded = LoadedModel(runner, _task(checked.manifest, runner.signature), checked.sha256, checked.manifest)
+            loaded = LoadedModel(runner, _task(checked.manifest, runner.iospec), checked.sha256, checked.manifest)
         else:
             loaded = _in_worker(checked, tmp, resources, trust=trust, allow_ops=allow_ops, imports=imports,
                                 limits=limits, device=device)
@@ -238,8 +240,8 @@ def _checked_copy(path: Path, format: str | None, public_key: str | Path | None,
     return _Checked(fmt, copy, path, hash_artifact(path, copy_to=copy)[0], None)  # loaded is what was hashed
 
 
-def _task(manifest: Manifest | None, signature: Signature) -> Task:
-    return manifest.task if manifest else resolve_task("auto", signature)
+def _task(manifest: Manifest | None, iospec: IOSpec) -> Task:
+    return manifest.task if manifest else resolve_task("auto", iospec)
 
 
 @contextlib.contextmanager
@@ -249,7 +251,7 @@ def load_isolated(path: str | Path, *, format: str | None = None, trust: bool = 
     """:func:`load`, but always in a sandboxed worker process (what ``kerasio predict`` does), trusted or not.
 
     The worker reads only a checked copy of the artifact and writes only its
-    own directory (Landlock, see :mod:`kerasio.sandbox`), under ``limits``;
+    own directory (Landlock, see :mod:`kerasio.process.sandbox`), under ``limits``;
     this process never imports the artifact's runtime.
     ``model.runner.info["sandbox"]`` says what confined it. The worker stops
     when the block ends.
@@ -262,16 +264,12 @@ def load_isolated(path: str | Path, *, format: str | None = None, trust: bool = 
 def _in_worker(checked: "_Checked", tmp: Path, resources: contextlib.ExitStack, *, trust: bool,
                allow_ops: Sequence[str], imports: Sequence[str], limits: Limits | None, device: str) -> LoadedModel:
     """A model whose artifact is loaded and run by a sandboxed, bounded worker that ``resources`` closes."""
-    from .manifest import load_arrays, save_arrays
-    from .runtime import default_backend
-    from .worker import WARM, Worker
 
     manifest = checked.manifest
     if manifest is not None:  # as verify does: the custom-class modules this process has imported itself
-        from .verify import importable_custom_modules
-
         imports = [*imports, *importable_custom_modules(manifest.custom_objects)]
     fmt = checked.format
+    imports = [*imports, *plugin_modules([fmt.name])]  # a plug-in format's module, as verify does
     try:  # what needs no framework is refused here, before a worker (and its TensorFlow import) starts
         fmt.precheck(checked.copy)
     except KerasioError as exc:
@@ -279,48 +277,19 @@ def _in_worker(checked: "_Checked", tmp: Path, resources: contextlib.ExitStack, 
         raise
     size = tree_size(checked.copy)
     bounds = (limits or Limits.from_env()).resolved(size)
-    worker = resources.enter_context(Worker(
-        fmt.worker_backend(default_backend()), warm=WARM.get(fmt.runtime, ("keras",)), imports=imports,
-        sandbox=[str(tmp)], limits=bounds, device=device))
-    closed = [False]
-    resources.callback(closed.__setitem__, 0, True)
-
-    def ask(request: dict[str, Any]) -> dict[str, Any]:
-        if closed[0]:
-            raise ArtifactError(f"{checked.shown}: this model was closed (its worker has stopped); load it again. "
-                                f"Received: a call after close()")
-        return worker.raise_for(worker.request(request), copy=checked.copy, shown=checked.shown)
-
-    opened = ask({"op": "open", "format": fmt.name, "path": str(checked.copy), "trust": trust, "device": device,
-                  "signature": manifest.signature.to_dict() if manifest else None, "allow_ops": list(allow_ops),
-                  "imports": list(imports)})
-    signature = Signature.from_dict(opened["signature"])
-    calls = itertools.count()
+    session = resources.enter_context(Session(imports=imports))
+    worker = session.sandboxed(fmt.worker_backend(default_backend()), [str(tmp)], limits=bounds, device=device,
+                               warm=WARM.get(fmt.runtime, ("keras",)))
+    runner = session.open(worker, OpenRequest(fmt.name, str(checked.copy), manifest.iospec.to_dict() if manifest
+                                              else None, device=device, trust=trust, imports=tuple(imports),
+                                              allow_ops=tuple(allow_ops)), shown=checked.shown, scratch=tmp)
+    iospec = runner.iospec
     if fmt.legacy:  # the worker's own warning stays in the worker: said here, once it has loaded
         import warnings
 
-        from .errors import LegacyFormatWarning
-
         warnings.warn(f"{fmt.name}: {fmt.description}; a legacy format, prefer .keras", LegacyFormatWarning,
                       stacklevel=4)
-
-    def run(inputs: Any) -> dict[str, np.ndarray]:
-        sent = tmp / f"inputs-{next(calls)}.npz"
-        save_arrays(sent, inputs)
-        rows = len(next(iter(inputs.values()))) if inputs else 0
-        try:
-            outputs = Path(ask({"op": "run", "path": str(checked.copy), "inputs": str(sent), "rows": rows})["outputs"])
-        finally:
-            sent.unlink(missing_ok=True)
-        try:  # each chunk's files go as soon as they are read: a long prediction does not fill the disk
-            return load_arrays(outputs, signature.output_names, list(signature.outputs))
-        finally:
-            outputs.unlink(missing_ok=True)
-
-    runner = Runner(run, format=fmt.name, path=checked.shown, runtime=opened["runtime"], backend=opened["backend"],
-                    signature=signature, device=opened["device"],
-                    info={**opened["info"], "sandbox": worker.sandbox_status})
-    return LoadedModel(runner, _task(manifest, signature), checked.sha256, manifest)
+    return LoadedModel(runner, _task(manifest, iospec), checked.sha256, manifest)
 
 
 def _load_copy(fmt: Format, copy: Path, shown: Path, **kwargs: Any) -> Runner:

@@ -12,9 +12,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import InputError
-from .loading import LoadedModel, load
-from .tables import CHUNK_ROWS
+from kerasio.backends.base import keras_forward, outputs_from_run
+from kerasio.backends.environment import keras_backend
+from kerasio.bundle.inputs import CHUNK_ROWS, PredictionWriter, iter_input_file, prediction_columns, read_input_file
+from kerasio.errors import InputError
+from kerasio.formats import Runner
+from kerasio.loading import LoadedModel, load
+from kerasio.spec.iospec import derive_iospec
+from kerasio.spec.task import resolve_task
 
 __all__ = ["predict", "predict_file", "predict_to_file", "predict_chunks", "with_progress", "Predictions", "CHUNK_ROWS"]
 
@@ -107,12 +112,11 @@ def predict_chunks(model: LoadedModel, path: str | Path, *, header: bool = True,
     """
     import time
 
-    from .tables import iter_input_file
 
     for first, chunk, total in iter_input_file(path, chunk_rows=chunk_rows, header=header):
         source = f"{path} (data rows {first + 1}-{first + _rows(chunk)})"
         raw = _headerless(path, model, chunk, first) if not header and _is_csv(path) else chunk
-        inputs = model.signature.coerce(raw, source=source)
+        inputs = model.iospec.coerce(raw, source=source)
         start = time.perf_counter()
         outputs = _run_batches(model, inputs, batch_size)
         found = _present(model, outputs)
@@ -141,14 +145,13 @@ def predict_to_file(model: LoadedModel, path: str | Path, output: str | Path, *,
 
     Memory holds one chunk of inputs and outputs, never the file. The output
     appears under its name only when complete (see
-    :class:`~kerasio.tables.PredictionWriter`).
+    :class:`~kerasio.bundle.inputs.PredictionWriter`).
 
     Returns:
         ``(rows, seconds)``: rows predicted, and wall time from the first read to the rename.
     """
     import time
 
-    from .tables import PredictionWriter
 
     start = time.perf_counter()
     chunks = predict_chunks(model, path, header=header, chunk_rows=chunk_rows, batch_size=batch_size)
@@ -189,7 +192,6 @@ def _run_batches(model: LoadedModel, inputs: dict[str, np.ndarray], batch_size: 
 
 def _present(model: LoadedModel, outputs: dict[str, np.ndarray]) -> Predictions:
     """A chunk's outputs as a classifier's labels and the table they make."""
-    from .tables import prediction_columns
 
     task = model.task
     labels = None
@@ -205,14 +207,14 @@ def _headerless(path: str | Path, model: LoadedModel, frame: Any, first: int) ->
     """A chunk of a header-less CSV as one array, its columns in the order of the model's features."""
     import pandas as pd
 
-    signature = model.signature
-    if len(signature.inputs) != 1 or signature.inputs[0].rank != 2:
+    iospec = model.iospec
+    if len(iospec.inputs) != 1 or iospec.inputs[0].rank != 2:
         raise InputError(f"{path}: --no-header reads columns by position, which needs a model with one 2-D input; "
-                         f"this one takes {signature.describe()}. Add a header row with the input names. "
+                         f"this one takes {iospec.describe()}. Add a header row with the input names. "
                          f"Received: --no-header")
-    width = signature.inputs[0].shape[1]
+    width = iospec.inputs[0].shape[1]
     if width is not None and frame.shape[1] != width:
-        names = signature.feature_names or []
+        names = iospec.feature_names or []
         raise InputError(f"{path}: {frame.shape[1]} columns, but the model takes {width} features"
                          f"{' (' + ', '.join(names) + ')' if names else ''}, in that order. Received: "
                          f"{frame.shape[1]} columns, --no-header")
@@ -235,22 +237,16 @@ def _wrap_keras(model: Any, inputs: Any) -> LoadedModel:
     cached = vars(model).get(_CACHE) if hasattr(model, "__dict__") else None
     if cached is not None:
         return cached
-    from .formats import Runner
-    from .runtime import keras_backend, keras_forward, outputs_from_run
-    from .signature import derive_signature
-    from .task import resolve_task
 
     if isinstance(inputs, (str, Path)):
-        from .tables import read_input_file
-
         inputs = read_input_file(inputs)
-    signature = derive_signature(model, inputs)
-    if signature.model_kind == "subclassed":  # outputs are known only from a run
-        outputs_from_run(model, signature, signature.coerce(inputs))
+    iospec = derive_iospec(model, inputs)
+    if iospec.model_kind == "subclassed":  # outputs are known only from a run
+        outputs_from_run(model, iospec, iospec.coerce(inputs))
     backend = keras_backend()
-    runner = Runner(keras_forward(model, signature), format="memory", path=Path("<memory>"),
-                    runtime=f"keras/{backend}", backend=backend, signature=signature, model=model)
-    loaded = LoadedModel(runner, resolve_task("auto", signature))
+    runner = Runner(keras_forward(model, iospec), format="memory", path=Path("<memory>"),
+                    runtime=f"keras/{backend}", backend=backend, iospec=iospec, model=model)
+    loaded = LoadedModel(runner, resolve_task("auto", iospec))
     if hasattr(model, "__dict__"):
         vars(model)[_CACHE] = loaded
     return loaded

@@ -10,26 +10,26 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .html import STYLE, escape, escape_lines, status, table, trace_svg
-from .manifest import read_manifest
-from .publish import flat_name
+from kerasio.backends.tensorflow import tf_input_names
+from kerasio.bundle.fsutil import write_text_atomic
+from kerasio.bundle.layout import SIGNATURE_NAME, flat_name
+from kerasio.bundle.reader import read_manifest
+from kerasio.formats.tf_serving import rest_body
+from kerasio.present.html import STYLE, escape, escape_lines, status, table, trace_svg
+from kerasio.verify import last_report
 
 __all__ = ["write_report", "render_report"]
 
 
 def render_report(bundle: str | Path, *, public_key: str | Path | None = None) -> str:
     """The report page for ``bundle`` as an HTML string."""
-    from .runtime import tf_input_names
-    from .serving import rest_body
-    from .verify import last_report
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle, public_key=public_key)
-    sig = manifest.signature
+    sig = manifest.iospec
     last = last_report(bundle)
     integrity = manifest.integrity(bundle)  # what verify checks first: every file's size and sha256
     changed = [p for p, state in integrity.items() if state != "ok"]
-    from .signing import SIGNATURE_NAME
 
     signed = (f"verified with {public_key}" if public_key is not None else
               f"{SIGNATURE_NAME} present but not checked (pass --public-key)"
@@ -113,7 +113,6 @@ def _serving_versions(bundle: Path) -> list[int]:
 
 def write_report(bundle: str | Path, out: str | Path | None = None, *, public_key: str | Path | None = None) -> Path:
     """Write the report page (default ``<bundle>/report.html``, replaced atomically); return its path."""
-    from .fsutil import write_text_atomic
 
     target = Path(out) if out else Path(bundle) / "report.html"
     write_text_atomic(target, render_report(bundle, public_key=public_key))

@@ -15,30 +15,39 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import (
+from kerasio.backends.environment import cpu_features, default_backend, keras_backend
+from kerasio.bundle.arrays import load_arrays, save_arrays
+from kerasio.bundle.fsutil import write_text_atomic
+from kerasio.bundle.manifest import Artifact, Manifest
+from kerasio.bundle.reader import read_pinned
+from kerasio.bundle.trust import trusted
+from kerasio.bundle.validation import MAX_MANIFEST_BYTES, check_depth
+from kerasio.errors import (
     BackendUnavailableError,
-    InputError,
     KerasioError,
     ResourceLimitError,
     UnsafeArtifactError,
     VerificationError,
     WorkerError,
 )
-from .formats import get_format
-from .fsutil import write_text_atomic
-from .limits import Limits
-from .manifest import Artifact, Manifest, load_arrays, read_pinned, save_arrays
-from .protocol import answer_error
-from .runtime import cpu_features, default_backend, keras_backend
-from .tables import render_table
-from .tolerances import OutputComparison, compare_output, tolerance_for
-from .trust import trusted
+from kerasio.formats import get_format
+from kerasio.options import VerifyOptions, in_mode
+from kerasio.present.html import STYLE, escape, table
+from kerasio.present.html import status as html_status
+from kerasio.present.text import render_table, wrap_notes
+from kerasio.process.client import Worker
+from kerasio.process.protocol import CheckRequest, CheckResult, answer_error
+from kerasio.process.server import answer
+from kerasio.process.session import Session
+from kerasio.spec.limits import Limits
+from kerasio.spec.tolerances import OutputComparison, compare_output, tolerance_for
 
-__all__ = ["verify", "verifier", "VerifyReport", "Check", "VERIFICATION_FILE", "check_request"]
+__all__ = ["verify", "verify_staged", "VerifyReport", "Check", "VERIFICATION_FILE", "importable_custom_modules",
+           "plugin_modules"]
 
 VERIFICATION_FILE = "verification.json"
 
@@ -122,12 +131,10 @@ class VerifyReport:
         return notes
 
     def _repr_html_(self) -> str:
-        from .html import STYLE, escape, status, table
-
         rows = [[c.format, c.artifact, c.backend, c.device, _sci(c.max_abs_diff), _sci(c.max_rel_diff),
                  _argmax_text(c), _tolerance_text(c), c.status] for c in self.checks]
         notes = "".join(f"<li>{escape(n.strip())}</li>" for n in self._notes())
-        verdict = status("PASS" if self.ok else "FAIL")
+        verdict = html_status("PASS" if self.ok else "FAIL")
         return (f'{STYLE}<div class="kerasio"><h4>Verification of {escape(self.bundle)}: {verdict} '
                 f"({sum(c.passed for c in self.checks)} of {len(self.checks)} checks, {escape(self.mode)})</h4>"
                 + table(["Format", "Artifact", "Backend", "Device", "Max abs diff", "Max rel diff", "Argmax agree",
@@ -136,7 +143,6 @@ class VerifyReport:
 
     def table(self, width: int = 100) -> str:
         """The checks as a text table with notes below, at most ``width`` columns."""
-        from .tables import wrap_notes
 
         several = len({c.device for c in self.checks if c.device}) > 1
         rows = []
@@ -176,7 +182,7 @@ class VerifyReport:
     def raise_for_failure(self) -> "VerifyReport":
         """Raise :class:`VerificationError` naming each failing artifact; else return self."""
         if not self.ok:
-            raise VerificationError(self.failure_text() or f"{self.bundle}: nothing was verified")
+            raise VerificationError(self.failure_text() or f"{self.bundle}: nothing was verified", report=self)
         return self
 
 
@@ -200,7 +206,6 @@ def _failure_text(c: Check) -> str:
 
 def last_report(bundle: str | Path) -> dict[str, Any] | None:
     """``<bundle>/verification.json`` (not hashed: a report, not evidence) if it is a sane report, else ``None``."""
-    from .validation import MAX_MANIFEST_BYTES, check_depth
 
     path = Path(bundle) / VERIFICATION_FILE
     try:
@@ -248,45 +253,16 @@ def _sci(v: float | None) -> str:
     return "-" if v is None else ("0" if v == 0 else f"{v:.2e}")
 
 
-def verifier(backend: str | None = None) -> Any:
-    """Start the fresh verifying interpreter now, so that its TensorFlow import overlaps your own work.
-
-    ``export(verify=True)`` otherwise starts it when called, and waits for its
-    import (about 3 s) before the first check. Pass the result as
-    ``verifier=`` to :func:`kerasio.export` or :func:`verify`; use it as a
-    context manager (or call ``close()``) so that it exits with your code.
-
-    Example:
-        >>> with kerasio.verifier() as v:  # doctest: +SKIP
-        ...     model = build_and_train()
-        ...     kerasio.export(model, "saved_models/big", reference_inputs=x, verify=True, verifier=v)
-    """
-    from .worker import Worker
-
-    return Worker(backend, warm=("keras",))
-
-
 def verify(
     bundle: str | Path,
     *,
     formats: str | Sequence[str] | None = None,
+    options: VerifyOptions | None = None,
     in_process: bool = False,
-    device: str = "auto",
-    backend: str | None = None,
-    precision: str = "highest",
-    rtol: float | None = None,
-    atol: float | None = None,
-    trust_pickle: bool = False,
     trust: bool = False,
-    imports: Sequence[str] = (),
-    allow_ops: Sequence[str] = (),
-    limits: Any = None,
-    verifier: Any = None,
-    workers: dict[str, Any] | None = None,
-    record: bool = True,
-    check_hashes: bool = True,
-    submitted: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
+    session: Session | None = None,
     public_key: str | Path | None = None,
+    record: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> VerifyReport:
     """Reload every artifact of a bundle and compare each of its outputs with the reference.
@@ -294,34 +270,17 @@ def verify(
     Args:
         bundle: a bundle directory written by :func:`kerasio.export`.
         formats: only these formats (default: every artifact in the manifest).
-        in_process: load in this interpreter instead of a fresh one (faster,
-            but a custom class registered here could hide a broken artifact). Only for a bundle that is yours
-            (:mod:`kerasio.trust`: exported here, signed by ``public_key``, or ``trust=True``).
-        device: ``auto`` (GPU when the runtime sees one), ``cpu``, ``gpu`` or
-            ``all`` (every device, plus the CPU-vs-GPU drift).
-        backend: Keras backend for the backend-agnostic formats (``keras``,
-            ``h5``, ``weights``, ``pickle``): ``tensorflow``, ``jax`` or ``torch``.
-            Each format says what it needs (SavedModel: TensorFlow).
-        precision: ``highest`` pins float32 matmuls (the default policy);
-            ``fast`` allows TF32 on GPUs.
-        rtol, atol: override the tolerance table (both default to the table's row);
-            the report records what was used.
-        trust_pickle: allow loading the pickle artifact.
+        options: how to verify (:class:`~kerasio.VerifyOptions`: device, backend, precision, tolerances,
+            imports, allowed ops, limits).
+        in_process: load in this interpreter instead of a fresh one (``options.mode = "in-process"``): faster,
+            but a custom class registered here could hide a broken artifact. Only for a bundle that is yours
+            (:mod:`kerasio.bundle.trust`: exported here, signed by ``public_key``, or ``trust=True``).
         trust: you vouch for the bundle: it may be verified in this process, and its pickle loaded.
-        imports: modules to import before loading (custom layers).
-        allow_ops: SavedModel op names to accept beyond the inference allowlist (recorded in the report).
-        limits: the fresh worker's :class:`~kerasio.limits.Limits` (default: derived from the artifacts' sizes).
-        verifier: a verifying interpreter started earlier with :func:`verifier` (not closed here).
-        workers: already-started :class:`~kerasio.worker.Worker` objects by
-            backend (the pipeline starts one early); they are not closed.
-        record: write the report to ``<bundle>/verification.json``.
-        check_hashes: check each artifact's sha256 before loading it. Only
-            ``export(verify=True)``, which hashed the files a moment earlier,
-            turns this off.
-        submitted: checks already sent to a worker, by format (each returns its
-            answer); export sends one as soon as an artifact is written.
+        session: a :class:`~kerasio.Session` started earlier (or ``options.session``); it stays open. A bundle
+            that is not yours is still checked in a sandboxed worker of its own, stopped when this returns.
         public_key: require a valid signature of the manifest by this key (``kerasio sign``) before anything
-            else is read; :class:`SignatureError` otherwise.
+            else is read; :class:`~kerasio.errors.SignatureError` otherwise.
+        record: write the report to ``<bundle>/verification.json``.
         progress: called with one line per check as it completes (a live display).
 
     Returns:
@@ -332,142 +291,154 @@ def verify(
         >>> report.ok  # doctest: +SKIP
         True
     """
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if value is not None and not (isinstance(value, (int, float)) and value >= 0):
-            raise InputError(f"{name} must be a number >= 0; pass e.g. {name}=1e-5. Received: {name}={value!r}")
+    options = in_mode(options, in_process)
     bundle = Path(bundle)
-    trust_pickle = trust_pickle or trust
     with contextlib.ExitStack() as pins:  # the generation it reads stays pinned until the report is done
         manifest = read_pinned(bundle, pins, public_key)
-        x_ref, y_ref = manifest.reference_arrays(bundle)
-        y_one = manifest.reference_one_row(bundle)
-        if in_process and check_hashes and not trusted(manifest, trust=trust, public_key=public_key):
+        references = _references(bundle, manifest)  # bounded and checked: a lying array is refused first
+        if options.in_process and not trusted(manifest, trust=trust, public_key=public_key):
             raise UnsafeArtifactError(
                 f"{bundle}: verifying in this process runs the bundle's artifacts here, and this bundle is not yours "
                 "(kerasio did not export it under this account, and no public key vouches for it). Verify it in the "
                 "sandboxed worker (drop in_process / --in-process), or pass trust=True (--trust) if you vouch for it. "
                 "Received: in_process=True")
-        wanted = None
-        if formats:
-            wanted = [formats] if isinstance(formats, str) else list(formats)
-            wanted = [w for part in wanted for w in part.split(",")]
-            for name in wanted:
-                manifest.artifact(name)  # clear error for a format the bundle lacks
-        arts = [a for a in manifest.artifacts if wanted is None or a.format in wanted]
-        imports = list(imports) + importable_custom_modules(manifest.custom_objects)
-        report = VerifyReport(bundle=str(bundle), mode="in-process" if in_process else "fresh-process",
-                              allowed_ops=sorted(set(allow_ops)))
-        requested = backend or default_backend()
-        workers = dict(workers or {})
-        if verifier is not None:
-            workers.setdefault(verifier.backend, verifier)
-        rows = len(next(iter(x_ref.values())))
-        signature = manifest.signature.to_dict()
-        with tempfile.TemporaryDirectory(prefix=f"kerasio-verify-{os.getpid()}-ref-") as tmp, \
-                contextlib.ExitStack() as stack:
-            inputs = Path(tmp) / "inputs.npz"
-            save_arrays(inputs, x_ref)
-
-            def ask(child_backend: str, request: dict[str, Any]) -> dict[str, Any]:
-                """Send a request to this process (in_process, same backend) or to a fresh worker."""
-                from .worker import Worker, handle
-
-                if in_process and child_backend == keras_backend():
-                    report.sandbox.setdefault(child_backend, "off: in-process verification")
-                    return handle({**request, "out_dir": tmp})
-                if child_backend not in workers:
-                    # Artifacts of an existing bundle are not the caller's own: the worker reads only their checked
-                    # copies (in tmp), writes only its own directory and runs under limits sized for the largest
-                    # artifact. (An export's staged files are the caller's own.)
-                    bounds = (limits or Limits.from_env()).resolved(max((a.size for a in arts), default=0))
-                    workers[child_backend] = stack.enter_context(Worker(
-                        child_backend, warm=("keras",), imports=imports, sandbox=[tmp] if check_hashes else None,
-                        limits=bounds if check_hashes else None, device=device))
-                report.sandbox.setdefault(child_backend, workers[child_backend].sandbox_status)
-                return workers[child_backend].request(request)
-
-            for art in arts:
-                fmt = get_format(art.format)
-                start = time.perf_counter()
-                child_backend = fmt.worker_backend(requested)
-                try:
-                    if not _importable(child_backend):  # a Keras backend's name is its module's
-                        raise BackendUnavailableError(
-                            f"verifying the {fmt.name} artifact needs {child_backend}, which cannot be imported here. "
-                            f"Install it (pip install {child_backend}) or verify the other formats (--format keras). "
-                            f"Received: backend={child_backend!r}"
-                        )
-                    if fmt.runtime == "keras" and not in_process:
-                        _refuse_main_classes(manifest, art)
-                    if submitted and art.format in submitted:
-                        answer = submitted[art.format]()
-                    else:
-                        # The worker loads a private copy made from the very reads that were hashed.
-                        path = art.materialize(bundle, Path(tmp) / f"artifact-{len(report.checks)}-{art.format}") \
-                            if check_hashes else bundle / art.path
-                        answer = ask(child_backend, check_request(
-                            art.format, path, signature, inputs, device=device, precision=precision,
-                            trust=trust_pickle, imports=imports, allow_ops=allow_ops))
-                        if not answer["ok"]:
-                            worker = workers.get(child_backend)
-                            raise answer_error(answer, getattr(worker, "limits", None), copy=path,
-                                               shown=bundle / art.path)
-                    if not answer["ok"]:
-                        raise answer_error(answer)
-                    judged = _judge(manifest, art, answer["results"], y_ref, y_one, start, rtol, atol)
-                    report.checks.extend(judged)
-                    for c in judged:
-                        _tell(progress, c)
-                except KerasioError as exc:
-                    report.checks.append(Check(artifact=art.path, format=art.format, rows=rows, error=str(exc),
-                                               error_type=type(exc).__name__, backend=child_backend,
-                                               seconds=time.perf_counter() - start))
-                    _tell(progress, report.checks[-1])
-                    if isinstance(exc, (WorkerError, ResourceLimitError)):  # the next check starts a new worker
-                        dead = workers.pop(child_backend, None)
-                        if dead is not None:
-                            dead.close()
-                        submitted = {}
+        report = _verify(bundle, manifest, references, formats, options, trust=trust,
+                         session=session or options.session, staged=False, progress=progress)
         if record:
             with contextlib.suppress(OSError):
                 write_text_atomic(bundle / VERIFICATION_FILE, report.to_json(indent=2))
         return report
 
 
-def check_request(fmt: str, path: Path, signature: dict[str, Any], inputs: Path, *, device: str = "auto",
-                  precision: str = "highest", trust: bool = False, imports: Sequence[str] = (),
-                  allow_ops: Sequence[str] = ()) -> dict[str, Any]:
-    """The worker request that checks one artifact (see :func:`kerasio.worker.run_check`)."""
-    return {"format": fmt, "path": str(path), "signature": signature, "inputs": str(inputs), "device": device,
-            "precision": precision, "trust": trust, "imports": list(imports), "allow_ops": list(allow_ops)}
+def verify_staged(stage: Path, manifest: Manifest, options: VerifyOptions, *, shown: Path, trust: bool,
+                  session: Session, progress: Callable[[str], None] | None = None) -> VerifyReport:
+    """An export's check of its staged bundle, before anything is published (the report names ``shown``).
+
+    The staged files are the caller's own, written and hashed a moment ago:
+    they are checked in the session's shared workers (where export already sent
+    each check as its artifact was written), without hashing them again.
+    """
+    return _verify(stage, manifest, _references(stage, manifest), None, options, trust=trust, session=session,
+                   staged=True, progress=progress, shown=shown)
 
 
-def _judge(manifest: Manifest, art: Artifact, results: list[dict[str, Any]], reference: dict[str, np.ndarray],
+References = tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]
+
+
+def _references(bundle: Path, manifest: Manifest) -> References:
+    """The reference inputs, outputs and 1-row outputs, each array's header checked before it is read."""
+    x_ref, y_ref = manifest.reference_arrays(bundle)
+    return x_ref, y_ref, manifest.reference_one_row(bundle)
+
+
+def _verify(bundle: Path, manifest: Manifest, references: References, formats: str | Sequence[str] | None,
+            options: VerifyOptions, *, trust: bool, session: Session | None, staged: bool,
+            progress: Callable[[str], None] | None, shown: Path | None = None) -> VerifyReport:
+    x_ref, y_ref, y_one = references
+    wanted = None
+    if formats:
+        wanted = [formats] if isinstance(formats, str) else list(formats)
+        wanted = [w for part in wanted for w in part.split(",")]
+        for name in wanted:
+            manifest.artifact(name)  # clear error for a format the bundle lacks
+    arts = [a for a in manifest.artifacts if wanted is None or a.format in wanted]
+    imports = (*options.imports, *importable_custom_modules(manifest.custom_objects),
+               *plugin_modules(a.format for a in arts))
+    report = VerifyReport(bundle=str(shown or bundle), mode=options.mode, allowed_ops=sorted(set(options.allow_ops)))
+    requested = options.backend or default_backend()
+    rows = len(next(iter(x_ref.values())))
+    iospec = manifest.iospec.to_dict()
+    with tempfile.TemporaryDirectory(prefix=f"kerasio-verify-{os.getpid()}-ref-") as tmp, \
+            contextlib.ExitStack() as stack:
+        if session is None:
+            session = stack.enter_context(Session())
+        if not staged:  # this call's sandboxed workers never outlive it, nor see another bundle
+            stack.callback(session.end, [tmp])
+        inputs = Path(tmp) / "inputs.npz"
+        save_arrays(inputs, x_ref)
+        bounds = (options.limits or Limits.from_env()).resolved(max((a.size for a in arts), default=0))
+
+        def worker_for(child_backend: str) -> Worker:
+            if staged:
+                return session.start(child_backend)
+            # Artifacts of an existing bundle are not the caller's own: the worker reads only their checked
+            # copies (in tmp), writes only its own directory and runs under limits sized for the largest artifact.
+            return session.sandboxed(child_backend, [tmp], limits=bounds, device=options.device, imports=imports)
+
+        for art in arts:
+            fmt = get_format(art.format)
+            start = time.perf_counter()
+            child_backend = fmt.worker_backend(requested)
+            worker: Worker | None = None
+            try:
+                if not _importable(child_backend):  # a Keras backend's name is its module's
+                    raise BackendUnavailableError(
+                        f"verifying the {fmt.name} artifact needs {child_backend}, which cannot be imported here. "
+                        f"Install it (pip install {child_backend}) or verify the other formats (--format keras). "
+                        f"Received: backend={child_backend!r}"
+                    )
+                if fmt.runtime == "keras" and not options.in_process:
+                    _refuse_main_classes(manifest, art)
+                # The worker loads a private copy made from the very reads that were hashed.
+                path = bundle / art.path if staged else \
+                    art.materialize(bundle, Path(tmp) / f"artifact-{len(report.checks)}-{art.format}")
+                request = CheckRequest(art.format, str(path), iospec, str(inputs), device=options.device,
+                                       precision=options.precision, trust=trust, imports=imports,
+                                       allow_ops=tuple(options.allow_ops))
+                if options.in_process and child_backend == keras_backend():
+                    report.sandbox.setdefault(child_backend, "off: in-process verification")
+                    reply = answer(request, Path(tmp))
+                    if not reply.ok:
+                        raise answer_error(reply, copy=path, shown=bundle / art.path)
+                    results = [CheckResult(**r) for r in reply.value]
+                else:
+                    pending = session.pending(path) if staged else None
+                    if pending is None:
+                        worker = worker_for(child_backend)
+                        pending = session.submit(worker, request, shown=bundle / art.path)
+                    worker = pending.worker
+                    report.sandbox.setdefault(child_backend, worker.sandbox_status)
+                    results = pending.result()
+                judged = _judge(manifest, art, results, y_ref, y_one, start, options.rtol, options.atol)
+                report.checks.extend(judged)
+                for c in judged:
+                    _tell(progress, c)
+            except KerasioError as exc:
+                report.checks.append(Check(artifact=art.path, format=art.format, rows=rows, error=str(exc),
+                                           error_type=type(exc).__name__, backend=child_backend,
+                                           seconds=time.perf_counter() - start))
+                _tell(progress, report.checks[-1])
+                if worker is not None and isinstance(exc, (WorkerError, ResourceLimitError)):
+                    session.discard(worker)  # the next check starts a new worker
+    return report
+
+
+def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult], reference: dict[str, np.ndarray],
            reference_one: dict[str, np.ndarray], start: float, rtol: float | None,
            atol: float | None) -> list[Check]:
-    signature = manifest.signature
+    iospec = manifest.iospec
     checks = []
     outputs: dict[str, dict[str, np.ndarray]] = {}
     same_cpu = bool(manifest.cpu_features) and manifest.cpu_features == cpu_features()
     for res in results:
-        full = load_arrays(Path(res["outputs"] + "-full.npz"), signature.output_names)
-        one = load_arrays(Path(res["outputs"] + "-one.npz"), signature.output_names)
-        outputs[res["device"]] = full
-        tol = tolerance_for(art.format, res["backend"], res["device"], signature.compute_dtype, res["precision"],
+        full = load_arrays(Path(res.outputs + "-full.npz"), iospec.output_names)
+        one = load_arrays(Path(res.outputs + "-one.npz"), iospec.output_names)
+        outputs[res.device] = full
+        tol = tolerance_for(art.format, res.backend, res.device, iospec.compute_dtype, res.precision,
                             exported_by=manifest.backend or "tensorflow", exported_on=manifest.device or "cpu",
-                            same_cpu=same_cpu)
+                            same_cpu=same_cpu, extra=get_format(art.format).tolerances)
         use_atol = tol.atol if atol is None else float(atol)
         use_rtol = tol.rtol if rtol is None else float(rtol)
         per_output = [_merge(compare_output(s.name, reference[s.name], full[s.name], atol=use_atol, rtol=use_rtol,
                                             probabilities=s.probabilities),
                              compare_output(s.name, reference_one[s.name], one[s.name], atol=use_atol,
                                             rtol=use_rtol, probabilities=s.probabilities))
-                      for s in signature.outputs]
+                      for s in iospec.outputs]
         floats = [o for o in per_output if o.max_abs_diff is not None]
         agreements = [o.argmax_agreement for o in per_output if o.argmax_agreement is not None]
         check = Check(
-            artifact=art.path, format=art.format, runtime=res["runtime"], backend=res["backend"],
-            device=res["device"], device_name=res["device_name"], precision=res["precision"],
+            artifact=art.path, format=art.format, runtime=res.runtime, backend=res.backend,
+            device=res.device, device_name=res.device_name, precision=res.precision,
             rows=len(next(iter(reference.values()))),
             max_abs_diff=max((o.max_abs_diff or 0.0 for o in floats), default=None),
             max_rel_diff=max((o.max_rel_diff or 0.0 for o in floats), default=None),
@@ -477,8 +448,8 @@ def _judge(manifest: Manifest, art: Artifact, results: list[dict[str, Any]], ref
             outputs=[o.to_dict() for o in per_output], passed=all(o.passed for o in per_output),
             seconds=time.perf_counter() - start,
         )
-        if "fast_outputs" in res:
-            fast = load_arrays(Path(res["fast_outputs"] + "-full.npz"), signature.output_names)
+        if res.fast_outputs:
+            fast = load_arrays(Path(res.fast_outputs + "-full.npz"), iospec.output_names)
             check.tf32_drift = _max_float_diff(reference, fast)
         checks.append(check)
     if "cpu" in outputs and "gpu" in outputs:
@@ -524,9 +495,19 @@ def _refuse_main_classes(manifest: Manifest, art: Artifact) -> None:
         raise KerasioError(
             f"{art.path}: custom class(es) {local} were defined in __main__ (a script or a notebook cell), which "
             "a fresh verifying process cannot import, so it cannot rebuild the model. Move them to a module and "
-            "pass imports=['that_module'] (CLI: --import MODULE), or verify in this process with "
-            f"in_process=True (CLI: --in-process). Received: module='__main__' for {local}"
+            "pass VerifyOptions(imports=['that_module']) (CLI: --import MODULE), or verify in this "
+            f"process with in_process=True (CLI: --in-process). Received: module='__main__' for {local}"
         )
+
+
+def plugin_modules(formats: Iterable[str]) -> list[str]:
+    """Modules of plug-in formats (registered from outside kerasio) that this process has imported.
+
+    A fresh worker imports them too, as it imports custom layers' modules: a
+    format is one module, and the worker learns of it only by importing it.
+    """
+    modules = {type(get_format(name)).__module__ for name in formats}
+    return sorted(m for m in modules if not m.startswith("kerasio.") and m in sys.modules)
 
 
 def importable_custom_modules(custom_objects: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# The session's own record of the bundles it exports (kerasio.trust), never the user's ~/.kerasio; the CLI
+# The session"s own record of the bundles it exports (kerasio.bundle.trust), never the user"s ~/.kerasio; the CLI
 # processes the tests start inherit it.
 os.environ["KERASIO_HOME"] = tempfile.mkdtemp(prefix="kerasio-home-")
 
@@ -24,7 +24,8 @@ EPOCHS = 3
 def pipeline(tmp_path_factory):
     """A real pipeline run on the embedded data, every format, verification left to the tests."""
     out = tmp_path_factory.mktemp("bundle") / "seed"
-    return kerasio.run_pipeline(out=out, epochs=EPOCHS, formats="all", trust_pickle=True, verify=False, echo=None)
+    return kerasio.run_pipeline(config=kerasio.TrainConfig(epochs=EPOCHS), out=out, formats="all", trust=True,
+                                verify=False, echo=None)
 
 
 @pytest.fixture(scope="session")
@@ -44,9 +45,9 @@ def bundle_copy(bundle, tmp_path) -> Path:
 def keras_bundle(pipeline, tmp_path_factory) -> Path:
     """A small keras+savedmodel bundle of the same model, for tests that modify files."""
     out = tmp_path_factory.mktemp("kb") / "b"
-    kerasio.export(pipeline.model, out, reference_inputs=pipeline.split.x_test,
-                   feature_names=pipeline.dataset.feature_names, class_names=pipeline.dataset.class_names,
-                   training=kerasio.read_manifest(pipeline.bundle).training)
+    info = kerasio.BundleInfo(feature_names=pipeline.dataset.feature_names, class_names=pipeline.dataset.class_names,
+                              training=kerasio.read_manifest(pipeline.bundle).training)
+    kerasio.export(pipeline.model, out, reference_inputs=pipeline.split.x_test, info=info)
     return out
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 import kerasio
-from kerasio.fsutil import hash_artifact
+from kerasio.bundle.fsutil import hash_artifact
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_NAME, SECRET = "MY_SECRET_TOKEN", "s3cr3t-Zq7xK"  # set in the environment of every entry point tried

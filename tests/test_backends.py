@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import kerasio
-from kerasio.runtime import precision_policy, resolve_devices
+from kerasio.backends.base import precision_policy
+from kerasio.backends.environment import resolve_devices
 
 HERE = Path(__file__).parent
 
@@ -18,8 +19,8 @@ HERE = Path(__file__).parent
 @pytest.fixture(scope="module")
 def jax_report(bundle):
     pytest.importorskip("jax", reason="CI installs the jax extra; run pip install -e '.[jax]'")
-    return kerasio.verify(bundle, backend="jax", formats=["keras", "h5", "weights", "savedmodel", "onnx"],
-                          record=False)
+    return kerasio.verify(bundle, options=kerasio.VerifyOptions(backend="jax"),
+                          formats=["keras", "h5", "weights", "savedmodel", "onnx"], record=False)
 
 
 def test_jax_backend_verifies_a_tensorflow_trained_bundle(jax_report):
@@ -51,7 +52,8 @@ def test_other_backend_verifies_loads_and_predicts(bundle, backend):
     pytest.importorskip(backend, reason="CI installs the jax and torch extras")
     code = (
         "import json, sys, kerasio\n"
-        "report = kerasio.verify(sys.argv[1], formats=['keras', 'h5', 'weights'], device='cpu', in_process=True, "
+        "report = kerasio.verify(sys.argv[1], formats=['keras', 'h5', 'weights'], in_process=True, "
+        "options=kerasio.VerifyOptions(device='cpu'), "
         "record=False)\n"
         "loaded = kerasio.load(sys.argv[1], device='cpu')\n"
         "x = kerasio.read_manifest(sys.argv[1]).reference_arrays(sys.argv[1])[0]['features']\n"
@@ -86,7 +88,7 @@ def test_report_records_pinned_precision(bundle):
     report = kerasio.verify(bundle, formats="keras,savedmodel", in_process=True, record=False)
     assert {c.precision for c in report.checks} == {"float32-pinned"}
     assert all(c.device == "cpu" and c.device_name for c in report.checks)
-    fast = kerasio.verify(bundle, formats="keras", in_process=True, precision="fast", record=False)
+    fast = kerasio.verify(bundle, options=kerasio.VerifyOptions(precision="fast"), formats="keras", in_process=True, record=False)
     assert fast.checks[0].precision == "tf32-allowed"
 
 
@@ -120,17 +122,17 @@ def test_devices_on_a_cpu_machine(bundle):
     assert seen == ["cpu"] and REGISTRY["litert"].available_devices("tensorflow") == ["cpu"]
     assert resolve_devices("auto", seen) == ["cpu"] and resolve_devices("all", seen) == ["cpu"]
     assert resolve_devices("auto", ["cpu", "gpu"]) == ["gpu"]
-    with pytest.raises(kerasio.BackendUnavailableError, match="sees no GPU here. Use --device auto or cpu"):
+    with pytest.raises(kerasio.errors.BackendUnavailableError, match="sees no GPU here. Use --device auto or cpu"):
         resolve_devices("gpu", seen, runtime="keras")
-    report = kerasio.verify(bundle, formats="keras", device="all", in_process=True, record=False)
+    report = kerasio.verify(bundle, options=kerasio.VerifyOptions(device="all"), formats="keras", in_process=True, record=False)
     assert [c.device for c in report.checks] == ["cpu"] and report.checks[0].device_drift is None
-    gpu = kerasio.verify(bundle, formats="keras", device="gpu", in_process=True, record=False)
+    gpu = kerasio.verify(bundle, options=kerasio.VerifyOptions(device="gpu"), formats="keras", in_process=True, record=False)
     assert not gpu.ok and "sees no GPU here" in gpu.checks[0].error
 
 
 def test_default_backend_is_read_without_importing_keras(monkeypatch):
     monkeypatch.setenv("KERAS_BACKEND", "jax")
-    code = "import sys, kerasio.runtime as r; print(r.default_backend(), 'keras' in sys.modules)"
+    code = "import sys, kerasio.backends.environment as r; print(r.default_backend(), 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert out.stdout.split() == ["jax", "False"]
 

@@ -190,7 +190,7 @@ def test_run_publishes_nothing_when_verification_fails(tmp_path, capsys, monkeyp
 def test_version_and_every_option_has_help(capsys):
     import argparse
 
-    from kerasio import __version__
+    from kerasio._version import __version__
     from kerasio.cli import build_parser
 
     with pytest.raises(SystemExit) as exit_info:

@@ -8,7 +8,8 @@ import pytest
 from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio
-from kerasio.manifest import MANIFEST_NAME, hash_entry
+from kerasio.bundle.layout import MANIFEST_NAME
+from kerasio.bundle.manifest import hash_entry
 from kerasio.recipe.resume import resume_check, resume_in_fresh_process
 
 
@@ -17,8 +18,8 @@ def custom_bundle(tmp_path_factory):
     import keras
     from custom_layers import Scale
 
-    data = kerasio.load_dataset()
-    split = kerasio.split_dataset(data, seed=0)
+    data = kerasio.recipe.load_dataset()
+    split = kerasio.recipe.split_dataset(data, seed=0)
     norm = keras.layers.Normalization()
     norm.adapt(split.x_train)
     model = keras.Sequential([keras.Input((10,), name="features"), norm, Scale(0.5),
@@ -43,7 +44,7 @@ def test_unregistered_custom_class_is_named(custom_bundle, monkeypatch):
 
     registry = keras.saving.get_custom_objects()
     monkeypatch.delitem(registry, "kerasio_test>Scale")
-    with pytest.raises(kerasio.UnsafeArtifactError,
+    with pytest.raises(kerasio.errors.UnsafeArtifactError,
                        match=r"custom class 'kerasio_test>Scale' \(module 'custom_layers'\) is not registered.*"
                              r"register_keras_serializable.*--import MODULE"):
         kerasio.load(custom_bundle)
@@ -59,7 +60,7 @@ def test_fresh_process_without_the_module_fails_clearly(custom_bundle, tmp_path)
     assert not report.ok
     assert "custom class 'kerasio_test>Scale'" in report.checks[0].error
     # Naming the module makes the fresh process import it, and the check passes.
-    assert kerasio.verify(b, formats="keras", imports=["custom_layers"], record=False).ok
+    assert kerasio.verify(b, options=kerasio.VerifyOptions(imports=["custom_layers"]), formats="keras", record=False).ok
 
 
 def test_resume_is_bit_exact(bundle):
@@ -92,7 +93,7 @@ def test_resume_fails_when_optimizer_state_is_dropped(bundle, tmp_path):
     assert "diverged" in result.detail and "Skipping variable loading for optimizer" in result.detail
     report = kerasio.verify(b, formats="keras", in_process=True, record=False, trust=True)
     report.resume = result.to_dict()
-    with pytest.raises(kerasio.VerificationError, match="resume check failed"):
+    with pytest.raises(kerasio.errors.VerificationError, match="resume check failed"):
         report.raise_for_failure()
 
 
@@ -102,7 +103,7 @@ def test_resume_needs_training_record(keras_bundle, tmp_path):
     manifest = kerasio.read_manifest(b)
     manifest.training = {}
     manifest.write(b)
-    with pytest.raises(kerasio.ArtifactError, match="records no training config or data"):
+    with pytest.raises(kerasio.errors.ArtifactError, match="records no training config or data"):
         resume_check(b)
     result = resume_in_fresh_process(b)  # the worker reports the same error as a failed result
     assert result["passed"] is False and "records no training config or data" in result["detail"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kerasio import DataError, load_dataset, split_dataset
+from kerasio.errors import DataError
+from kerasio.recipe import load_dataset, split_dataset
 from kerasio.recipe.data import DEFAULT_DATA
 from kerasio.recipe.datasets.generate import generate
 

@@ -94,16 +94,16 @@ def test_strategy_errors_are_clear_and_create_nothing(tmp_path):
 
 def test_fit_refuses_a_model_built_outside_the_strategy(pipeline):
     split = pipeline.split
-    model = kerasio.build_classifier(10, 3, x_adapt=split.x_train)  # built on one device
+    model = kerasio.recipe.build_classifier(10, 3, x_adapt=split.x_train)  # built on one device
     with pytest.raises(InputError, match="built outside the mirrored strategy's scope"):
-        kerasio.fit(model, split.x_train, split.y_train, epochs=1, strategy="mirrored")
+        kerasio.recipe.fit(model, split.x_train, split.y_train, epochs=1, strategy="mirrored")
     with pytest.raises(InputError, match="unknown strategy 'ring'; choose one of default, mirrored"):
-        kerasio.fit(model, split.x_train, split.y_train, epochs=1, strategy="ring")
+        kerasio.recipe.fit(model, split.x_train, split.y_train, epochs=1, strategy="ring")
 
 
 def test_fit_builds_under_the_strategy_when_given_a_builder(pipeline):
     split = pipeline.split
-    history = kerasio.fit(lambda: kerasio.build_classifier(10, 3, x_adapt=split.x_train), split.x_train,
+    history = kerasio.recipe.fit(lambda: kerasio.recipe.build_classifier(10, 3, x_adapt=split.x_train), split.x_train,
                           split.y_train, epochs=1, strategy="mirrored", validation_data=(split.x_test, split.y_test))
     import tensorflow as tf
 

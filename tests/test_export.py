@@ -10,9 +10,9 @@ import pytest
 from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio
+from kerasio.bundle.fsutil import hash_artifact, sha256_file
+from kerasio.bundle.layout import MANIFEST_NAME, SCHEMA_VERSION
 from kerasio.formats import REGISTRY
-from kerasio.fsutil import hash_artifact, sha256_file
-from kerasio.manifest import MANIFEST_NAME, SCHEMA_VERSION
 
 
 def test_manifest_fields(bundle, pipeline):
@@ -103,7 +103,7 @@ def test_failed_export_leaves_existing_bundle_untouched(keras_bundle, pipeline, 
         raise RuntimeError("converter crashed halfway")
 
     monkeypatch.setattr(fmt, "save", crash)
-    with pytest.raises(kerasio.ArtifactError, match=r"exporting format 'onnx' failed\. Nothing in .* was changed.*"
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"exporting format 'onnx' failed\. Nothing in .* was changed.*"
                                                     r"Received: RuntimeError: converter crashed halfway"):
         kerasio.export(pipeline.model, out, reference_inputs=pipeline.split.x_test, formats="keras,onnx")
     after = {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()}
@@ -125,7 +125,7 @@ def test_interrupted_export_leaves_existing_bundle_untouched(keras_bundle, pipel
 
 
 def test_pickle_needs_trust_to_be_written(pipeline, tmp_path):
-    with pytest.raises(kerasio.UnsafeArtifactError, match="written only with explicit trust"):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match="written only with explicit trust"):
         kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test, formats="pickle")
     result = kerasio.export(pipeline.model, tmp_path / "c", reference_inputs=pipeline.split.x_test[:4],
                             formats="all")
@@ -133,13 +133,13 @@ def test_pickle_needs_trust_to_be_written(pipeline, tmp_path):
 
 
 def test_h5_export_warns_legacy(pipeline, tmp_path):
-    with pytest.warns(kerasio.LegacyFormatWarning, match="legacy"):
+    with pytest.warns(kerasio.errors.LegacyFormatWarning, match="legacy"):
         kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test[:4], formats="h5")
 
 
 def test_weights_can_be_sharded(pipeline, tmp_path):
     result = kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test[:4],
-                            formats="weights", max_shard_size=0.00001)  # 10 KB shards
+                            formats="weights", format_options={"weights": {"max_shard_size": 1e-05}})  # 10 KB shards
     files = sorted(os.listdir(tmp_path / "b" / "weights"))
     assert "model.weights.json" in files and sum(f.endswith(".weights.h5") for f in files) > 1
     assert result.manifest.artifact("weights").info["sharded"] is True
@@ -154,7 +154,7 @@ def test_onnx_io_names(bundle):
 
 
 def test_unknown_format_is_named(pipeline, tmp_path):
-    with pytest.raises(kerasio.ArtifactError, match=r"unknown format 'tflite'; known formats are keras, savedmodel"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"unknown format 'tflite'; known formats are keras, savedmodel"):
         kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test, formats="tflite")
 
 
@@ -186,7 +186,7 @@ def test_ctrl_c_during_commit_is_deferred_until_the_bundle_is_consistent(pipelin
     """SIGINT between the generation's rename and the manifest swap waits until both are done."""
     import signal
 
-    import kerasio.publish as publish
+    import kerasio.bundle.publish as publish
 
     out = tmp_path / "b"
     copy_bundle(keras_bundle, out)
@@ -225,7 +225,7 @@ def test_export_verify_publishes_nothing_when_an_artifact_fails(pipeline, keras_
         return runner
 
     monkeypatch.setattr(fmt, "load", drifting_load)
-    with pytest.raises(kerasio.VerificationError,
+    with pytest.raises(kerasio.errors.VerificationError,
                        match=r"nothing was published, the bundle is as it was; the new artifacts failed verification: "
                              r"serving/2 \(savedmodel, tensorflow, cpu\): output 'probabilities' \d+ values outside "
                              r"the tolerance, max abs diff 1\.00e-03, argmax agreement 100\.0%; tolerance atol "
@@ -238,12 +238,13 @@ def test_export_verify_publishes_nothing_when_an_artifact_fails(pipeline, keras_
 
 
 def test_an_early_verifier_is_used_and_left_open(pipeline, tmp_path):
-    """kerasio.verifier() starts the fresh interpreter before the export; export uses it and does not close it."""
-    with kerasio.verifier() as v:
+    """A Session started before the export owns the fresh interpreter; export uses it and does not close it."""
+    with kerasio.Session() as session:
+        v = session.start()
         result = kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test,
-                                verify=True, verifier=v)
+                                verify=kerasio.VerifyOptions(session=session))
         assert result.report.ok and result.report.mode == "fresh-process"
         assert v.proc.poll() is None  # still running: the caller owns it
-        again = kerasio.verify(tmp_path / "b", verifier=v, record=False)
+        again = kerasio.verify(tmp_path / "b", session=session, record=False)
         assert again.ok
     assert v.proc.returncode == 0  # closed with the block, and exited cleanly

@@ -14,8 +14,8 @@ import pytest
 from bundles import copy_bundle, named
 
 import kerasio
+from kerasio.bundle.fsutil import hash_artifact
 from kerasio.cli import main
-from kerasio.fsutil import hash_artifact
 
 
 def _rehash(bundle, fmt):
@@ -71,21 +71,21 @@ def _h5_empty_model(path):
 
 CASES = {
     # format: [(id, how to break it, error type, message regex)]
-    "keras": [("garbage", _garbage, kerasio.ArtifactError, r"model\.keras: not a valid \.keras archive"),
-              ("truncated", _truncate, kerasio.ArtifactError, r"model\.keras: not a valid \.keras archive")],
-    "h5": [("garbage", _garbage, kerasio.ArtifactError, r"model\.h5: not a readable HDF5 file; re-export it"),
-           ("bad-config", _h5_empty_model, kerasio.ArtifactError, r"model\.h5: ")],
-    "weights": [("no-architecture", _weights_without_architecture, kerasio.ArtifactError,
+    "keras": [("garbage", _garbage, kerasio.errors.ArtifactError, r"model\.keras: not a valid \.keras archive"),
+              ("truncated", _truncate, kerasio.errors.ArtifactError, r"model\.keras: not a valid \.keras archive")],
+    "h5": [("garbage", _garbage, kerasio.errors.ArtifactError, r"model\.h5: not a readable HDF5 file; re-export it"),
+           ("bad-config", _h5_empty_model, kerasio.errors.ArtifactError, r"model\.h5: ")],
+    "weights": [("no-architecture", _weights_without_architecture, kerasio.errors.ArtifactError,
                  r"weights.*architecture\.json"),
-                ("garbage-weights", _weights_garbage, kerasio.ArtifactError, r"weights")],
-    "onnx": [("garbage", _garbage, kerasio.ArtifactError, r"model\.onnx: "),
-             ("fails-at-run-time", _onnx_fails_at_run_time, kerasio.ArtifactError,
+                ("garbage-weights", _weights_garbage, kerasio.errors.ArtifactError, r"weights")],
+    "onnx": [("garbage", _garbage, kerasio.errors.ArtifactError, r"model\.onnx: "),
+             ("fails-at-run-time", _onnx_fails_at_run_time, kerasio.errors.ArtifactError,
               r"model\.onnx: onnxruntime failed to run the onnx artifact")],
-    "litert": [("garbage", _garbage, kerasio.ArtifactError, r"model\.tflite: "),
-               ("truncated", _truncate, kerasio.ArtifactError, r"model\.tflite: ")],
-    "savedmodel": [("garbage-graph", lambda p: _garbage(p / "saved_model.pb"), kerasio.ArtifactError,
+    "litert": [("garbage", _garbage, kerasio.errors.ArtifactError, r"model\.tflite: "),
+               ("truncated", _truncate, kerasio.errors.ArtifactError, r"model\.tflite: ")],
+    "savedmodel": [("garbage-graph", lambda p: _garbage(p / "saved_model.pb"), kerasio.errors.ArtifactError,
                     r"serving/\d+/saved_model\.pb: not a readable SavedModel proto"),
-                   ("no-variables", lambda p: shutil.rmtree(p / "variables"), kerasio.ArtifactError, r"serving/\d+")],
+                   ("no-variables", lambda p: shutil.rmtree(p / "variables"), kerasio.errors.ArtifactError, r"serving/\d+")],
 }
 PARAMS = [pytest.param(fmt, how, kind, match, id=f"{fmt}-{name}") for fmt, cases in CASES.items()
           for name, how, kind, match in cases]
@@ -127,7 +127,7 @@ def test_unknown_fields_inside_an_artifact_entry_are_ignored_with_a_warning(bund
     manifest = json.loads((bundle_copy / "kerasio.json").read_text())
     manifest["artifacts"][0]["compression"] = "zstd"
     (bundle_copy / "kerasio.json").write_text(json.dumps(manifest))
-    with pytest.warns(kerasio.ManifestWarning, match=r"compression"):
+    with pytest.warns(kerasio.errors.ManifestWarning, match=r"compression"):
         loaded = kerasio.load(bundle_copy)
     assert loaded.sha256 == manifest["artifacts"][0]["sha256"]
 
@@ -137,19 +137,19 @@ def test_an_empty_manifest_and_a_symlinked_generations_directory(bundle, tmp_pat
     outside = tmp_path / "outside"
     shutil.move(b / "generations", outside)
     os.symlink(outside, b / "generations")  # every artifact path now goes through a link out of the bundle
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"generations: is a symbolic link; kerasio never follows "
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"generations: is a symbolic link; kerasio never follows "
                                                           r"links out of a bundle"):
         kerasio.load(b)
     (b / "kerasio.json").unlink()
     (b / "kerasio.json").write_bytes(b"")
-    with pytest.raises(kerasio.ArtifactError, match=r"kerasio\.json: not valid JSON"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"kerasio\.json: not valid JSON"):
         kerasio.read_manifest(b)
 
 
 def test_a_manifest_naming_a_generation_that_is_gone(bundle, tmp_path):
     b = copy_bundle(bundle, tmp_path / "b")
     shutil.rmtree(b / "generations")
-    with pytest.raises(kerasio.ArtifactError, match=r"generations: artifact 'keras' listed in the manifest is "
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"generations: artifact 'keras' listed in the manifest is "
                                                     r"missing\. Re-export the bundle"):
         kerasio.load(b)
     out = subprocess.run([sys.executable, "-m", "kerasio", "verify", str(b), "--format", "keras"],

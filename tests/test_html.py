@@ -6,7 +6,7 @@ import re
 import pytest
 
 import kerasio
-from kerasio.html import trace_svg
+from kerasio.present.html import trace_svg
 from kerasio.recipe.trace import TraceRecords
 
 

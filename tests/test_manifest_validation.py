@@ -9,8 +9,9 @@ import pytest
 from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio
+from kerasio.bundle.layout import MANIFEST_NAME
+from kerasio.bundle.manifest import hash_entry
 from kerasio.cli import main
-from kerasio.manifest import MANIFEST_NAME, hash_entry
 
 
 @pytest.fixture
@@ -76,9 +77,9 @@ CASES = [
 def test_malformed_manifest_is_a_clear_error_on_every_surface(hostile, capsys, change, match):
     b = hostile(change)
     for call in (kerasio.read_manifest, kerasio.load, kerasio.verify):
-        with pytest.raises(kerasio.ArtifactError, match=match):
+        with pytest.raises(kerasio.errors.ArtifactError, match=match):
             call(b)
-    with pytest.raises(kerasio.ArtifactError, match=match):
+    with pytest.raises(kerasio.errors.ArtifactError, match=match):
         kerasio.predict(b, np.zeros((1, 10), np.float32))
     for argv in (["inspect", str(b)], ["verify", str(b)], ["predict", str(b), "--input", str(b / "kerasio.json")]):
         assert main(argv) == 2
@@ -90,17 +91,17 @@ def test_malformed_manifest_is_a_clear_error_on_every_surface(hostile, capsys, c
 def test_manifest_that_is_not_an_object(hostile, root):
     b = hostile(lambda data: None)
     (b / MANIFEST_NAME).write_text(root)
-    with pytest.raises(kerasio.ArtifactError, match=r"kerasio\.json: (not valid JSON|the manifest is not a JSON object)"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"kerasio\.json: (not valid JSON|the manifest is not a JSON object)"):
         kerasio.read_manifest(b)
 
 
 def test_deeply_nested_manifest(hostile):
     b = hostile(lambda data: None)
     (b / MANIFEST_NAME).write_text('{"schema_version": 2, "training": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    with pytest.raises(kerasio.ArtifactError, match=r"nested too deeply to parse|nested more than 64 levels"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"nested too deeply to parse|nested more than 64 levels"):
         kerasio.read_manifest(b)
     (b / MANIFEST_NAME).write_text('{"schema_version": 2, "training": ' + "[" * 100 + "]" * 100 + "}")
-    with pytest.raises(kerasio.ArtifactError, match=r"nested more than 64 levels deep"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"nested more than 64 levels deep"):
         kerasio.read_manifest(b)
 
 
@@ -110,7 +111,7 @@ def test_unknown_fields_are_ignored_with_one_warning(hostile):
         warnings.simplefilter("always")
         report = kerasio.verify(b, formats="keras", in_process=True, record=False, trust=True)
     assert report.ok
-    notes = [w for w in caught if issubclass(w.category, kerasio.ManifestWarning)]
+    notes = [w for w in caught if issubclass(w.category, kerasio.errors.ManifestWarning)]
     assert len(notes) == 1 and "['provenance']" in str(notes[0].message)
 
 
@@ -138,7 +139,7 @@ def test_reference_arrays_that_lie_are_refused(hostile):
     good = np.zeros((200, 10), np.float32)
     # 1. an object array: would need pickle
     _replace_reference(b, "reference_inputs.npz", _npz(features=np.array([object()] * 3, dtype=object)))
-    with pytest.raises(kerasio.ArtifactError, match=r"array 'features\.npy': holds Python objects"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"array 'features\.npy': holds Python objects"):
         kerasio.verify(b, in_process=True)
     # 2. a header that claims 36 TiB
     header = io.BytesIO()
@@ -147,20 +148,20 @@ def test_reference_arrays_that_lie_are_refused(hostile):
     with zipfile.ZipFile(blob, "w") as z:
         z.writestr("features.npy", np.lib.format.MAGIC_PREFIX + b"\x01\x00" + header.getvalue()[8:] + b"\0" * 64)
     _replace_reference(b, "reference_inputs.npz", blob.getvalue())
-    with pytest.raises(kerasio.ArtifactError, match=r"header claims \d+ bytes of data .* truncated or forged"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"header claims \d+ bytes of data .* truncated or forged"):
         kerasio.verify(b, in_process=True)
     # 3. truncated
     _replace_reference(b, "reference_inputs.npz", _npz(features=good)[:-500])
-    with pytest.raises(kerasio.ArtifactError, match=r"reference_inputs\.npz: unreadable reference arrays"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"reference_inputs\.npz: unreadable reference arrays"):
         kerasio.verify(b, in_process=True)
     # 4. the wrong shape for the signature
     _replace_reference(b, "reference_inputs.npz", _npz(features=np.zeros((200, 9), np.float32)))
-    with pytest.raises(kerasio.ArtifactError, match=r"array 'features' is float32\[200, 9\], which does not match the "
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"array 'features' is float32\[200, 9\], which does not match the "
                                                     r"signature's features: float32\[None, 10\]"):
         kerasio.verify(b, in_process=True)
     # 5. the wrong number of rows
     _replace_reference(b, "reference_inputs.npz", _npz(features=np.zeros((199, 10), np.float32)))
-    with pytest.raises(kerasio.ArtifactError, match=r"199 rows, but the manifest records 200"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"199 rows, but the manifest records 200"):
         kerasio.verify(b, in_process=True)
 
 

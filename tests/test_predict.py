@@ -38,9 +38,9 @@ def test_bare_artifact_outside_a_bundle(keras_bundle, tmp_path, reference):
 
 def test_load_rejects_unknown_paths(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(kerasio.ArtifactError, match=r"notes\.txt: not a kerasio bundle, \.keras file"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"notes\.txt: not a kerasio bundle, \.keras file"):
         kerasio.load(tmp_path / "notes.txt")
-    with pytest.raises(kerasio.ArtifactError, match=r"nope: no such file or directory"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"nope: no such file or directory"):
         kerasio.load(tmp_path / "nope")
 
 
@@ -80,14 +80,14 @@ def test_savedmodel_predictions_match_keras(keras_bundle, reference):
     (np.full((1, 10), np.nan, np.float32), r"input 'features', row 0 holds NaN or inf"),
 ])
 def test_predict_input_errors(loaded, rows, match):
-    with pytest.raises(kerasio.InputError, match=match):
+    with pytest.raises(kerasio.errors.InputError, match=match):
         kerasio.predict(loaded, rows)
 
 
 def test_predict_missing_column_is_named(loaded, keras_bundle, reference):
     names = kerasio.read_manifest(keras_bundle).feature_names
     frame = pd.DataFrame(reference[0], columns=names).drop(columns=["petal_width"])
-    with pytest.raises(kerasio.InputError, match=r"missing feature column\(s\) \['petal_width'\]"):
+    with pytest.raises(kerasio.errors.InputError, match=r"missing feature column\(s\) \['petal_width'\]"):
         kerasio.predict(loaded, frame)
 
 
@@ -96,5 +96,5 @@ def test_predict_non_numeric_csv_column(loaded, keras_bundle, reference, tmp_pat
     frame = pd.DataFrame(reference[0][:3], columns=names)
     frame["leaf_width"] = ["a", "b", "c"]
     frame.to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(kerasio.InputError, match=r"bad\.csv: column 'leaf_width' is not numeric"):
+    with pytest.raises(kerasio.errors.InputError, match=r"bad\.csv: column 'leaf_width' is not numeric"):
         kerasio.predict(loaded, tmp_path / "bad.csv")

@@ -14,16 +14,19 @@ import pytest
 from bundles import copy_bundle
 
 import kerasio
+from kerasio.bundle.fsutil import hash_artifact, sha256_file
+from kerasio.bundle.layout import flat_name
 from kerasio.cli import main
-from kerasio.fsutil import hash_artifact, sha256_file
-from kerasio.publish import flat_name
 
 WRITER = textwrap.dedent("""
     # Usage: writer.py BUNDLE SEED [COUNT]: COUNT exports of a fresh model each (formats keras, savedmodel, h5),
     # one JSON line per reported success.
     import json, os, sys, time
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import numpy as np, keras, kerasio
+    import numpy as np, kerasio
+    from kerasio.backends.environment import lean_imports
+    with lean_imports():  # as the CLI starts Keras: without matplotlib and the other backends (2 s of 10 here)
+        import keras
     for i in range(int(sys.argv[3]) if len(sys.argv) > 3 else 1):
         keras.utils.set_random_seed(int(sys.argv[2]) * 100 + i)
         inp = keras.Input((4,), name="x")
@@ -96,7 +99,7 @@ FULL_DISK = textwrap.dedent("""
     import json, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import numpy as np, keras, kerasio
-    from kerasio.fsutil import hash_artifact
+    from kerasio.bundle.fsutil import hash_artifact
     disk, bundle = sys.argv[1], os.path.join(sys.argv[1], "b")
     keras.utils.set_random_seed(0)
     inp = keras.Input((16,), name="x")
@@ -293,6 +296,8 @@ READER = textwrap.dedent("""
     import json, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import numpy as np, kerasio
+    import kerasio.backends.environment
+    kerasio.backends.environment.LEAN = True  # Keras starts as under the CLI, without what kerasio never uses
     bundle, stop = sys.argv[1], sys.argv[2]
     loads, errors, mixed, shas = 0, [], 0, set()
     while not os.path.exists(stop) or loads == 0:
@@ -366,7 +371,7 @@ def test_eight_readers_during_re_exports_never_see_a_mix(tmp_path):
 
 
 def test_a_failure_after_the_swap_keeps_the_export_and_the_next_writer_completes_it(pipeline, tmp_path, monkeypatch):
-    import kerasio.publish as publish
+    import kerasio.bundle.publish as publish
 
     bundle = tmp_path / "b"
     kerasio.export(pipeline.model, bundle, reference_inputs=pipeline.split.x_test[:4], formats="keras")

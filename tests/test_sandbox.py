@@ -13,11 +13,11 @@ import pytest
 from bundles import copy_bundle, named
 
 import kerasio
-from kerasio.fsutil import hash_artifact
+from kerasio.bundle.fsutil import hash_artifact
 
 
 def _landlock_abi() -> int:
-    from kerasio.sandbox import abi_version
+    from kerasio.process.sandbox import abi_version
 
     try:
         return abi_version()
@@ -79,7 +79,7 @@ def test_an_allowed_write_op_cannot_write_outside_the_sandbox(keras_bundle, tmp_
             return tf.identity(probabilities)
 
     b = _swap_savedmodel(copy_bundle(keras_bundle, tmp_path / "b"), tmp_path, write)
-    report = kerasio.verify(b, formats="savedmodel", allow_ops=["WriteFile"], record=False)
+    report = kerasio.verify(b, options=kerasio.VerifyOptions(allow_ops=["WriteFile"]), formats="savedmodel", record=False)
     assert not report.ok and "PermissionDeniedError" in report.checks[0].error, report.table()
     assert report.sandbox["tensorflow"].startswith("landlock")
     assert not canary.exists()  # the payload ran, and could not write
@@ -93,7 +93,8 @@ def test_an_allowed_write_op_cannot_write_outside_the_sandbox(keras_bundle, tmp_
     assert "PermissionDeniedError" in out.stderr and "Traceback" not in out.stderr
     assert not canary.exists()
     # The control: the same artifact, verified in this unsandboxed process, does write.
-    control = kerasio.verify(b, formats="savedmodel", allow_ops=["WriteFile"], in_process=True, record=False, trust=True)
+    control = kerasio.verify(b, options=kerasio.VerifyOptions(allow_ops=["WriteFile"]), formats="savedmodel",
+                             in_process=True, record=False, trust=True)
     assert control.ok and canary.exists()
 
 
@@ -107,10 +108,10 @@ def test_an_allowed_read_op_cannot_read_outside_the_sandbox(keras_bundle, tmp_pa
         return probabilities + 0.0 * tf.cast(tf.strings.length(tf.io.read_file(str(secret))), tf.float32)
 
     b = _swap_savedmodel(copy_bundle(keras_bundle, tmp_path / "b"), tmp_path, read)
-    report = kerasio.verify(b, formats="savedmodel", allow_ops=["ReadFile"], record=False)
+    report = kerasio.verify(b, options=kerasio.VerifyOptions(allow_ops=["ReadFile"]), formats="savedmodel", record=False)
     assert not report.ok and "PermissionDeniedError" in report.checks[0].error, report.table()
-    control = kerasio.verify(b, formats="savedmodel", allow_ops=["ReadFile"], in_process=True, record=False,
-                             trust=True)
+    control = kerasio.verify(b, options=kerasio.VerifyOptions(allow_ops=["ReadFile"]), formats="savedmodel",
+                             in_process=True, record=False, trust=True)
     assert control.ok  # here the read works: only the sandbox stopped it
 
 
@@ -133,9 +134,9 @@ def test_a_trusted_pickle_cannot_write_outside_the_sandbox(keras_bundle, tmp_pat
     digest, size, _ = hash_artifact(b / "model.pkl")
     manifest["artifacts"].append({"format": "pickle", "path": "model.pkl", "size": size, "sha256": digest})
     (b / "kerasio.json").write_text(json.dumps(manifest))
-    report = kerasio.verify(b, formats="pickle", trust_pickle=True, record=False)
+    report = kerasio.verify(b, formats="pickle", trust=True, record=False)
     assert not report.ok and not canary.exists(), report.table()
-    with pytest.raises(kerasio.ArtifactError, match=r"model\.pkl: the pickle holds an object of type int, not a Keras "
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"model\.pkl: the pickle holds an object of type int, not a Keras "
                                                     r"model"):
         kerasio.load(b, format="pickle", trust=True)  # the control: in this process the payload runs
     assert canary.read_text().strip() == "pwned"

@@ -12,8 +12,8 @@ import pytest
 from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio
+from kerasio.bundle.layout import MANIFEST_NAME
 from kerasio.cli import main
-from kerasio.manifest import MANIFEST_NAME
 
 
 def _small_model(*layers):
@@ -30,7 +30,7 @@ def test_lambda_layer_is_refused_before_construction(tmp_path):
 
     model = _small_model(keras.layers.Lambda(lambda x: x * 2))
     model.save(tmp_path / "lam.keras")
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"lam\.keras: the model contains a Lambda object"):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"lam\.keras: the model contains a Lambda object"):
         kerasio.load(tmp_path / "lam.keras")
 
 
@@ -41,7 +41,7 @@ def test_path_traversal_member_is_refused(keras_bundle, tmp_path):
         for name in src.namelist():
             z.writestr(name, src.read(name))
         z.writestr("../../escape.txt", "pwned")
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"member '\.\./\.\./escape\.txt' escapes the archive"):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"member '\.\./\.\./escape\.txt' escapes the archive"):
         kerasio.load(evil)
 
 
@@ -52,7 +52,7 @@ def test_zip_bomb_is_refused(keras_bundle, tmp_path):
         for name in src.namelist():
             z.writestr(name, src.read(name))
         z.writestr("assets/zeros.bin", b"\0" * (32 << 20))
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"member 'assets/zeros\.bin' expands \d+x \(a zip bomb\?\)"):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"member 'assets/zeros\.bin' expands \d+x \(a zip bomb\?\)"):
         kerasio.load(bomb)
 
 
@@ -64,7 +64,7 @@ def test_corrupt_keras_file(keras_bundle, tmp_path, payload, match):
     path = tmp_path / "bad.keras"
     data = (keras_bundle / "model.keras").read_bytes()
     path.write_bytes(payload if payload is not None else data[: len(data) // 2])  # truncated
-    with pytest.raises(kerasio.ArtifactError, match=match):
+    with pytest.raises(kerasio.errors.ArtifactError, match=match):
         kerasio.load(path)
 
 
@@ -74,7 +74,7 @@ def test_config_json_garbage(keras_bundle, tmp_path):
     with zipfile.ZipFile(path, "w") as z:
         for name in src.namelist():
             z.writestr(name, b"{nope" if name == "config.json" else src.read(name))
-    with pytest.raises(kerasio.ArtifactError, match=r"garbage\.keras: config\.json: not valid JSON; re-export the model"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"garbage\.keras: config\.json: not valid JSON; re-export the model"):
         kerasio.load(path)
 
 
@@ -88,8 +88,8 @@ def test_pickle_refused_without_trust_and_nothing_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("KERASIO_PWNED", str(marker))
     path = tmp_path / "model.pkl"
     path.write_bytes(pickle.dumps(_Boom()))
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"model\.pkl: refusing to load a pickle: unpickling runs "
-                                                          r"arbitrary code.*trust=True \(CLI: --trust-pickle\)"):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"model\.pkl: refusing to load a pickle: unpickling "
+                                                                 r"runs arbitrary code.*trust=True \(CLI: --trust\)"):
         kerasio.load(path)
     assert not marker.exists()
 
@@ -97,7 +97,7 @@ def test_pickle_refused_without_trust_and_nothing_runs(tmp_path, monkeypatch):
 def test_pickle_accepted_with_trust(bundle):
     manifest = kerasio.read_manifest(bundle)
     x, y = manifest.reference_arrays(bundle)
-    with pytest.raises(kerasio.UnsafeArtifactError, match="refusing to load a pickle"):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match="refusing to load a pickle"):
         kerasio.load(bundle, format="pickle")
     loaded = kerasio.load(bundle, format="pickle", trust=True)
     assert np.array_equal(loaded.run(x)["probabilities"], y["probabilities"])
@@ -115,16 +115,16 @@ def test_h5_external_link_is_refused(bundle, tmp_path):
     shutil.copy(bundle / "model.h5", path)
     with h5py.File(path, "a") as f:
         f["model_weights/evil"] = h5py.ExternalLink("/etc/passwd", "/")
-    with pytest.warns(kerasio.LegacyFormatWarning):
-        with pytest.raises(kerasio.UnsafeArtifactError, match=r"'model_weights/evil' is an external link"):
+    with pytest.warns(kerasio.errors.LegacyFormatWarning):
+        with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"'model_weights/evil' is an external link"):
             kerasio.load(path, trust=True)
 
 
 def test_h5_weights_only_file_is_named(bundle, tmp_path):
     path = tmp_path / "w.h5"
     shutil.copy(bundle / "weights" / "model.weights.h5", path)
-    with pytest.warns(kerasio.LegacyFormatWarning):
-        with pytest.raises(kerasio.ArtifactError, match=r"w\.h5: HDF5 file has no model_config"):
+    with pytest.warns(kerasio.errors.LegacyFormatWarning):
+        with pytest.raises(kerasio.errors.ArtifactError, match=r"w\.h5: HDF5 file has no model_config"):
             kerasio.load(path, format="h5", trust=True)
 
 
@@ -134,7 +134,7 @@ def test_manifest_with_future_schema(keras_bundle, tmp_path):
     data = json.loads((b / MANIFEST_NAME).read_text())
     data["schema_version"] = 99
     (b / MANIFEST_NAME).write_text(json.dumps(data))
-    with pytest.raises(kerasio.ArtifactError, match=r"schema_version 99 is not supported"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"schema_version 99 is not supported"):
         kerasio.load(b)
 
 
@@ -142,7 +142,7 @@ def test_manifest_not_json(keras_bundle, tmp_path):
     b = tmp_path / "b"
     copy_bundle(keras_bundle, b)
     (b / MANIFEST_NAME).write_text("{")
-    with pytest.raises(kerasio.ArtifactError, match=r"kerasio\.json: not valid JSON"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"kerasio\.json: not valid JSON"):
         kerasio.verify(b)
 
 
@@ -159,7 +159,7 @@ def test_savedmodel_with_file_ops_is_refused(tmp_path):
 
     module = Hostile()
     tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
-    with pytest.raises(kerasio.UnsafeArtifactError,
+    with pytest.raises(kerasio.errors.UnsafeArtifactError,
                        match=r"sm: the SavedModel's signature 'serving_default' runs op 'WriteFile' \(in function "
                              r"'__inference_serve_\d+'\), which a Keras model's inference never needs.*"
                              r"--allow-op WriteFile\)\. Received: op='WriteFile'"):
@@ -177,7 +177,7 @@ def test_onnx_with_external_data_is_refused(bundle, tmp_path):
     entry = tensor.external_data.add()
     entry.key, entry.value = "location", "../../../../etc/passwd"
     onnx.save(model, str(tmp_path / "ext.onnx"))
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"reads external data from '\.\./\.\./\.\./\.\./etc/passwd'"):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"reads external data from '\.\./\.\./\.\./\.\./etc/passwd'"):
         kerasio.load(tmp_path / "ext.onnx")
 
 
@@ -221,7 +221,7 @@ def test_onnx_external_data_anywhere_is_refused_before_loading(tmp_path, nested)
     match = (r"node 'branching' attribute 'then_branch' subgraph: node 'secret_constant' attribute 'value' reads "
              if nested else r"graph: node 'secret_constant' attribute 'value' reads ") + \
         r"external data from 'sidecar\.bin', which no hash covers; refusing to load"
-    with pytest.raises(kerasio.UnsafeArtifactError, match=match):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=match):
         kerasio.load(path)
 
 
@@ -244,7 +244,7 @@ def test_many_small_members_that_expand_in_total_are_refused(keras_bundle, tmp_p
     """256 members of exactly 1 MiB each pass a per-member check; their total cannot."""
     path = _keras_with_extra_members(keras_bundle, tmp_path, 256, 1 << 20)
     assert path.stat().st_size < 1 << 20  # under 1 MB on disk, 256 MiB when extracted
-    with pytest.raises(kerasio.UnsafeArtifactError,
+    with pytest.raises(kerasio.errors.UnsafeArtifactError,
                        match=r"the archive expands to \d+ bytes from \d+ \(\d+x; limits: 20x and \d+ bytes\); refusing "
                              r"to load before anything is extracted.*Received: 259 members"):
         kerasio.load(path)
@@ -253,7 +253,7 @@ def test_many_small_members_that_expand_in_total_are_refused(keras_bundle, tmp_p
 def test_member_count_is_capped_and_configurable(keras_bundle, tmp_path, monkeypatch):
     path = _keras_with_extra_members(keras_bundle, tmp_path, 60, 10)
     monkeypatch.setenv("KERASIO_MAX_ARCHIVE_MEMBERS", "50")
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"has 63 members, over the limit of 50; refusing to load"):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"has 63 members, over the limit of 50; refusing to load"):
         kerasio.load(path)
     monkeypatch.setenv("KERASIO_MAX_ARCHIVE_MEMBERS", "100")
     assert kerasio.load(path, trust=True).format == "keras"  # the same file under a raised limit: the padding is harmless
@@ -279,7 +279,7 @@ def test_manifest_paths_outside_the_bundle_are_refused_unopened(keras_bundle, tm
     if isinstance(rel, str) and rel.startswith("/tmp/outside"):
         rel = str(outside / "model.keras")
     _point_keras_artifact_at(b, rel)
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"is not a relative path inside the bundle; refusing to "
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"is not a relative path inside the bundle; refusing to "
                                                           r"open anything outside it") as info:
         kerasio.load(b)
     assert secret[:12] not in str(info.value)  # nothing outside was hashed, let alone printed
@@ -294,7 +294,7 @@ def test_symlinked_artifact_is_refused(keras_bundle, tmp_path):
     (tmp_path / "real.keras").write_bytes(target.read_bytes())
     target.unlink()
     target.symlink_to(tmp_path / "real.keras")
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"model\.keras: is a symbolic link; kerasio never follows"):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"model\.keras: is a symbolic link; kerasio never follows"):
         kerasio.load(b)
 
 
@@ -303,7 +303,7 @@ def test_symlink_inside_a_savedmodel_is_refused(keras_bundle, tmp_path):
     copy_bundle(keras_bundle, b)
     (tmp_path / "secret.txt").write_text("not yours")
     (named(b, "savedmodel") / "assets.extra/extra").symlink_to(tmp_path / "secret.txt")
-    with pytest.raises(kerasio.UnsafeArtifactError,
+    with pytest.raises(kerasio.errors.UnsafeArtifactError,
                        match=r"assets\.extra/extra: is a symbolic link inside the artifact '1'; kerasio reads only "
                              r"regular files"):
         kerasio.load(b, format="savedmodel")
@@ -319,7 +319,7 @@ def test_fifo_named_like_the_artifact_fails_fast_instead_of_hanging(keras_bundle
     fifo = named(b, "keras")
     fifo.unlink()
     os.mkfifo(fifo)
-    code = ("import kerasio, sys\ntry:\n    kerasio.load(sys.argv[1])\nexcept kerasio.UnsafeArtifactError as e:\n"
+    code = ("import kerasio, sys\ntry:\n    kerasio.load(sys.argv[1])\nexcept kerasio.errors.UnsafeArtifactError as e:\n"
             "    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code, str(b)], capture_output=True, text=True, timeout=120)
     assert "artifact 'keras' is a FIFO, not a file or directory; refusing to open it" in out.stdout, out.stderr[-500:]
@@ -354,7 +354,7 @@ def test_savedmodel_that_saves_files_from_its_signature_is_refused_and_writes_no
         return probabilities
 
     sm = _hostile_savedmodel(tmp_path, body)
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"signature 'serving_default' runs op 'SaveV2'"):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"signature 'serving_default' runs op 'SaveV2'"):
         kerasio.load(sm, trust=True)  # the audit runs in whichever process loads it
     assert main(["predict", str(sm), "--input", str(tmp_path / "none.npy")]) == 2
     assert "runs op 'SaveV2'" in capsys.readouterr().err
@@ -374,12 +374,13 @@ def test_savedmodel_that_reads_outside_files_with_tf_data_is_refused(tmp_path):
         return probabilities + 0.0 * tf.cast(tf.strings.length(line), tf.float32)
 
     sm = _hostile_savedmodel(tmp_path, body)
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"signature 'serving_default' runs op '(TextLineDataset\w*|"
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"signature 'serving_default' runs op '(TextLineDataset\w*|"
                                                           r"DatasetToSingleElement|\w*Dataset\w*)'"):
         kerasio.load(sm, trust=True)
 
 
 def test_allowed_ops_are_recorded_in_the_report(keras_bundle):
-    report = kerasio.verify(keras_bundle, formats="savedmodel", allow_ops=["PrintV2"], in_process=True, record=False)
+    report = kerasio.verify(keras_bundle, options=kerasio.VerifyOptions(allow_ops=["PrintV2"]), formats="savedmodel",
+                            in_process=True, record=False)
     assert report.ok and report.allowed_ops == ["PrintV2"] and report.to_dict()["allowed_ops"] == ["PrintV2"]
     assert "SavedModel ops allowed by the caller beyond the inference allowlist: ['PrintV2']" in report.table()

@@ -19,17 +19,16 @@ import numpy as np
 
 import kerasio
 from kerasio.cli import main
-from kerasio.serving import read_warmup, rest_body
+from kerasio.formats.tf_serving import read_warmup, rest_body
 
 HERE = Path(__file__).parent
 
 
 def test_contract_in_a_process_without_kerasio_or_keras(pipeline, tmp_path, capsys):
     bundle = tmp_path / "b"
-    kerasio.export(pipeline.model, bundle, reference_inputs=pipeline.split.x_test, formats="savedmodel",
-                   feature_names=pipeline.dataset.feature_names, class_names=pipeline.dataset.class_names)
-    kerasio.export(pipeline.model, bundle, reference_inputs=pipeline.split.x_test, formats="savedmodel",
-                   feature_names=pipeline.dataset.feature_names, class_names=pipeline.dataset.class_names)
+    info = kerasio.BundleInfo(feature_names=pipeline.dataset.feature_names, class_names=pipeline.dataset.class_names)
+    kerasio.export(pipeline.model, bundle, reference_inputs=pipeline.split.x_test, formats="savedmodel", info=info)
+    kerasio.export(pipeline.model, bundle, reference_inputs=pipeline.split.x_test, formats="savedmodel", info=info)
     rows = pipeline.split.x_test[:7]
     import pandas as pd
 
@@ -53,7 +52,7 @@ def test_rest_bodies():
     rows = np.array([[1.0, 2.5], [3.0, 4.0]], np.float32)
     assert rest_body({"features": rows}) == {"signature_name": "serving_default",
                                "instances": [{"features": [1.0, 2.5]}, {"features": [3.0, 4.0]}]}
-    assert rest_body({"features": rows}, columnar=True, signature="predict_labels") == {
+    assert rest_body({"features": rows}, columnar=True, signature_name="predict_labels") == {
         "signature_name": "predict_labels", "inputs": {"features": [[1.0, 2.5], [3.0, 4.0]]}}
 
 

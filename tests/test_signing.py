@@ -12,8 +12,8 @@ import pytest
 from bundles import copy_bundle, named
 
 import kerasio
+from kerasio.bundle.fsutil import hash_artifact
 from kerasio.cli import main
-from kerasio.fsutil import hash_artifact
 
 pytest.importorskip("model_signing", reason="CI installs the signing extra")
 
@@ -76,7 +76,7 @@ def test_a_forger_who_rewrites_the_manifest_passes_checksums_but_not_the_signatu
     art["sha256"], art["size"], _ = hash_artifact(target)
     (b / "kerasio.json").write_text(json.dumps(manifest))
     kerasio.load(b)  # without a key, the forgery is consistent: checksums alone cannot catch it
-    with pytest.raises(kerasio.SignatureError, match=r"kerasio\.json: its signature kerasio\.json\.sig does not "
+    with pytest.raises(kerasio.errors.SignatureError, match=r"kerasio\.json: its signature kerasio\.json\.sig does not "
                                                      r"verify with .*key\.pub\.pem: Signature mismatch\. The manifest "
                                                      r"changed after signing"):
         kerasio.load(b, public_key=public)
@@ -88,22 +88,22 @@ def test_a_forger_who_rewrites_the_manifest_passes_checksums_but_not_the_signatu
 def test_the_wrong_key_and_a_missing_signature_are_refused(signed, tmp_path, keras_bundle):
     b, _private, _public = signed
     _other_private, other_public = _keypair(tmp_path, "other")
-    with pytest.raises(kerasio.SignatureError, match=r"does not verify with .*other\.pub\.pem: Key mismatch"):
+    with pytest.raises(kerasio.errors.SignatureError, match=r"does not verify with .*other\.pub\.pem: Key mismatch"):
         kerasio.verify(b, public_key=other_public)
     unsigned = copy_bundle(keras_bundle, tmp_path / "unsigned")
-    with pytest.raises(kerasio.SignatureError, match=r"has no signature \(kerasio\.json\.sig\), but a public key was "
+    with pytest.raises(kerasio.errors.SignatureError, match=r"has no signature \(kerasio\.json\.sig\), but a public key was "
                                                      r"given; nothing was loaded\. Sign it with `kerasio sign"):
         kerasio.load(unsigned, public_key=other_public)
     standalone = tmp_path / "standalone.keras"  # a bare file: there is no manifest whose signature could cover it
     standalone.write_bytes(named(unsigned, "keras").read_bytes())
-    with pytest.raises(kerasio.SignatureError, match="not listed by a signed bundle's manifest"):
+    with pytest.raises(kerasio.errors.SignatureError, match="not listed by a signed bundle's manifest"):
         kerasio.load(standalone, public_key=other_public)
 
 
 def test_a_new_export_must_be_signed_again(signed, pipeline):
     b, private, public = signed
     kerasio.export(pipeline.model, b, reference_inputs=pipeline.split.x_test[:8], formats="keras")
-    with pytest.raises(kerasio.SignatureError, match="The manifest changed after signing"):
+    with pytest.raises(kerasio.errors.SignatureError, match="The manifest changed after signing"):
         kerasio.load(b, public_key=public)
     kerasio.sign(b, private)
     assert kerasio.load(b, public_key=public).sha256 == kerasio.read_manifest(b).artifact("keras").sha256
@@ -115,12 +115,12 @@ def test_a_symlinked_signature_and_a_bad_key_file_are_errors_not_tracebacks(sign
     real.write_bytes((b / "kerasio.json.sig").read_bytes())
     (b / "kerasio.json.sig").unlink()
     (b / "kerasio.json.sig").symlink_to(real)
-    with pytest.raises(kerasio.SignatureError, match="has no signature"):
+    with pytest.raises(kerasio.errors.SignatureError, match="has no signature"):
         kerasio.load(b, public_key=public)
     (tmp_path / "junk.pem").write_text("not a key")
-    with pytest.raises(kerasio.InputError, match=r"junk\.pem: cannot sign with this key"):
+    with pytest.raises(kerasio.errors.InputError, match=r"junk\.pem: cannot sign with this key"):
         kerasio.sign(b, tmp_path / "junk.pem")
-    with pytest.raises(kerasio.InputError, match=r"missing\.pem: no such private key file"):
+    with pytest.raises(kerasio.errors.InputError, match=r"missing\.pem: no such private key file"):
         kerasio.sign(b, tmp_path / "missing.pem")
 
 

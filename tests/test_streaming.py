@@ -33,21 +33,21 @@ def big_csv(tmp_path_factory):
 
 def test_streamed_split_is_the_same_on_every_run_and_any_chunking(big_csv):
     assert big_csv.stat().st_size > 50 * CHUNK
-    first = kerasio.split_dataset(kerasio.load_dataset(big_csv, label="species", streaming=True, chunk_bytes=CHUNK,
+    first = kerasio.recipe.split_dataset(kerasio.recipe.load_dataset(big_csv, label="species", streaming=True, chunk_bytes=CHUNK,
                                                        chunk_rows=ROWS))
-    again = kerasio.split_dataset(kerasio.load_dataset(big_csv, label="species", streaming=True,
+    again = kerasio.recipe.split_dataset(kerasio.recipe.load_dataset(big_csv, label="species", streaming=True,
                                                        chunk_bytes=3 * CHUNK + 17, chunk_rows=3 * ROWS + 17))
     assert np.array_equal(first.test_index(), again.test_index())
     assert np.array_equal(first.mean, again.mean) or np.allclose(first.mean, again.mean, rtol=1e-6)
     assert first.n_train + first.n_test == 50_000 and abs(first.n_test / 50_000 - 0.2) < 0.01
-    other = kerasio.split_dataset(kerasio.load_dataset(big_csv, label="species", streaming=True, chunk_bytes=CHUNK),
+    other = kerasio.recipe.split_dataset(kerasio.recipe.load_dataset(big_csv, label="species", streaming=True, chunk_bytes=CHUNK),
                                   seed=1)
     assert not np.array_equal(first.test_index(), other.test_index())  # the seed moves rows
 
 
 def test_streamed_rows_statistics_and_labels_match_the_in_memory_reader(big_csv):
-    whole = kerasio.load_dataset(big_csv, label="species")
-    streamed = kerasio.load_dataset(big_csv, label="species", streaming=True, chunk_bytes=CHUNK, chunk_rows=ROWS)
+    whole = kerasio.recipe.load_dataset(big_csv, label="species")
+    streamed = kerasio.recipe.load_dataset(big_csv, label="species", streaming=True, chunk_bytes=CHUNK, chunk_rows=ROWS)
     assert isinstance(streamed, StreamingDataset)
     assert len(list(streamed.chunks())) == 8
     assert (streamed.class_names, streamed.feature_names, streamed.sha256, len(streamed)) == \
@@ -55,7 +55,7 @@ def test_streamed_rows_statistics_and_labels_match_the_in_memory_reader(big_csv)
     x = np.concatenate([c[1] for c in streamed.chunks()])
     y = np.concatenate([c[2] for c in streamed.chunks()])
     assert np.array_equal(x, whole.x) and np.array_equal(y, whole.y)
-    split = kerasio.split_dataset(streamed)
+    split = kerasio.recipe.split_dataset(streamed)
     train = np.setdiff1d(np.arange(len(whole)), split.test_index())
     np.testing.assert_allclose(split.mean, whole.x[train].astype(np.float64).mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(split.variance, whole.x[train].astype(np.float64).var(axis=0), rtol=1e-5)
@@ -65,8 +65,8 @@ def test_streamed_rows_statistics_and_labels_match_the_in_memory_reader(big_csv)
 def test_parquet_streams_like_the_csv(big_csv, tmp_path):
     parquet = tmp_path / "big.parquet"
     pd.read_csv(big_csv).to_parquet(parquet, row_group_size=7_000)
-    a = kerasio.split_dataset(kerasio.load_dataset(big_csv, label="species", streaming=True, chunk_bytes=CHUNK))
-    b = kerasio.split_dataset(kerasio.load_dataset(parquet, label="species", streaming=True, chunk_bytes=CHUNK))
+    a = kerasio.recipe.split_dataset(kerasio.recipe.load_dataset(big_csv, label="species", streaming=True, chunk_bytes=CHUNK))
+    b = kerasio.recipe.split_dataset(kerasio.recipe.load_dataset(parquet, label="species", streaming=True, chunk_bytes=CHUNK))
     assert b.data.class_names == a.data.class_names
     assert np.array_equal(a.test_index(), b.test_index()) and np.allclose(a.mean, b.mean)
 
@@ -77,8 +77,8 @@ def test_numeric_labels_are_sorted_classes_as_in_memory(tmp_path):
     frame = pd.DataFrame(rng.normal(size=(3000, 3)), columns=["a", "b", "c"])
     frame["label"] = rng.choice([2, 10, 1], size=3000)
     frame.to_csv(path, index=False)
-    whole = kerasio.load_dataset(path)
-    streamed = kerasio.load_dataset(path, streaming=True, chunk_bytes=4096, chunk_rows=500)
+    whole = kerasio.recipe.load_dataset(path)
+    streamed = kerasio.recipe.load_dataset(path, streaming=True, chunk_bytes=4096, chunk_rows=500)
     assert streamed.class_names == whole.class_names == ("1", "2", "10")
     assert np.array_equal(np.concatenate([c[2] for c in streamed.chunks()]), whole.y)
 
@@ -95,7 +95,7 @@ def test_bad_rows_deep_in_the_file_are_named_by_row(big_csv, tmp_path, row, colu
     bad = tmp_path / "bad.csv"
     frame.to_csv(bad, index=False)
     with pytest.raises(DataError) as caught:
-        kerasio.load_dataset(bad, label="species", streaming=True, chunk_bytes=CHUNK)
+        kerasio.recipe.load_dataset(bad, label="species", streaming=True, chunk_bytes=CHUNK)
     assert str(bad) in str(caught.value) and message in str(caught.value)
     proc = subprocess.run([sys.executable, "-m", "kerasio", "run", "--data", str(bad), "--label", "species",
                            "--streaming", "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
@@ -144,8 +144,9 @@ def test_streamed_pipeline_exports_verifies_and_repeats_exactly(big_csv, tmp_pat
     import tempfile
 
     before = set(Path(tempfile.gettempdir()).glob("kerasio-stream-*"))
-    runs = [kerasio.run_pipeline(big_csv, label="species", out=tmp_path / f"b{i}", epochs=2, streaming=True,
-                                 chunk_bytes=CHUNK, batch_size=256, formats="keras", verify=(i == 0), echo=None)
+    runs = [kerasio.run_pipeline(big_csv, config=kerasio.TrainConfig(epochs=2, batch_size=256), label="species",
+                                 out=tmp_path / f"b{i}", formats="keras", verify=i == 0, echo=None,
+                                 run=kerasio.recipe.RunOptions(streaming=True, chunk_bytes=CHUNK))
             for i in range(2)]
     assert runs[0].report.ok and runs[0].report.checks[0].format == "keras"
     for a, b in zip(runs[0].model.get_weights(), runs[1].model.get_weights()):

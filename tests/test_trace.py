@@ -29,15 +29,15 @@ def test_pipeline_learns(pipeline):
 
 
 def test_same_seed_same_weights(tmp_path):
-    ds = kerasio.load_dataset()
-    split = kerasio.split_dataset(ds, seed=3)
+    ds = kerasio.recipe.load_dataset()
+    split = kerasio.recipe.split_dataset(ds, seed=3)
     weights = []
     for _ in range(2):
         from kerasio.recipe.model import set_determinism
 
         set_determinism(3)
-        model = kerasio.build_classifier(10, 3, x_adapt=split.x_train, seed=3)
-        kerasio.fit(model, split.x_train, split.y_train, epochs=2, seed=3)
+        model = kerasio.recipe.build_classifier(10, 3, x_adapt=split.x_train, seed=3)
+        kerasio.recipe.fit(model, split.x_train, split.y_train, epochs=2, seed=3)
         weights.append(model.get_weights())
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
 
@@ -45,10 +45,10 @@ def test_same_seed_same_weights(tmp_path):
 def test_epoch_trace_callback_writes_files(tmp_path):
     import keras
 
-    ds = kerasio.load_dataset()
+    ds = kerasio.recipe.load_dataset()
     model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(3, activation="softmax")])
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    trace = kerasio.EpochTrace(csv_path=tmp_path / "t.csv", json_path=tmp_path / "t.json")
+    trace = kerasio.recipe.EpochTrace(csv_path=tmp_path / "t.csv", json_path=tmp_path / "t.json")
     assert isinstance(trace, keras.callbacks.Callback)
     model.fit(ds.x[:100], ds.y[:100], epochs=2, validation_split=0.2, verbose=0, callbacks=[trace])
     assert [r["epoch"] for r in trace.records] == [1, 2]
@@ -174,8 +174,8 @@ def test_pipeline_trace_rendered(pipeline):
 def test_run_writes_the_trace_into_the_bundle_and_lists_it(pipeline):
     import os
 
-    from kerasio.fsutil import sha256_file
-    from kerasio.publish import flat_name
+    from kerasio.bundle.fsutil import sha256_file
+    from kerasio.bundle.layout import flat_name
 
     bundle = pipeline.bundle
     manifest = kerasio.read_manifest(bundle)
@@ -191,19 +191,20 @@ def test_run_writes_the_trace_into_the_bundle_and_lists_it(pipeline):
 
 def test_attachment_names_that_would_clash_are_refused(pipeline, tmp_path):
     for name in ("model.keras", "kerasio.json", "../up.txt", ".hidden"):
-        with pytest.raises(kerasio.ArtifactError, match=r"attachment name .* must be a plain file name"):
-            kerasio.export(pipeline.model, tmp_path / "b", reference_inputs=pipeline.split.x_test[:4],
-                           attachments={name: b"x"})
+        with pytest.raises(kerasio.errors.ArtifactError, match=r"attachment name .* must be a plain file name"):
+            kerasio.export(pipeline.model, tmp_path / "b", info=kerasio.BundleInfo(attachments={name: b"x"}),
+                           reference_inputs=pipeline.split.x_test[:4])
     assert not (tmp_path / "b" / "kerasio.json").exists()
 
 
 def test_without_matplotlib_the_png_is_skipped_with_a_note(tmp_path, monkeypatch):
-    from kerasio.publish import flat_name
+    from kerasio.bundle.layout import flat_name
     from kerasio.recipe import pipeline as pipeline_module
 
     monkeypatch.setattr(pipeline_module, "plot_available", lambda: False)
     lines = []
-    result = kerasio.run_pipeline(out=tmp_path / "b", epochs=1, formats="keras", verify=False, echo=lines.append)
+    result = kerasio.run_pipeline(config=kerasio.TrainConfig(epochs=1), out=tmp_path / "b", formats="keras",
+                                  verify=False, echo=lines.append)
     assert any("trace.png skipped: matplotlib is not installed (pip install 'kerasio[notebooks]')" in line
                for line in lines)
     names = [flat_name(a["path"]) for a in kerasio.read_manifest(result.bundle).attachments]

@@ -1,5 +1,5 @@
 """One hostile bundle of each class through every entry point: the API in this process (``kerasio.load``,
-``kerasio.predict``), ``kerasio.load_isolated``, and the CLI's ``verify``, ``predict``, ``inspect`` and ``report``
+``kerasio.predict``), ``kerasio.loading.load_isolated``, and the CLI's ``verify``, ``predict``, ``inspect`` and ``report``
 (each CLI run a fresh process group with a secret in its environment). The promises, checked on every run: a
 kerasio error of one line (or a clean exit where nothing is loaded), no traceback, no canary written, no secret in
 any output, and an exit within its limit. (``kerasio export MODEL`` does not exist yet.)"""
@@ -85,7 +85,7 @@ def test_every_entry_point_keeps_the_promises(bundle, place, name):
             model.predict(X)
         assert "\n" not in str(info.value) and SECRET not in str(info.value)
         with pytest.raises(kerasio.KerasioError):
-            with kerasio.load_isolated(b, format=fmt, limits=limits) as model:
+            with kerasio.loading.load_isolated(b, format=fmt, limits=limits) as model:
                 model.run(X)
         verify_run, predict_run, inspect_run, report_run = runs.result()
     assert_contained(verify_run, within=LIMIT)

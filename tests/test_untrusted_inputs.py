@@ -49,7 +49,7 @@ def _parquet_duplicates(path):
 ], ids=["npy-shape", "npz-bomb", "parquet-duplicates", "csv-columns", "csv-duplicates"])
 def test_hostile_inputs_are_refused_before_allocation(keras_bundle, tmp_path, make, match):
     path = make(tmp_path)
-    with pytest.raises(kerasio.InputError, match=match):
+    with pytest.raises(kerasio.errors.InputError, match=match):
         kerasio.predict(keras_bundle, path)
     assert_contained(cli("predict", str(keras_bundle), "--input", str(path)), codes=(2,), message=match)
 

@@ -24,7 +24,7 @@ def model_keras(keras_bundle):
 def test_a_config_that_implies_40_gb_over_a_small_weight_file_is_refused_unbuilt(model_keras, tmp_path):
     path = keras_with_config(model_keras, tmp_path / "bomb.keras",
                              lambda c: first_dense(c)["config"].update(units=10**9))
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"bomb\.keras: its config implies [\d,]+ bytes of "
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"bomb\.keras: its config implies [\d,]+ bytes of "
                                                           r"parameters, but its weight file holds [\d,]+; loading it "
                                                           r"would allocate memory that no weight fills"):
         kerasio.load(path, trust=True)  # refused in the caller's own process too: it never allocates
@@ -51,13 +51,13 @@ def test_an_embedding_the_weights_do_not_hold_is_refused(tmp_path):
         next(layer for layer in layers_of(config) if layer["class_name"] == "Embedding")["config"]["input_dim"] = 10**8
 
     path = keras_with_config(tmp_path / "e.keras", tmp_path / "bomb.keras", grow)
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"its config implies [\d,]+ bytes of parameters"):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"its config implies [\d,]+ bytes of parameters"):
         kerasio.load(path, trust=True)
 
 
 def test_an_hdf5_dataset_that_declares_more_than_it_stores_is_refused(model_keras, tmp_path):
     path = keras_h5_shape_bomb(model_keras, tmp_path / "bomb.keras")
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"HDF5 dataset '.*' declares 40,000,000,000 bytes but stores "
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"HDF5 dataset '.*' declares 40,000,000,000 bytes but stores "
                                                           r"0; reading it would allocate memory the file does not fill"):
         kerasio.load(path, trust=True)
 
@@ -71,7 +71,7 @@ def test_a_legacy_h5_and_a_weights_architecture_are_checked_the_same_way(bundle,
         config = json.loads(f.attrs["model_config"])
         first_dense(config)["config"]["units"] = 10**9
         f.attrs["model_config"] = json.dumps(config)
-    with pytest.warns(kerasio.LegacyFormatWarning), pytest.raises(kerasio.UnsafeArtifactError,
+    with pytest.warns(kerasio.errors.LegacyFormatWarning), pytest.raises(kerasio.errors.UnsafeArtifactError,
                                                                   match=r"model\.h5: its config implies"):
         kerasio.load(h5, trust=True)
     weights = tmp_path / "weights"
@@ -79,7 +79,7 @@ def test_a_legacy_h5_and_a_weights_architecture_are_checked_the_same_way(bundle,
     config = json.loads((weights / "architecture.json").read_text())
     first_dense(config)["config"]["units"] = 10**9
     (weights / "architecture.json").write_text(json.dumps(config))
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"architecture\.json: its config implies"):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"architecture\.json: its config implies"):
         kerasio.load(weights, trust=True)
 
 
@@ -89,10 +89,10 @@ def _pad(config, count):
 
 
 @pytest.mark.parametrize("change, kind, match", [
-    (lambda c: _pad(c, 250_000), kerasio.UnsafeArtifactError, r"the config has more than 200000 objects"),
-    (lambda c: json.dumps(c)[:-1] + ', "deep": ' + "[" * 990 + "]" * 990 + "}", kerasio.ArtifactError,
+    (lambda c: _pad(c, 250_000), kerasio.errors.UnsafeArtifactError, r"the config has more than 200000 objects"),
+    (lambda c: json.dumps(c)[:-1] + ', "deep": ' + "[" * 990 + "]" * 990 + "}", kerasio.errors.ArtifactError,
      r"config\.json: nested more than 128 levels deep"),
-    (lambda c: json.dumps(c)[:-1] + ', "n": ' + "9" * 5000 + "}", kerasio.ArtifactError,
+    (lambda c: json.dumps(c)[:-1] + ', "n": ' + "9" * 5000 + "}", kerasio.errors.ArtifactError,
      r"config\.json: holds an integer of 5000 digits \(the limit is 40\); refusing it"),
 ], ids=["many-objects", "depth-990", "int-5000-digits"])
 def test_configs_out_of_bounds_are_refused_as_kerasio_errors(model_keras, tmp_path, change, kind, match):
@@ -119,14 +119,14 @@ def test_only_an_explicit_list_of_classes_is_trusted(model_keras, tmp_path, obj,
         layer.update({k: v for k, v in obj.items()})
 
     path = keras_with_config(model_keras, tmp_path / "bad.keras", inject)
-    with pytest.raises(kerasio.UnsafeArtifactError, match=match):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=match):
         kerasio.load(path, trust=True)
 
 
 def test_a_function_that_is_not_computation_is_refused_as_an_activation(model_keras, tmp_path):
     path = keras_with_config(model_keras, tmp_path / "bad.keras", lambda c: first_dense(c)["config"].update(
         activation={"module": "keras.utils", "class_name": "function", "config": "get_file", "registered_name": None}))
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"names function keras\.utils\.get_file as an activation, "
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"names function keras\.utils\.get_file as an activation, "
                                                           r"loss or metric; only Keras's computational functions"):
         kerasio.load(path, trust=True)
 
@@ -146,7 +146,7 @@ def test_a_layer_that_names_a_file_in_its_config_is_refused(tmp_path):
         layer["config"]["vocabulary"] = str(tmp_path / "secret.txt")
 
     path = keras_with_config(tmp_path / "t.keras", tmp_path / "bad.keras", point)
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"names a file in its config \(vocabulary='.*secret\.txt'\), "
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"names a file in its config \(vocabulary='.*secret\.txt'\), "
                                                           r"which Keras would open at load"):
         kerasio.load(path, trust=True)
     assert np.asarray(model(np.array([["a b"]]))).shape == (1, 2)
@@ -162,6 +162,6 @@ def test_a_registered_custom_class_still_loads(tmp_path):
     x = np.ones((2, 3), np.float32)
     kerasio.export(model, tmp_path / "b", reference_inputs=x, verify=False)
     loaded = kerasio.load(tmp_path / "b")
-    assert not loaded.isolated and np.allclose(loaded.run(x)[loaded.signature.output_names[0]], model(x))
+    assert not loaded.isolated and np.allclose(loaded.run(x)[loaded.iospec.output_names[0]], model(x))
     with zipfile.ZipFile(tmp_path / "b" / "model.keras") as z:
         assert "kerasio_test>Scale" in z.read("config.json").decode()

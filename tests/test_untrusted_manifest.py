@@ -38,7 +38,7 @@ def _art(data, fmt="keras"):
         "many-artifacts", "duplicate-format"])
 def test_a_manifest_field_out_of_bounds_is_one_kerasio_error(keras_bundle, tmp_path, change, match):
     b = edit_manifest(copy_bundle(keras_bundle, tmp_path / "b"), change)
-    with pytest.raises(kerasio.ArtifactError, match=match):
+    with pytest.raises(kerasio.errors.ArtifactError, match=match):
         kerasio.load(b)
     for command in (["inspect", str(b)], ["verify", str(b)]):
         assert_contained(cli(*command), codes=(2,), message=match.split(" must")[0])
@@ -57,7 +57,7 @@ def test_manifest_text_python_cannot_take_is_refused_quickly(keras_bundle, tmp_p
     (b / "kerasio.json").unlink()
     (b / "kerasio.json").write_text(text(raw))
     start = time.monotonic()
-    with pytest.raises(kerasio.ArtifactError, match=match):
+    with pytest.raises(kerasio.errors.ArtifactError, match=match):
         kerasio.read_manifest(b)
     assert time.monotonic() - start < 5
     assert_contained(cli("inspect", str(b)), codes=(2,), within=30)
@@ -71,7 +71,7 @@ def test_an_artifact_whose_size_differs_is_refused_before_a_byte_is_read(keras_b
     with open(target, "wb") as f:
         f.truncate(4 << 30)
     start = time.monotonic()
-    with pytest.raises(kerasio.IntegrityError, match=r"model\.keras: 4,294,967,296 bytes on disk, but .* records "
+    with pytest.raises(kerasio.errors.IntegrityError, match=r"model\.keras: 4,294,967,296 bytes on disk, but .* records "
                                                      r"[\d,]+\. The keras artifact was modified .* nothing was read"):
         kerasio.load(b)
     assert time.monotonic() - start < 5
@@ -84,7 +84,7 @@ def test_an_oversized_signature_file_is_refused_unread(keras_bundle, tmp_path):
     key = tmp_path / "pub.pem"
     key.write_text("not used")
     start = time.monotonic()
-    with pytest.raises(kerasio.SignatureError, match=r"kerasio\.json\.sig: is 8,589,934,592 bytes; a kerasio signature "
+    with pytest.raises(kerasio.errors.SignatureError, match=r"kerasio\.json\.sig: is 8,589,934,592 bytes; a kerasio signature "
                                                      r"is a few kilobytes"):
         kerasio.read_manifest(b, public_key=key)
     assert time.monotonic() - start < 5
@@ -113,7 +113,7 @@ def test_a_linked_generations_directory_is_refused_before_its_target_is_opened(k
     monkeypatch.setenv("KERASIO_LOCK_TIMEOUT", "30")
     try:
         start = time.monotonic()
-        with pytest.raises(kerasio.UnsafeArtifactError, match=r"generations: is a symbolic link"):
+        with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"generations: is a symbolic link"):
             kerasio.load(b)
         assert time.monotonic() - start < 5
     finally:
@@ -128,7 +128,7 @@ def test_a_reader_gives_up_on_a_generation_another_process_holds(keras_bundle, t
     monkeypatch.setenv("KERASIO_LOCK_TIMEOUT", "1")
     try:
         start = time.monotonic()
-        with pytest.raises(kerasio.ResourceLimitError, match=r"another process has held this generation locked for "
+        with pytest.raises(kerasio.errors.ResourceLimitError, match=r"another process has held this generation locked for "
                                                              r"over 1 s.*raise KERASIO_LOCK_TIMEOUT"):
             kerasio.load(b)
         assert time.monotonic() - start < 10
@@ -145,7 +145,7 @@ def test_a_linked_lock_file_is_refused_and_its_target_kept(keras_bundle, tmp_pat
     (b / ".kerasio.lock").symlink_to(precious)
     key = tmp_path / "k.pem"
     key.write_text("unused")
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"\.kerasio\.lock: is a symbolic link; kerasio never writes "
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"\.kerasio\.lock: is a symbolic link; kerasio never writes "
                                                           r"through a link"):
         kerasio.sign(b, key)
     assert precious.read_text() == "keep me"

@@ -39,7 +39,7 @@ X = np.ones((2, 10), np.float32)
 ], ids=["constant-of-shape", "sparse", "custom-domain", "recursive-function", "many-initializers"])
 def test_onnx_bombs_and_custom_ops_are_refused_before_onnxruntime_sees_them(tmp_path, build, match):
     build(tmp_path / "model.onnx")
-    with pytest.raises(kerasio.UnsafeArtifactError, match=match):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=match):
         kerasio.load(tmp_path / "model.onnx", trust=True)
 
 
@@ -57,14 +57,14 @@ def test_an_onnx_loop_that_never_ends_is_stopped_at_the_time_limit(tmp_path):
     onnx_loop_forever(tmp_path / "model.onnx")
     with kerasio.load(tmp_path / "model.onnx", limits=kerasio.Limits(timeout=5)) as model:
         assert model.isolated  # a bare file is never the caller's own
-        with pytest.raises(kerasio.ResourceLimitError, match=r"time limit \(5 s a step\)"):
+        with pytest.raises(kerasio.errors.ResourceLimitError, match=r"time limit \(5 s a step\)"):
             model.run(X)
 
 
 def test_an_output_wider_than_the_signature_is_refused_not_indexed(bundle, tmp_path):
     """The class names say 3; an artifact that returns 5 columns would index past them (an IndexError in predict)."""
     b = swap(copy_bundle(bundle, tmp_path / "b"), "onnx", onnx_wider_output)
-    with pytest.raises(kerasio.ArtifactError, match=r"returned output 'probabilities' as float32\[2, 5\], but the "
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"returned output 'probabilities' as float32\[2, 5\], but the "
                                                     r"signature declares probabilities: float32\[None, 3\]"):
         with kerasio.load(b, format="onnx") as model:
             model.predict(X)
@@ -81,7 +81,7 @@ def test_an_output_wider_than_the_signature_is_refused_not_indexed(bundle, tmp_p
 def test_litert_files_that_would_crash_the_interpreter_are_refused(bundle, tmp_path, build, match):
     src = bundle / kerasio.read_manifest(bundle).artifact("litert").path
     build(src, tmp_path / "model.tflite")
-    with pytest.raises(kerasio.UnsafeArtifactError, match=match):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=match):
         kerasio.load(tmp_path / "model.tflite", trust=True)
 
 

@@ -28,7 +28,7 @@ from hostile import (
 )
 
 import kerasio
-from kerasio.audit import audit_saved_model
+from kerasio.bundle.audit import audit_saved_model
 
 X = np.ones((2, 10), np.float32)
 
@@ -56,7 +56,7 @@ def test_an_object_graph_signature_that_differs_from_the_signature_def_is_audite
     assert canary.read_text() == SECRET  # the control: TensorFlow calls the object graph's function
     canary.unlink()
     for trust in (False, True):  # the audit runs in whichever process loads it
-        with pytest.raises(kerasio.UnsafeArtifactError, match=r"the SavedModel's signature 'serving_default' runs op "
+        with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"the SavedModel's signature 'serving_default' runs op "
                                                               r"'(ReadFile|WriteFile)' \(in function '__inference_evil"):
             kerasio.load(b, format="savedmodel", trust=trust)
     assert not canary.exists()
@@ -71,7 +71,7 @@ def test_a_resource_initializer_unlinked_from_the_init_op_is_audited(keras_bundl
     tf.saved_model.load(str(_named(b)))
     assert canary.read_text() == SECRET  # the control: TensorFlow's loader runs _initialize, linked or not
     canary.unlink()
-    with pytest.raises(kerasio.UnsafeArtifactError,
+    with pytest.raises(kerasio.errors.UnsafeArtifactError,
                        match=r"function '__inference__initializer_\d+' runs op '(ReadFile|WriteFile)'"):
         kerasio.load(b, format="savedmodel")
     report = kerasio.verify(b, formats="savedmodel", record=False)
@@ -80,7 +80,7 @@ def test_a_resource_initializer_unlinked_from_the_init_op_is_audited(keras_bundl
 
 def test_the_savers_restore_may_read_only_the_prefix_the_loader_gives(tmp_path):
     sm_saver_prefix(tmp_path / "sm", tmp_path / "elsewhere")
-    with pytest.raises(kerasio.UnsafeArtifactError, match=r"the saver's function '__inference__traced_restore_\d+' "
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=r"the saver's function '__inference__traced_restore_\d+' "
                                                           r"runs RestoreV2 on a path written into the graph"):
         audit_saved_model(tmp_path / "sm")
 
@@ -92,7 +92,7 @@ def test_the_savers_restore_may_read_only_the_prefix_the_loader_gives(tmp_path):
 ], ids=["splat", "fill", "recursion"])
 def test_constant_bombs_and_recursion_are_refused_before_tensorflow_builds_anything(tmp_path, build, match):
     build(tmp_path / "sm")
-    with pytest.raises(kerasio.UnsafeArtifactError, match=match):
+    with pytest.raises(kerasio.errors.UnsafeArtifactError, match=match):
         kerasio.load(tmp_path / "sm", trust=True)
 
 
@@ -101,10 +101,10 @@ def test_a_loop_that_never_ends_is_stopped_at_the_time_limit(keras_bundle, tmp_p
     np.save(tmp_path / "rows.npy", X)
     with kerasio.load(b, format="savedmodel", limits=kerasio.Limits(timeout=6)) as model:
         assert model.isolated
-        with pytest.raises(kerasio.ResourceLimitError, match=r"reached the untrusted worker's time limit \(6 s a step\) "
+        with pytest.raises(kerasio.errors.ResourceLimitError, match=r"reached the untrusted worker's time limit \(6 s a step\) "
                                                              r"and was stopped.*--timeout SECONDS") as info:
             model.run(X)
-        with pytest.raises(kerasio.WorkerError, match=r"this artifact's worker was stopped when it reached its wall "
+        with pytest.raises(kerasio.errors.WorkerError, match=r"this artifact's worker was stopped when it reached its wall "
                                                       r"time limit.*load the artifact again"):
             model.run(X)  # the stopped worker is not silently reused
     assert info.value.limit == "wall time"
@@ -115,7 +115,7 @@ def test_a_loop_that_never_ends_is_stopped_at_the_time_limit(keras_bundle, tmp_p
 def test_the_cpu_time_limit_is_enforced_by_the_kernel(keras_bundle, tmp_path):
     b = _bundle(keras_bundle, tmp_path, sm_while_forever)
     with kerasio.load(b, format="savedmodel", limits=kerasio.Limits(timeout=300, cpu=4)) as model:
-        with pytest.raises(kerasio.ResourceLimitError, match=r"CPU-time limit \(4 s a step\)") as info:
+        with pytest.raises(kerasio.errors.ResourceLimitError, match=r"CPU-time limit \(4 s a step\)") as info:
             model.run(X)
     assert info.value.limit == "CPU time"
 
@@ -123,7 +123,7 @@ def test_the_cpu_time_limit_is_enforced_by_the_kernel(keras_bundle, tmp_path):
 def test_an_allocation_computed_at_run_time_hits_the_memory_limit(keras_bundle, tmp_path):
     b = _bundle(keras_bundle, tmp_path, sm_fill_at_run_time)
     with kerasio.load(b, format="savedmodel", limits=kerasio.Limits(memory="4G")) as model:
-        with pytest.raises(kerasio.ResourceLimitError, match=r"memory limit \(4.0 GiB\).*--max-memory SIZE") as info:
+        with pytest.raises(kerasio.errors.ResourceLimitError, match=r"memory limit \(4.0 GiB\).*--max-memory SIZE") as info:
             model.run(X)
     assert info.value.limit == "memory"
 
@@ -135,7 +135,7 @@ def test_the_worker_can_read_no_environment(keras_bundle, tmp_path, monkeypatch)
     for i, target in enumerate(("/proc/self/environ", f"/proc/{os.getpid()}/environ")):
         (tmp_path / str(i)).mkdir()
         b = _bundle(keras_bundle, tmp_path / str(i), lambda p, t=target: sm_read_file(p, t))
-        with pytest.raises(kerasio.ArtifactError, match=r"Permission denied|PermissionDenied") as info:
+        with pytest.raises(kerasio.errors.ArtifactError, match=r"Permission denied|PermissionDenied") as info:
             with kerasio.load(b, format="savedmodel", allow_ops=["ReadFile"]) as model:
                 model.run(X)
         assert SECRET not in str(info.value)

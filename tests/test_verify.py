@@ -8,16 +8,18 @@ import pytest
 from bundles import copy_bundle, named  # noqa: F401
 
 import kerasio
+from kerasio.bundle.arrays import save_arrays
+from kerasio.bundle.layout import MANIFEST_NAME
+from kerasio.bundle.manifest import hash_entry
 from kerasio.formats import REGISTRY
-from kerasio.manifest import MANIFEST_NAME, hash_entry, save_arrays
-from kerasio.tolerances import TOLERANCES, compare_output, markdown_table, tolerance_for
+from kerasio.spec.tolerances import TOLERANCES, compare_output, markdown_table, tolerance_for
 from kerasio.verify import VERIFICATION_FILE
 
 
 @pytest.fixture(scope="module")
 def report(bundle):
     """Fresh-process verification of every format in the session bundle."""
-    return kerasio.verify(bundle, trust_pickle=True)
+    return kerasio.verify(bundle, trust=True)
 
 
 def _independent_outputs(fmt: str, path, x):
@@ -101,14 +103,14 @@ def test_one_changed_byte_fails_verify_and_load(keras_bundle, tmp_path):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(kerasio.IntegrityError, match=r"model\.keras: sha256 .* does not match .* nothing was loaded"):
+    with pytest.raises(kerasio.errors.IntegrityError, match=r"model\.keras: sha256 .* does not match .* nothing was loaded"):
         kerasio.load(b)
-    with pytest.raises(kerasio.IntegrityError, match=r"model\.keras: sha256"):
+    with pytest.raises(kerasio.errors.IntegrityError, match=r"model\.keras: sha256"):
         kerasio.load(path)  # a bare file inside a bundle is checked against its manifest too
     rep = kerasio.verify(b, in_process=True, record=False)
     bad = [c for c in rep.checks if not c.passed]
     assert [c.format for c in bad] == ["keras"] and "does not match" in bad[0].error
-    with pytest.raises(kerasio.VerificationError, match=r"model\.keras \(keras\): .*does not match"):
+    with pytest.raises(kerasio.errors.VerificationError, match=r"model\.keras \(keras\): .*does not match"):
         rep.raise_for_failure()
 
 
@@ -120,7 +122,7 @@ def test_changed_file_inside_savedmodel_is_named(keras_bundle, tmp_path):
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
-    with pytest.raises(kerasio.IntegrityError, match=r"serving/1/variables/variables\.data-.*does not match"):
+    with pytest.raises(kerasio.errors.IntegrityError, match=r"serving/1/variables/variables\.data-.*does not match"):
         kerasio.load(b, format="savedmodel")
 
 
@@ -141,12 +143,13 @@ def test_reduced_precision_reference_fails_strict_tolerance(keras_bundle, tmp_pa
     check = rep.checks[0]
     assert not check.passed and not check.error, check.error
     assert check.max_abs_diff > 1e-4
-    with pytest.raises(kerasio.VerificationError,
+    with pytest.raises(kerasio.errors.VerificationError,
                        match=r"output 'probabilities' \d+ values outside the tolerance, max abs diff \d\.\d\de-0\d.*"
                              r"tolerance atol 0, rtol 0"):
         rep.raise_for_failure()
     # An explicit, looser tolerance is used and recorded as such.
-    loose = kerasio.verify(b, formats="keras", in_process=True, record=False, atol=1e-2, rtol=0, trust=True)
+    loose = kerasio.verify(b, options=kerasio.VerifyOptions(atol=0.01, rtol=0), formats="keras", in_process=True,
+                           record=False, trust=True)
     assert loose.ok and loose.checks[0].tolerance_source == "override" and loose.checks[0].atol == 1e-2
     assert "given by the caller" in loose.to_json()
 
@@ -156,17 +159,17 @@ def test_tampered_reference_is_refused(keras_bundle, tmp_path):
     b = tmp_path / "b"
     copy_bundle(keras_bundle, b)
     save_arrays(b / "reference_outputs.npz", {"probabilities": np.zeros((200, 3), np.float32)})
-    with pytest.raises(kerasio.IntegrityError, match="reference_outputs.npz: sha256"):
+    with pytest.raises(kerasio.errors.IntegrityError, match="reference_outputs.npz: sha256"):
         kerasio.verify(b, in_process=True)
 
 
 def test_verify_unknown_and_missing_format(keras_bundle):
-    with pytest.raises(kerasio.ArtifactError, match=r"no 'onnx' artifact; it has \['keras', 'savedmodel'\]"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=r"no 'onnx' artifact; it has \['keras', 'savedmodel'\]"):
         kerasio.verify(keras_bundle, formats="onnx")
 
 
 def test_not_a_bundle(tmp_path):
-    with pytest.raises(kerasio.ArtifactError, match=rf"not a kerasio bundle \(no {MANIFEST_NAME}\)"):
+    with pytest.raises(kerasio.errors.ArtifactError, match=rf"not a kerasio bundle \(no {MANIFEST_NAME}\)"):
         kerasio.verify(tmp_path)
 
 
@@ -224,7 +227,7 @@ def test_tolerance_table_rules():
 
 def test_bit_identity_needs_the_exporting_cpu(keras_bundle, tmp_path):
     """The same bundle is held to bit-identity here, and to the cross-CPU row when its manifest names another CPU."""
-    from kerasio.runtime import cpu_features
+    from kerasio.backends.environment import cpu_features
 
     assert kerasio.read_manifest(keras_bundle).cpu_features == cpu_features()
     here = kerasio.verify(keras_bundle, formats="keras", in_process=True, record=False)

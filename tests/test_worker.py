@@ -5,7 +5,8 @@ import pytest
 
 import kerasio
 from kerasio.cli import main
-from kerasio.worker import Worker
+from kerasio.process.client import Worker
+from kerasio.process.protocol import WarmRequest
 
 # Imported by the worker (verify(imports=...)): it misbehaves once, while the marker file exists.
 MISBEHAVING = '''
@@ -34,7 +35,7 @@ def misbehaving(tmp_path, monkeypatch):
 
 
 def test_a_worker_that_dies_is_reported_and_replaced(keras_bundle, misbehaving):
-    report = kerasio.verify(keras_bundle, imports=["misbehaving_module"], record=False)
+    report = kerasio.verify(keras_bundle, options=kerasio.VerifyOptions(imports=["misbehaving_module"]), record=False)
     first, second = report.checks
     assert first.error_type == "WorkerError" and not first.passed
     assert "the verification worker (backend tensorflow) died during its warm (exit code 3); the remaining " \
@@ -53,7 +54,7 @@ def test_cli_exits_2_with_one_line_when_the_worker_dies(keras_bundle, misbehavin
 def test_a_hung_worker_is_stopped_after_the_timeout(keras_bundle, misbehaving, monkeypatch):
     monkeypatch.setenv("KERASIO_TEST_HANG", "1")
     monkeypatch.setenv("KERASIO_WORKER_TIMEOUT", "20")
-    report = kerasio.verify(keras_bundle, imports=["misbehaving_module"], record=False)
+    report = kerasio.verify(keras_bundle, options=kerasio.VerifyOptions(imports=["misbehaving_module"]), record=False)
     first, second = report.checks
     assert first.error_type == "WorkerError"
     assert "gave no answer to its warm in 20 s and was stopped" in first.error
@@ -63,11 +64,12 @@ def test_a_hung_worker_is_stopped_after_the_timeout(keras_bundle, misbehaving, m
 def test_a_request_to_a_killed_worker_is_a_worker_error_not_a_broken_pipe():
     worker = Worker(None)
     try:
-        worker.request({"op": "warm", "modules": []})
+        worker.request(WarmRequest())
         worker.proc.kill()
         worker.proc.wait()
-        with pytest.raises(kerasio.WorkerError, match=r"died during a warm request \(exit code -9\).*Its last words: no output"):
-            worker.request({"op": "warm", "modules": []})
+        with pytest.raises(kerasio.errors.WorkerError,
+                           match=r"died during a warm request \(exit code -9\).*Its last words: no output"):
+            worker.request(WarmRequest())
     finally:
         worker.close()
 
@@ -75,7 +77,7 @@ def test_a_request_to_a_killed_worker_is_a_worker_error_not_a_broken_pipe():
 LEAN_START = '''
 import json, sys
 import numpy as np
-from kerasio.worker import handle
+from kerasio.process.server import handle
 assert handle({"op": "warm", "modules": ["keras"]}) == {"ok": True}
 skipped = [m for m in ("matplotlib", "jax", "torch") if m in sys.modules]
 import keras

@@ -44,8 +44,8 @@ def exported(request, tmp_path_factory):
     """Each zoo kind exported with formats='all' (pickle trusted) and verified in fresh processes."""
     model, x = zoo.ZOO[request.param]()
     out = tmp_path_factory.mktemp(request.param) / "bundle"
-    result = kerasio.export(model, out, reference_inputs=x, formats="all", trust_pickle=True)
-    report = kerasio.verify(out, trust_pickle=True, record=False)
+    result = kerasio.export(model, out, reference_inputs=x, formats="all", trust=True)
+    report = kerasio.verify(out, trust=True, record=False)
     return request.param, model, x, out, result, report
 
 
@@ -81,9 +81,9 @@ def test_reloaded_outputs_match_the_model_within_tolerance(exported):
     for art in manifest.artifacts:
         loaded = kerasio.load(out, format=art.format, trust=True)
         got = loaded.run(x)
-        assert list(got) == manifest.signature.output_names
+        assert list(got) == manifest.iospec.output_names
         check = next(c for c in report.checks if c.format == art.format)
-        for spec in manifest.signature.outputs:
+        for spec in manifest.iospec.outputs:
             ref = expected.get(spec.name, expected.get(None))
             diff = np.abs(got[spec.name].astype(np.float64) - ref.astype(np.float64))
             # The stored reference comes from the traced graph; an eager call may round differently (~6e-8).
@@ -95,9 +95,9 @@ def test_savedmodel_keeps_the_models_input_names_and_dtypes(exported):
     kind, model, x, out, _, _ = exported
     manifest = kerasio.read_manifest(out)
     sig = manifest.artifact("savedmodel").info["signatures"]["serving_default"]
-    assert {k: v["dtype"] for k, v in sig["inputs"].items()} == {s.name: s.dtype for s in manifest.signature.inputs}
-    assert set(manifest.signature.output_names) <= set(sig["outputs"])
-    assert "output_0" not in sig["outputs"] or "output_0" in manifest.signature.output_names
+    assert {k: v["dtype"] for k, v in sig["inputs"].items()} == {s.name: s.dtype for s in manifest.iospec.inputs}
+    assert set(manifest.iospec.output_names) <= set(sig["outputs"])
+    assert "output_0" not in sig["outputs"] or "output_0" in manifest.iospec.output_names
     if manifest.task.is_classification:
         assert sig["outputs"]["class_id"]["dtype"] == "int64"
         assert "predict_labels" in manifest.artifact("savedmodel").info["signatures"]
@@ -113,8 +113,8 @@ def test_predict_through_the_api(exported):
     if loaded.task.is_classification:
         assert prediction.dtype.kind == "U" and len(prediction) == len(next(iter(loaded.run(x).values())))
         assert set(prediction) <= set(loaded.class_names)
-    elif len(loaded.signature.outputs) > 1:
-        assert set(prediction) == set(loaded.signature.output_names)
+    elif len(loaded.iospec.outputs) > 1:
+        assert set(prediction) == set(loaded.iospec.output_names)
     else:
         assert isinstance(prediction, np.ndarray)
 
@@ -122,7 +122,7 @@ def test_predict_through_the_api(exported):
 def test_predict_through_the_cli(exported, tmp_path, capsys):
     kind, model, x, out, _, _ = exported
     loaded = kerasio.load(out)
-    arrays = x if isinstance(x, dict) else {loaded.signature.input_names[0]: x}
+    arrays = x if isinstance(x, dict) else {loaded.iospec.input_names[0]: x}
     np.savez(tmp_path / "in.npz", **arrays)
     assert main(["predict", str(out), "--input", str(tmp_path / "in.npz"), "--output", str(tmp_path / "o.npz")]) == 0
     with np.load(tmp_path / "o.npz", allow_pickle=False) as z:
@@ -145,7 +145,7 @@ def test_inspect_shows_signature_task_and_skips(exported, capsys):
     text = capsys.readouterr().out
     manifest = kerasio.read_manifest(out)
     assert f"task {manifest.task.kind}" in text
-    for spec in manifest.signature.inputs + manifest.signature.outputs:
+    for spec in manifest.iospec.inputs + manifest.iospec.outputs:
         assert spec.describe() in text
     for fmt, why in result.skipped.items():
         assert f"skipped: {why[:40]}" in text
@@ -153,7 +153,7 @@ def test_inspect_shows_signature_task_and_skips(exported, capsys):
 
 def test_explicitly_named_format_that_cannot_carry_the_model_is_an_error(tmp_path, capsys):
     model, x = zoo.text()
-    with pytest.raises(kerasio.UnsupportedFormatError,
+    with pytest.raises(kerasio.errors.UnsupportedFormatError,
                        match=r"format 'litert' cannot carry this model: LiteRT has no string tensors.*"
                              r"Received: formats='keras,litert'"):
         kerasio.export(model, tmp_path / "b", reference_inputs=x, formats="keras,litert")
@@ -163,7 +163,7 @@ def test_explicitly_named_format_that_cannot_carry_the_model_is_an_error(tmp_pat
 def test_text_model_csv_predict_and_string_reference_arrays(tmp_path, capsys):
     model, x = zoo.text()
     out = tmp_path / "b"
-    kerasio.export(model, out, reference_inputs=x, class_names=["negative", "positive"])
+    kerasio.export(model, out, info=kerasio.BundleInfo(class_names=["negative", "positive"]), reference_inputs=x)
     with np.load(out / "reference_inputs.npz", allow_pickle=False) as z:  # strings stored without pickle
         assert z["review"].dtype.kind == "U" and z["review"][0, 0] == "a great movie"
     pd.DataFrame({"review": ["great acting", "the worst"]}).to_csv(tmp_path / "r.csv", index=False)
@@ -178,8 +178,8 @@ def test_regression_predicts_values_in_columns_named_after_the_output(tmp_path, 
     kerasio.export(model, out, reference_inputs=pd.DataFrame(x, columns=list("abcde")))
     manifest = kerasio.read_manifest(out)
     assert manifest.feature_names == list("abcde")  # the DataFrame's columns became the feature names
-    with pytest.raises(kerasio.InputError, match=r"class_names were given but the model's outputs"):
-        kerasio.export(model, tmp_path / "c", reference_inputs=x, class_names=["a"])
+    with pytest.raises(kerasio.errors.InputError, match=r"class_names were given but the model's outputs"):
+        kerasio.export(model, tmp_path / "c", info=kerasio.BundleInfo(class_names=["a"]), reference_inputs=x)
     pd.DataFrame(x[:3], columns=list("abcde"))[list("edcba")].to_csv(tmp_path / "r.csv", index=False)  # by name
     assert main(["predict", str(out), "--input", str(tmp_path / "r.csv")]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -200,9 +200,9 @@ def test_multi_input_accepts_dict_list_and_dataframe_columns(tmp_path):
     by_dict = loaded.predict(x)
     np.testing.assert_array_equal(loaded.predict([x["numeric"], x["item_id"]]), by_dict)
     np.testing.assert_array_equal(loaded.predict({"numeric": x["numeric"], "item_id": x["item_id"][:, 0]}), by_dict)
-    with pytest.raises(kerasio.InputError, match=r"missing input\(s\) \['item_id'\].*Received: keys=\['numeric'\]"):
+    with pytest.raises(kerasio.errors.InputError, match=r"missing input\(s\) \['item_id'\].*Received: keys=\['numeric'\]"):
         loaded.predict({"numeric": x["numeric"]})
-    with pytest.raises(kerasio.InputError, match=r"input 'item_id' takes integers \(int32\); the data has fractions"):
+    with pytest.raises(kerasio.errors.InputError, match=r"input 'item_id' takes integers \(int32\); the data has fractions"):
         loaded.predict({"numeric": x["numeric"], "item_id": x["item_id"] + 0.5})
 
 
@@ -211,11 +211,11 @@ def test_subclassed_model_with_explicit_input_signature(tmp_path):
     spec = kerasio.TensorSpec("measurements", "float32", (None, 7))
     out = tmp_path / "b"
     result = kerasio.export(model, out, reference_inputs=x, input_signature=[spec], formats="keras,savedmodel")
-    assert result.manifest.signature.input_names == ["measurements"]
-    assert result.manifest.signature.model_kind == "subclassed"
-    with pytest.raises(kerasio.InputError, match=r"is a subclassed keras.Model.*Pass reference_inputs=.*"
+    assert result.manifest.iospec.input_names == ["measurements"]
+    assert result.manifest.iospec.model_kind == "subclassed"
+    with pytest.raises(kerasio.errors.InputError, match=r"is a subclassed keras.Model.*Pass reference_inputs=.*"
                                                  r"input_signature="):
-        kerasio.derive_signature(model)
+        kerasio.spec.iospec.derive_iospec(model)
     assert kerasio.verify(out, record=False).ok
 
 

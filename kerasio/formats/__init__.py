@@ -5,9 +5,18 @@ load, verify, the worker, the CLI and the tests all iterate over it. Importing
 this package imports no ML framework.
 """
 # ruff: noqa: I001  (registration order matters; see below)
-from .base import REGISTRY, ExportContext, Format, Runner, explicit, get_format, register, resolve_formats
+from kerasio.formats.base import (
+    REGISTRY,
+    ExportContext,
+    Format,
+    Runner,
+    explicit,
+    get_format,
+    register,
+    resolve_formats,
+)
 
 # Registration order is the order of --formats all and of every table: keep it (no import sorting here).
-from . import keras_native, savedmodel, h5, weights, onnx, litert, pickle_format  # noqa: F401
+from kerasio.formats import keras_native, savedmodel, h5, weights, onnx, litert, pickle_format  # noqa: F401
 
 __all__ = ["REGISTRY", "ExportContext", "Format", "Runner", "explicit", "get_format", "register", "resolve_formats"]

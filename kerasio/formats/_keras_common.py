@@ -6,29 +6,29 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ArtifactError, UnsafeArtifactError
-from ..signature import Signature, derive_signature
-from .base import Runner
+from kerasio.backends.base import available_devices, device_scope, keras_forward
+from kerasio.backends.environment import keras_backend
+from kerasio.errors import ArtifactError, UnsafeArtifactError
+from kerasio.formats.base import Runner
+from kerasio.spec.iospec import IOSpec, derive_iospec
 
 
-def keras_runner(model: Any, fmt: str, path: Path, signature: Signature | None, device: str, **info: Any) -> Runner:
+def keras_runner(model: Any, fmt: str, path: Path, iospec: IOSpec | None, device: str, **info: Any) -> Runner:
     """A :class:`Runner` over a reloaded Keras model, on ``device``, named by ``signature``."""
-    from ..runtime import available_devices, device_scope, keras_backend, keras_forward
 
-    if signature is None:  # a bare file: a functional model names its own inputs and outputs
-        signature = derive_signature(model)
+    if iospec is None:  # a bare file: a functional model names its own inputs and outputs
+        iospec = derive_iospec(model)
     backend = keras_backend()
     with device_scope(device):
-        forward = keras_forward(model, signature)
+        forward = keras_forward(model, iospec)
     # Where the CPU is the only device, every op runs there anyway: skip entering a scope per call (~0.1 ms).
     scoped = device == "gpu" or "gpu" in available_devices(backend)
-    return Runner(forward, format=fmt, path=path, runtime=f"keras/{backend}", backend=backend, signature=signature,
+    return Runner(forward, format=fmt, path=path, runtime=f"keras/{backend}", backend=backend, iospec=iospec,
                   device=device, model=model, info=info, context=(lambda: device_scope(device)) if scoped else None)
 
 
 def guarded_load(path: Path, device: str, load: Callable[[], Any]) -> Any:
     """Run a Keras loader on ``device``, turning its errors into kerasio errors that name the file."""
-    from ..runtime import device_scope
 
     try:
         with warnings.catch_warnings(), device_scope(device):

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..runtime import graph_forward, tf_input_specs
-from ..signature import Signature
-from ..task import Task
+from kerasio.backends.tensorflow import graph_forward, tf_input_specs
+from kerasio.spec.iospec import IOSpec
+from kerasio.spec.task import Task
 
 
-def forward_function(model: Any, signature: Signature, task: Task | None = None) -> Callable[..., dict[str, Any]]:
-    """:func:`~kerasio.runtime.graph_forward`, and for a classification a ``class_id`` output too."""
+def forward_function(model: Any, iospec: IOSpec, task: Task | None = None) -> Callable[..., dict[str, Any]]:
+    """:func:`~kerasio.backends.tensorflow.graph_forward`, and for a classification a ``class_id`` output too."""
     import tensorflow as tf
 
-    plain = graph_forward(model, signature)
+    plain = graph_forward(model, iospec)
     if task is None or not task.is_classification:
         return plain
 
@@ -24,11 +24,11 @@ def forward_function(model: Any, signature: Signature, task: Task | None = None)
     return forward
 
 
-def endpoint(fn: Callable[..., Any], signature: Signature) -> Any:
+def endpoint(fn: Callable[..., Any], iospec: IOSpec) -> Any:
     """``fn`` as a ``tf.function`` over the signature's specs, without autograph (nothing to convert; ~0.5 s saved)."""
     import tensorflow as tf
 
-    return tf.function(fn, input_signature=tf_input_specs(signature), autograph=False)
+    return tf.function(fn, input_signature=tf_input_specs(iospec), autograph=False)
 
 
 def class_ids(tf: Any, probs: Any, task: Task) -> Any:

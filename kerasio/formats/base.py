@@ -10,15 +10,18 @@ a runtime: they ask the format.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError, KerasioError
-from ..signature import Signature
-from ..task import Task
+from kerasio.backends.base import available_devices
+from kerasio.backends.environment import to_numpy
+from kerasio.errors import ArtifactError, KerasioError
+from kerasio.spec.iospec import IOSpec
+from kerasio.spec.task import Task
+from kerasio.spec.tolerances import Tolerance
 
 __all__ = ["Format", "Runner", "ExportContext", "REGISTRY", "register", "get_format", "resolve_formats", "explicit"]
 
@@ -27,11 +30,10 @@ __all__ = ["Format", "Runner", "ExportContext", "REGISTRY", "register", "get_for
 class ExportContext:
     """What a format's ``save`` may need besides the model."""
 
-    signature: Signature
+    iospec: IOSpec
     task: Task
     reference_inputs: dict[str, np.ndarray]
-    max_shard_size: float | None = None  # GB, for the weights format
-    warmup_records: int = 100
+    options: dict[str, Any] = field(default_factory=dict)  # this format's ``format_options[name]``
 
 
 class Runner:
@@ -49,11 +51,11 @@ class Runner:
     """
 
     def __init__(self, fn: Callable[[Mapping[str, np.ndarray]], Mapping[str, Any]], *, format: str, path: Path,
-                 runtime: str, backend: str, signature: Signature, device: str = "cpu", model: Any = None,
+                 runtime: str, backend: str, iospec: IOSpec, device: str = "cpu", model: Any = None,
                  info: dict[str, Any] | None = None, context: Callable[[], ContextManager[Any]] | None = None):
         self._fn = fn
         self.format, self.path, self.runtime, self.backend = format, Path(path), runtime, backend
-        self.signature, self.device, self.model = signature, device, model
+        self.iospec, self.device, self.model = iospec, device, model
         self.info: dict[str, Any] = dict(info or {})
         self._context = context or contextlib.nullcontext
 
@@ -63,7 +65,6 @@ class Runner:
         Raises:
             ArtifactError: the runtime failed on these inputs (its message is kept).
         """
-        from ..runtime import to_numpy
 
         try:
             with self._context():
@@ -74,10 +75,10 @@ class Runner:
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             raise ArtifactError(
                 f"{self.path}: {self.runtime} failed to run the {self.format} artifact ({type(exc).__name__}: "
-                f"{first}). Check the inputs against the signature {self.signature.describe()}, or re-export it. "
+                f"{first}). Check the inputs against the signature {self.iospec.describe()}, or re-export it. "
                 f"Received: inputs {({k: tuple(np.shape(v)) for k, v in inputs.items()})}"
             ) from None
-        missing = [n for n in self.signature.output_names if n not in out]
+        missing = [n for n in self.iospec.output_names if n not in out]
         if missing:
             raise ArtifactError(
                 f"{self.path}: the {self.format} artifact returned no output {missing}; it returns "
@@ -85,7 +86,7 @@ class Runner:
             )
         rows = {len(v) for v in inputs.values() if np.ndim(v)}
         result = {}
-        for spec in self.signature.outputs:
+        for spec in self.iospec.outputs:
             array = to_numpy(out[spec.name])
             _check_output(self, spec, array, rows.pop() if len(rows) == 1 else None)
             result[spec.name] = array
@@ -125,6 +126,13 @@ class Format:
         needs_trust: loading can run arbitrary code (pickle).
         legacy: a legacy format; writing or reading it warns.
         suffixes: file suffixes that ``load`` recognises outside a bundle.
+        description: one line for ``kerasio --help`` and the README's format table.
+        options: the options this format takes in ``format_options[name]``, with a line each (anything else
+            is refused before anything is written).
+        tolerances: this format's own rows of the tolerance table (:class:`~kerasio.spec.tolerances.Tolerance`),
+            consulted before the table's.
+        save_backend: the Keras backend the artifact must be written under (``None``: any). Export writes it in
+            a worker of that backend, from the model's ``.keras`` file, when the model lives on another.
     """
 
     name: str = ""
@@ -135,12 +143,15 @@ class Format:
     legacy: bool = False
     suffixes: tuple[str, ...] = ()
     description: str = ""
+    options: dict[str, str] = {}
+    save_backend: str | None = None
+    tolerances: tuple[Tolerance, ...] = ()
 
     def relpath(self, bundle: Path) -> str:
         """Where the next export of this format goes inside ``bundle`` (POSIX, relative)."""
         return self.filename
 
-    def supports(self, signature: Signature) -> str | None:
+    def supports(self, iospec: IOSpec) -> str | None:
         """``None`` when this format can carry a model of this signature, else the reason it cannot."""
         return None
 
@@ -148,7 +159,7 @@ class Format:
         """Write the artifact at ``dest``; return facts only the writer knows (merged into ``info``)."""
         raise NotImplementedError
 
-    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+    def load(self, path: Path, *, iospec: IOSpec | None = None, device: str = "cpu",
              trust: bool = False) -> Runner:
         """Load the artifact at ``path`` onto ``device`` and return a :class:`Runner`.
 
@@ -174,7 +185,6 @@ class Format:
 
     def available_devices(self, backend: str) -> list[str]:
         """The devices this format's runtime can use here (``backend``: the worker's Keras backend)."""
-        from ..runtime import available_devices
 
         return available_devices(backend)
 

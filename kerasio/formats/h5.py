@@ -5,12 +5,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..audit import audit_config
-from ..audit.keras import build_legacy, check_weights, h5_file_config
-from ..errors import LegacyFormatWarning
-from ..signature import Signature
-from ._keras_common import guarded_load, keras_runner
-from .base import ExportContext, Format, Runner, register
+from kerasio.bundle.audit import audit_config
+from kerasio.bundle.audit.keras import build_legacy, check_weights, h5_file_config
+from kerasio.errors import LegacyFormatWarning
+from kerasio.formats._keras_common import guarded_load, keras_runner
+from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.spec.iospec import IOSpec
 
 _WHY = "HDF5 (.h5) is Keras's legacy format; prefer .keras for round trips."
 
@@ -23,12 +23,12 @@ class H5Format(Format):
     suffixes = (".h5",)
     description = "legacy Keras HDF5 (architecture + weights)"
 
-    def supports(self, signature: Signature) -> str | None:
-        if signature.model_kind == "subclassed":
+    def supports(self, iospec: IOSpec) -> str | None:
+        if iospec.model_kind == "subclassed":
             return ("HDF5 (.h5) cannot rebuild a subclassed model: Keras's legacy loader looks classes up by bare "
                     "name (\"Unknown layer\"); use .keras")
-        if signature.lookup_layers():
-            return (f"HDF5 (.h5) does not keep the vocabulary of {', '.join(signature.lookup_layers())}: the "
+        if iospec.lookup_layers():
+            return (f"HDF5 (.h5) does not keep the vocabulary of {', '.join(iospec.lookup_layers())}: the "
                     "reloaded lookup table is empty; use .keras or the SavedModel")
         return None
 
@@ -48,7 +48,7 @@ class H5Format(Format):
                 compile_config.config = snapshot
         return {"legacy": True}
 
-    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+    def load(self, path: Path, *, iospec: IOSpec | None = None, device: str = "cpu",
              trust: bool = False) -> Runner:
         import keras
 
@@ -59,7 +59,7 @@ class H5Format(Format):
         # compile=False: an inference reload needs no optimizer, and Keras 3 cannot rebuild a legacy
         # compile config that names metrics by string ("Could not locate function 'mse'").
         model = guarded_load(path, device, lambda: keras.saving.load_model(path, safe_mode=True, compile=False))
-        return keras_runner(model, self.name, path, signature, device, legacy=True)
+        return keras_runner(model, self.name, path, iospec, device, legacy=True)
 
     def matches(self, path: Path) -> bool:
         return path.is_file() and path.name.endswith(".h5") and not path.name.endswith(".weights.h5")

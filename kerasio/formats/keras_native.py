@@ -6,10 +6,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ..audit import audit_keras_file, read_keras_config
-from ..signature import Signature
-from ._keras_common import guarded_load, keras_runner
-from .base import ExportContext, Format, Runner, register
+from kerasio.bundle.audit import audit_keras_file, read_keras_config
+from kerasio.bundle.audit.keras import precheck_config
+from kerasio.formats._keras_common import guarded_load, keras_runner
+from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.spec.iospec import IOSpec
 
 
 class KerasFormat(Format):
@@ -24,17 +25,15 @@ class KerasFormat(Format):
         model.save(dest)
         return {}
 
-    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+    def load(self, path: Path, *, iospec: IOSpec | None = None, device: str = "cpu",
              trust: bool = False) -> Runner:
         import keras
 
         custom = audit_keras_file(path)  # before any object is constructed
         model = guarded_load(path, device, lambda: keras.saving.load_model(path, safe_mode=True))
-        return keras_runner(model, self.name, path, signature, device, custom_objects=custom)
+        return keras_runner(model, self.name, path, iospec, device, custom_objects=custom)
 
     def precheck(self, path: Path) -> None:
-        from ..audit.keras import precheck_config
-
         precheck_config(read_keras_config(path), path)  # the archive, then the config as bounded JSON
 
     def describe(self, path: Path) -> dict[str, Any]:

@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, BackendUnavailableError
-from ..runtime import require, tf_input_names
-from ..signature import Signature, TensorSpec, dtype_name
-from ._tf_common import endpoint, forward_function
-from .base import ExportContext, Format, Runner, register
+from kerasio.backends.environment import require
+from kerasio.backends.tensorflow import tf_input_names
+from kerasio.bundle.audit.litert import audit_litert
+from kerasio.errors import ArtifactError, BackendUnavailableError
+from kerasio.formats._tf_common import endpoint, forward_function
+from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.spec.iospec import IOSpec, TensorSpec, dtype_name
 
 
 def _interpreter_class() -> Any:
@@ -28,14 +30,14 @@ class LiteRTFormat(Format):
     suffixes = (".tflite",)
     description = "LiteRT flatbuffer (.tflite), verified in the LiteRT interpreter"
 
-    def supports(self, signature: Signature) -> str | None:
-        if signature.has_string_inputs() or signature.lookup_layers():
+    def supports(self, iospec: IOSpec) -> str | None:
+        if iospec.has_string_inputs() or iospec.lookup_layers():
             return "LiteRT has no string tensors or lookup-table ops among its builtins (they need TF Select/Flex)"
-        if signature.recurrent_layers():
-            return (f"LiteRT cannot lower Keras 3's recurrent loop ({', '.join(signature.recurrent_layers())}): "
+        if iospec.recurrent_layers():
+            return (f"LiteRT cannot lower Keras 3's recurrent loop ({', '.join(iospec.recurrent_layers())}): "
                     "its TensorList needs a static element shape")
-        if signature.compute_dtype != "float32":
-            return (f"LiteRT has no {signature.compute_dtype} MatMul/BiasAdd builtins for a mixed precision model "
+        if iospec.compute_dtype != "float32":
+            return (f"LiteRT has no {iospec.compute_dtype} MatMul/BiasAdd builtins for a mixed precision model "
                     "(they need TF Select/Flex ops, which the LiteRT runtime does not ship)")
         return None
 
@@ -52,7 +54,7 @@ class LiteRTFormat(Format):
         with tempfile.TemporaryDirectory(prefix=".litert-", dir=dest.parent) as tmp:
             archive = keras.export.ExportArchive()
             archive.track(model)
-            archive.add_endpoint("serving_default", endpoint(forward_function(model, ctx.signature), ctx.signature))
+            archive.add_endpoint("serving_default", endpoint(forward_function(model, ctx.iospec), ctx.iospec))
             archive.write_out(tmp, verbose=False)
             data = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
         dest.write_bytes(data)
@@ -61,9 +63,8 @@ class LiteRTFormat(Format):
     def available_devices(self, backend: str) -> list[str]:
         return ["cpu"]  # the Python interpreter runs on the CPU (XNNPACK); GPU delegates are mobile-only
 
-    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+    def load(self, path: Path, *, iospec: IOSpec | None = None, device: str = "cpu",
              trust: bool = False) -> Runner:
-        from ..audit.litert import audit_litert
 
         audit_litert(path)  # indices, subgraph calls and custom ops, before the interpreter reads the file
         Interpreter = _interpreter_class()
@@ -74,33 +75,31 @@ class LiteRTFormat(Format):
             raise ArtifactError(f"{path}: the LiteRT interpreter could not load it (or it has no serving_default "
                                 f"signature); re-export it. Received: {exc}") from None
         in_details, out_details = runner.get_input_details(), runner.get_output_details()
-        if signature is None:
-            signature = Signature(
+        if iospec is None:
+            iospec = IOSpec(
                 inputs=[_spec(k, d) for k, d in sorted(in_details.items())],
                 outputs=[_spec(k, d) for k, d in sorted(out_details.items())],
                 input_structure="dict", output_structure="dict")
-        keys = tf_input_names(signature)
+        keys = tf_input_names(iospec)
         if not set(keys) <= set(in_details):
             if len(in_details) == 1 and len(keys) == 1:  # bundles from kerasio 0.1 kept the converter's name
                 keys = list(in_details)
             else:
                 raise ArtifactError(f"{path}: the LiteRT signature takes {sorted(in_details)}, not the manifest's "
-                                    f"{signature.input_names}. Re-export it. Received: {sorted(in_details)}")
-        outs = signature.output_names
+                                    f"{iospec.input_names}. Re-export it. Received: {sorted(in_details)}")
+        outs = iospec.output_names
         out_keys = outs if set(outs) <= set(out_details) else list(out_details)
-        pairs = list(zip(keys, signature.input_names))
+        pairs = list(zip(keys, iospec.input_names))
 
         def run(inputs: Any) -> dict[str, Any]:
             result = runner(**{key: np.asarray(inputs[name]) for key, name in pairs})
             return {name: np.array(result[key]) for name, key in zip(outs, out_keys)}  # copies: buffers are reused
 
         Interp = type(interpreter)
-        return Runner(run, format=self.name, path=path, runtime="litert", backend="litert", signature=signature,
+        return Runner(run, format=self.name, path=path, runtime="litert", backend="litert", iospec=iospec,
                       device=device, model=interpreter, info={"interpreter": f"{Interp.__module__}.{Interp.__name__}"})
 
     def precheck(self, path: Path) -> None:
-        from ..audit.litert import audit_litert
-
         audit_litert(path)  # pure Python over the flatbuffer: no interpreter
 
     def describe(self, path: Path) -> dict[str, Any]:

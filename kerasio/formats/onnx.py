@@ -6,11 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError
-from ..runtime import require, tf_input_names
-from ..signature import Signature, TensorSpec
-from ._tf_common import endpoint, forward_function
-from .base import ExportContext, Format, Runner, register
+from kerasio.backends.environment import require
+from kerasio.backends.tensorflow import tf_input_names
+from kerasio.bundle.audit.onnx import audit_onnx
+from kerasio.errors import ArtifactError
+from kerasio.formats._tf_common import endpoint, forward_function
+from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.spec.iospec import IOSpec, TensorSpec
 
 OPSET = 17
 _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
@@ -25,12 +27,12 @@ class OnnxFormat(Format):
     suffixes = (".onnx",)
     description = "ONNX graph (tf2onnx), verified in onnxruntime"
 
-    def supports(self, signature: Signature) -> str | None:
-        if signature.has_string_inputs() or signature.lookup_layers():
+    def supports(self, iospec: IOSpec) -> str | None:
+        if iospec.has_string_inputs() or iospec.lookup_layers():
             return ("tf2onnx cannot convert TensorFlow's string and lookup-table ops (StringSplitV2, "
                     "StaticRegexReplace, LookupTableFindV2) that text preprocessing uses")
-        if signature.recurrent_layers():
-            return (f"tf2onnx cannot convert Keras 3's recurrent loop ({', '.join(signature.recurrent_layers())}: "
+        if iospec.recurrent_layers():
+            return (f"tf2onnx cannot convert Keras 3's recurrent loop ({', '.join(iospec.recurrent_layers())}: "
                     "TensorList ops); onnxruntime rejects the result (\"Invalid tensor data type 0\")")
         return None
 
@@ -48,16 +50,16 @@ class OnnxFormat(Format):
         require("tensorflow", "exporting ONNX")
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-        signature = ctx.signature
-        concrete = endpoint(forward_function(model, signature), signature).get_concrete_function()
+        iospec = ctx.iospec
+        concrete = endpoint(forward_function(model, iospec), iospec).get_concrete_function()
         frozen = convert_variables_to_constants_v2(concrete)
         graph_model, _ = tf2onnx.convert.from_graph_def(
             frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
             output_names=[t.name for t in frozen.outputs], opset=OPSET,
         )
-        renames = {f"{tf_name}:0": spec.name for tf_name, spec in zip(tf_input_names(signature), signature.inputs)}
+        renames = {f"{tf_name}:0": spec.name for tf_name, spec in zip(tf_input_names(iospec), iospec.inputs)}
         # A dict's outputs flatten in sorted-key order (tf.nest), which is the order of frozen.outputs.
-        flat = sorted(signature.output_names)
+        flat = sorted(iospec.output_names)
         renames.update({t.name: name for t, name in zip(frozen.outputs, flat)})
         _rename_io(graph_model.graph, renames)
         onnx.checker.check_model(graph_model)
@@ -68,11 +70,10 @@ class OnnxFormat(Format):
         ort = require("onnxruntime", "running ONNX")
         return ["cpu", "gpu"] if "CUDAExecutionProvider" in ort.get_available_providers() else ["cpu"]
 
-    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+    def load(self, path: Path, *, iospec: IOSpec | None = None, device: str = "cpu",
              trust: bool = False) -> Runner:
         ort = require("onnxruntime", "running ONNX")
         require("onnx", "reading ONNX")
-        from ..audit.onnx import audit_onnx
 
         audit_onnx(path)  # external data, custom ops, recursion and sizes, before onnxruntime sees the file
         providers = ["CUDAExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
@@ -83,26 +84,24 @@ class OnnxFormat(Format):
                                 f"Received: {str(exc)[:300]}") from None
         ins = [i.name for i in session.get_inputs()]
         outs = [o.name for o in session.get_outputs()]
-        if signature is None:
-            signature = Signature(inputs=[_spec(i) for i in session.get_inputs()],
+        if iospec is None:
+            iospec = IOSpec(inputs=[_spec(i) for i in session.get_inputs()],
                                   outputs=[_spec(o) for o in session.get_outputs()],
                                   input_structure="dict", output_structure="dict")
-        if sorted(ins) != sorted(signature.input_names) or not set(signature.output_names) <= set(outs):
+        if sorted(ins) != sorted(iospec.input_names) or not set(iospec.output_names) <= set(outs):
             raise ArtifactError(
                 f"{path}: the ONNX graph's inputs {ins} and outputs {outs} do not match the manifest's signature "
-                f"{signature.describe()}. Re-export the bundle. Received: inputs={ins}, outputs={outs}"
+                f"{iospec.describe()}. Re-export the bundle. Received: inputs={ins}, outputs={outs}"
             )
-        wanted = signature.output_names
+        wanted = iospec.output_names
 
         def run(inputs: Any) -> dict[str, Any]:
             return dict(zip(wanted, session.run(wanted, {n: np.asarray(inputs[n]) for n in ins})))
 
         return Runner(run, format=self.name, path=path, runtime="onnxruntime", backend="onnxruntime",
-                      signature=signature, device=device, model=session, info={"providers": session.get_providers()})
+                      iospec=iospec, device=device, model=session, info={"providers": session.get_providers()})
 
     def precheck(self, path: Path) -> None:
-        from ..audit.onnx import audit_onnx
-
         require("onnx", "reading ONNX")
         audit_onnx(path)  # the onnx package only: a protobuf read within its own recursion and size limits
 

@@ -1,7 +1,7 @@
 """``pickle``: ``model.pkl``, for scripts that expect one. Loading needs explicit trust.
 
 Unpickling runs arbitrary code chosen by whoever wrote the file, so
-:meth:`load` refuses unless ``trust=True`` (CLI: ``--trust-pickle``), and the
+:meth:`load` refuses unless ``trust=True`` (CLI: ``--trust``), and the
 export writes it only when asked with that same trust.
 """
 from __future__ import annotations
@@ -10,13 +10,13 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArtifactError, UnsafeArtifactError
-from ..signature import Signature
-from ._keras_common import guarded_load, keras_runner
-from .base import ExportContext, Format, Runner, register
+from kerasio.errors import ArtifactError, UnsafeArtifactError
+from kerasio.formats._keras_common import guarded_load, keras_runner
+from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.spec.iospec import IOSpec
 
 WHY = (
-    "unpickling runs arbitrary code from the file. Pass trust=True (CLI: --trust-pickle) only for a "
+    "unpickling runs arbitrary code from the file. Pass trust=True (CLI: --trust) only for a "
     "file you or a trusted party wrote; otherwise use the .keras artifact."
 )
 
@@ -27,14 +27,14 @@ class PickleFormat(Format):
     runtime = "keras"
     needs_trust = True
     suffixes = (".pkl", ".pickle")
-    description = "Python pickle of the Keras model (needs --trust-pickle to load)"
+    description = "Python pickle of the Keras model (written and loaded only with --trust)"
 
     def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         with open(dest, "wb") as f:
             pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
         return {"protocol": pickle.HIGHEST_PROTOCOL, "needs_trust": True}
 
-    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+    def load(self, path: Path, *, iospec: IOSpec | None = None, device: str = "cpu",
              trust: bool = False) -> Runner:
         if not trust:
             raise UnsafeArtifactError(f"{path}: refusing to load a pickle: {WHY} Received: trust=False")
@@ -53,7 +53,7 @@ class PickleFormat(Format):
             kind = type(model).__name__
             raise ArtifactError(f"{path}: the pickle holds an object of type {kind}, not a Keras model; re-export it "
                                 f"(kerasio export --formats pickle). Received: {kind}")
-        return keras_runner(model, self.name, path, signature, device, trusted=True)
+        return keras_runner(model, self.name, path, iospec, device, trusted=True)
 
     def describe(self, path: Path) -> dict[str, Any]:
         return {"needs_trust": True}

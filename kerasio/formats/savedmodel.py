@@ -15,13 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..audit import audit_saved_model, read_saved_model_proto
-from ..errors import ArtifactError
-from ..runtime import require, tf_input_names
-from ..serving import write_warmup
-from ..signature import Signature, TensorSpec, dtype_name
-from ._tf_common import endpoint, forward_function
-from .base import ExportContext, Format, Runner, register
+from kerasio.backends.base import available_devices
+from kerasio.backends.environment import require
+from kerasio.backends.tensorflow import tf_input_names
+from kerasio.bundle.audit import audit_saved_model, read_saved_model_proto
+from kerasio.errors import ArtifactError
+from kerasio.formats._tf_common import endpoint, forward_function
+from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.formats.tf_serving import write_warmup
+from kerasio.spec.iospec import IOSpec, TensorSpec, dtype_name
 
 SERVING_DIR = "serving"
 
@@ -44,6 +46,8 @@ class SavedModelFormat(Format):
     filename = SERVING_DIR
     runtime = "tensorflow"
     default = True
+    save_backend = "tensorflow"  # under JAX or PyTorch, export writes it in a TensorFlow worker
+    options = {"warmup_records": "how many reference rows go into TF Serving's warmup file (default 100, at most 1000)"}
     description = "TF SavedModel for TF Serving (serving/<version>, the model's own I/O names and dtypes, warmup)"
 
     def relpath(self, bundle: Path) -> str:
@@ -53,38 +57,33 @@ class SavedModelFormat(Format):
         return "tensorflow"
 
     def available_devices(self, backend: str) -> list[str]:
-        from ..runtime import available_devices
-
         return available_devices("tensorflow")
 
     def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         tf = require("tensorflow", "exporting a SavedModel")
         import keras
 
-        if keras.backend.backend() != "tensorflow":  # JAX, PyTorch: TensorFlow builds it in a worker of its own
-            return _save_through_tensorflow(model, dest, ctx)
-
         task = ctx.task
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint("serving_default", endpoint(forward_function(model, ctx.signature, task), ctx.signature))
+        archive.add_endpoint("serving_default", endpoint(forward_function(model, ctx.iospec, task), ctx.iospec))
         if task.is_classification:
             class_names = tf.constant(list(task.class_names))
-            forward = forward_function(model, ctx.signature, task)
+            forward = forward_function(model, ctx.iospec, task)
 
             def predict_labels(*tensors: Any) -> dict[str, Any]:
                 outputs = forward(*tensors)
                 return {"labels": tf.gather(class_names, outputs["class_id"]),
                         str(task.output): outputs[str(task.output)]}
 
-            archive.add_endpoint("predict_labels", endpoint(predict_labels, ctx.signature))
+            archive.add_endpoint("predict_labels", endpoint(predict_labels, ctx.iospec))
         archive.write_out(str(dest), verbose=False)
         rows = {name: ctx.reference_inputs[spec.name]
-                for name, spec in zip(tf_input_names(ctx.signature), ctx.signature.inputs)}
-        records = write_warmup(dest, rows, limit=ctx.warmup_records)
+                for name, spec in zip(tf_input_names(ctx.iospec), ctx.iospec.inputs)}
+        records = write_warmup(dest, rows, limit=int(ctx.options.get("warmup_records", 100)))
         return {"warmup_records": records}
 
-    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+    def load(self, path: Path, *, iospec: IOSpec | None = None, device: str = "cpu",
              trust: bool = False) -> Runner:
         tf = require("tensorflow", "loading a SavedModel")
         if not (path / "saved_model.pb").is_file():
@@ -103,20 +102,20 @@ class SavedModelFormat(Format):
                                 f"Received: signatures={list(loaded.signatures)}")
         endpoint = loaded.signatures["serving_default"]
         accepted = endpoint.structured_input_signature[1]
-        if signature is None:
-            signature = _signature_of(endpoint)
-        names = tf_input_names(signature)
+        if iospec is None:
+            iospec = _signature_of(endpoint)
+        names = tf_input_names(iospec)
         names = names if all(n in accepted for n in names) else list(accepted)
-        if len(names) != len(signature.inputs):
+        if len(names) != len(iospec.inputs):
             raise ArtifactError(f"{path}: serving_default takes {sorted(accepted)}, but the manifest's signature "
-                                f"has inputs {signature.input_names}. Re-export the bundle. Received: {sorted(accepted)}")
-        order = list(zip(names, signature.input_names))
+                                f"has inputs {iospec.input_names}. Re-export the bundle. Received: {sorted(accepted)}")
+        order = list(zip(names, iospec.input_names))
 
         def run(inputs: Any) -> dict[str, Any]:
             return endpoint(**{key: tf.constant(inputs[name]) for key, name in order})
 
         return Runner(run, format=self.name, path=path, runtime="tensorflow", backend="tensorflow",
-                      signature=signature, device=device, model=loaded, info={"signature": "serving_default"},
+                      iospec=iospec, device=device, model=loaded, info={"signature": "serving_default"},
                       context=lambda: tf.device("/GPU:0" if device == "gpu" else "/CPU:0"))
 
     def matches(self, path: Path) -> bool:
@@ -143,48 +142,7 @@ class SavedModelFormat(Format):
         return {"signatures": signatures}
 
 
-def _save_through_tensorflow(model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
-    """A SavedModel of a model trained on another backend: its ``.keras`` file, loaded by TensorFlow, saved there.
-
-    A ``.keras`` file is backend-agnostic, so the TensorFlow worker's model has the same weights; the SavedModel is
-    then made by the same code as for a TensorFlow model, and verified against this model's reference outputs.
-    """
-    import tempfile
-
-    from ..manifest import save_arrays
-    from ..worker import Worker
-
-    with tempfile.TemporaryDirectory(prefix="kerasio-savedmodel-") as tmp:
-        keras_file, references = Path(tmp) / "model.keras", Path(tmp) / "references.npz"
-        model.save(keras_file)
-        save_arrays(references, ctx.reference_inputs)
-        with Worker("tensorflow") as worker:
-            answer = worker.collect(worker.submit({
-                "op": "call", "target": "kerasio.formats.savedmodel:save_from_keras_file",
-                "args": [str(keras_file), str(dest), ctx.signature.to_dict(), ctx.task.to_dict(), str(references),
-                         ctx.warmup_records]}))
-    if not answer.get("ok"):
-        raise ArtifactError(f"{dest}: TensorFlow could not build the SavedModel from the {model.name!r} model's "
-                            f".keras file; drop 'savedmodel' from the formats. Received: {answer.get('error')}")
-    return dict(answer["result"])
-
-
-def save_from_keras_file(keras_file: str, dest: str, signature: dict[str, Any], task: dict[str, Any],
-                         references: str, warmup_records: int) -> dict[str, Any]:
-    """In a TensorFlow worker: load our own just-written ``.keras`` file and save it as a SavedModel at ``dest``."""
-    import keras
-
-    from ..manifest import load_arrays
-    from ..task import Task
-
-    sig = Signature.from_dict(signature)
-    model = keras.saving.load_model(keras_file, compile=False)
-    ctx = ExportContext(signature=sig, task=Task.from_dict(task), warmup_records=warmup_records,
-                        reference_inputs=load_arrays(Path(references), sig.input_names, list(sig.inputs)))
-    return FORMAT.save(model, Path(dest), ctx)
-
-
-def _signature_of(endpoint: Any) -> Signature:
+def _signature_of(endpoint: Any) -> IOSpec:
     """A bare SavedModel's signature, read from its ``serving_default``."""
     def spec(name: str, t: Any) -> TensorSpec:
         shape = t.shape.as_list() if t.shape.rank is not None else [None]
@@ -192,7 +150,7 @@ def _signature_of(endpoint: Any) -> Signature:
 
     inputs = [spec(k, t) for k, t in sorted(endpoint.structured_input_signature[1].items())]
     outputs = [spec(k, t) for k, t in sorted(endpoint.structured_outputs.items())]
-    return Signature(inputs=inputs, outputs=outputs, input_structure="dict", output_structure="dict")
+    return IOSpec(inputs=inputs, outputs=outputs, input_structure="dict", output_structure="dict")
 
 
 FORMAT = register(SavedModelFormat())

@@ -6,12 +6,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..audit import audit_config
-from ..audit.keras import check_weights, read_architecture, weights_held_bytes
-from ..errors import ArtifactError
-from ..signature import Signature
-from ._keras_common import guarded_load, keras_runner
-from .base import ExportContext, Format, Runner, register
+from kerasio.bundle.audit import audit_config
+from kerasio.bundle.audit.keras import check_weights, read_architecture, weights_held_bytes
+from kerasio.errors import ArtifactError
+from kerasio.formats._keras_common import guarded_load, keras_runner
+from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.spec.iospec import IOSpec
 
 ARCHITECTURE = "architecture.json"
 WEIGHTS = "model.weights.h5"
@@ -23,23 +23,25 @@ class WeightsFormat(Format):
     filename = "weights"
     runtime = "keras"
     description = "weights (.weights.h5, sharded over max_shard_size GB) + architecture JSON"
+    options = {"max_shard_size": "shard the weights above this many GB (a number > 0)"}
 
-    def supports(self, signature: Signature) -> str | None:
-        if signature.lookup_layers():
-            return (f"a .weights.h5 file does not hold the vocabulary of {', '.join(signature.lookup_layers())} "
+    def supports(self, iospec: IOSpec) -> str | None:
+        if iospec.lookup_layers():
+            return (f"a .weights.h5 file does not hold the vocabulary of {', '.join(iospec.lookup_layers())} "
                     "(Keras keeps it as an asset of .keras): the reloaded lookup table is empty")
         return None
 
     def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         dest.mkdir(parents=True)
         (dest / ARCHITECTURE).write_text(model.to_json(), encoding="utf-8")
-        if ctx.max_shard_size:
-            model.save_weights(dest / SHARDED, max_shard_size=ctx.max_shard_size)
+        shard = ctx.options.get("max_shard_size")
+        if shard:
+            model.save_weights(dest / SHARDED, max_shard_size=shard)
         else:
             model.save_weights(dest / WEIGHTS)
-        return {"sharded": bool(ctx.max_shard_size)}
+        return {"sharded": bool(shard)}
 
-    def load(self, path: Path, *, signature: Signature | None = None, device: str = "cpu",
+    def load(self, path: Path, *, iospec: IOSpec | None = None, device: str = "cpu",
              trust: bool = False) -> Runner:
         import keras
 
@@ -62,7 +64,7 @@ class WeightsFormat(Format):
                 model.load_weights(weights)
             return model
 
-        return keras_runner(guarded_load(weights, device, build), self.name, path, signature, device)
+        return keras_runner(guarded_load(weights, device, build), self.name, path, iospec, device)
 
     def matches(self, path: Path) -> bool:
         return path.is_dir() and (path / ARCHITECTURE).is_file()

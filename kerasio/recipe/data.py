@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from kerasio.errors import DataError
+from kerasio.recipe.stream import CHUNK_BYTES, CHUNK_ROWS, StreamingDataset, class_name, load_streaming, split_streaming
 
 __all__ = ["Dataset", "Split", "load_dataset", "split_dataset", "DEFAULT_DATA", "DEFAULT_LABEL"]
 
@@ -98,8 +99,6 @@ def load_dataset(path: str | Path | None = None, *, label: str | None = None, st
     file = DEFAULT_DATA if path is None else Path(path)
     label = label or (DEFAULT_LABEL if embedded else "label")
     if streaming:
-        from .stream import CHUNK_BYTES, CHUNK_ROWS, load_streaming
-
         return load_streaming(file, label=label, chunk_bytes=chunk_bytes or CHUNK_BYTES,
                               chunk_rows=chunk_rows or CHUNK_ROWS)
     import pandas as pd
@@ -157,11 +156,6 @@ def _numeric_features(features, file: Path) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def class_name(value: float) -> str:
-    """A numeric label's class name: ``1.0`` -> ``"1"``, ``0.5`` -> ``"0.5"`` (the streamed reader uses it too)."""
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
 def _encode_labels(series, file: Path, label: str) -> tuple[np.ndarray, tuple[str, ...]]:
     if series.isna().any():
         row = int(np.flatnonzero(series.isna().to_numpy())[0])
@@ -196,8 +190,6 @@ def split_dataset(data: Any, *, test_size: int | float = 0.2, seed: int = 0) -> 
         DataError: when a class has fewer than 2 rows, or the test size leaves
             no room for training.
     """
-    from .stream import StreamingDataset, split_streaming
-
     if isinstance(data, StreamingDataset):
         return split_streaming(data, test_size=test_size, seed=seed)
     n = len(data)

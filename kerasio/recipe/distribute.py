@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from ..errors import InputError
+from kerasio.backends.environment import default_backend
+from kerasio.errors import InputError
 
 __all__ = ["Distribution", "STRATEGIES", "resolve_strategy", "precheck_strategy", "prepare_devices",
            "launch_local_cluster", "multiworker_strategy", "cluster_spec", "is_chief_task", "chief_by_environment"]
@@ -104,8 +105,6 @@ _BACKENDS = {
 
 
 def _require_backend(name: str) -> None:
-    from ..runtime import default_backend  # Keras's own answer once it is imported; read from its settings before
-
     wanted, hint = _BACKENDS[name]
     backend = default_backend()
     if backend != wanted:

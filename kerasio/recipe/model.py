@@ -13,6 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kerasio.errors import InputError
+from kerasio.recipe.distribute import Distribution, resolve_strategy
+
 __all__ = ["build_classifier", "fit", "set_determinism", "TrainConfig"]
 
 
@@ -163,7 +166,6 @@ def fit(
         InputError: a model built outside the strategy's scope, a batch that does
             not split evenly over the replicas, or a strategy this backend or machine cannot run.
     """
-    from .distribute import Distribution, resolve_strategy
 
     dist = strategy if isinstance(strategy, Distribution) else resolve_strategy(strategy)
     with dist.scope():
@@ -203,8 +205,6 @@ def _check_built_under(model: Any, dist: Any) -> None:
     if dist.name == "default" or not hasattr(dist.engine, "extended"):
         return
     if built_under is not dist.engine:
-        from ..errors import InputError
-
         raise InputError(f"the model {getattr(model, 'name', '?')!r} was built outside the {dist.name} strategy's "
                          "scope, so its variables live on one device. Build and compile it under that strategy: "
                          "pass fit() a function that builds the model, or build it in `with strategy.scope():`. "

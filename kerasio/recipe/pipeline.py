@@ -3,16 +3,25 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from ..export import choose_formats
-from .data import Dataset, Split, load_dataset, split_dataset
-from .model import TrainConfig
-from .trace import plot_available
+from kerasio.backends.environment import default_backend, import_keras_quietly
+from kerasio.bundle.fsutil import writable_error
+from kerasio.errors import KerasioError, VerificationError
+from kerasio.export import choose_formats, export
+from kerasio.loading import load
+from kerasio.options import BundleInfo, VerifyOptions, check_format_options, verify_options
+from kerasio.process.session import Session
+from kerasio.recipe.data import Dataset, Split, load_dataset, split_dataset
+from kerasio.recipe.distribute import chief_by_environment, precheck_strategy, resolve_strategy, worker_output
+from kerasio.recipe.model import TrainConfig, fit, steps_per_epoch
+from kerasio.recipe.progress import live_callbacks
+from kerasio.recipe.stream import StreamingDataset, should_stream
+from kerasio.recipe.trace import EpochTrace, plot_available, trace_header
 
-__all__ = ["run_pipeline", "PipelineResult", "DEFAULT_OUT"]
+__all__ = ["run_pipeline", "RunOptions", "PipelineResult", "DEFAULT_OUT"]
 
 DEFAULT_OUT = Path("saved_models") / "seed"
 
@@ -35,72 +44,84 @@ class PipelineResult:
         return self.report is None or self.report.ok
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a pipeline run goes, besides what it trains: distribution, streaming, the live display.
+
+    Attributes:
+        strategy: ``"default"``, ``"mirrored"``, ``"multiworker"`` (``TF_CONFIG`` from the environment),
+            ``"dataparallel"`` (JAX), or a strategy object (see :mod:`kerasio.recipe.distribute`). The model is
+            built, compiled and trained under it; ``batch_size`` is the global batch. Under multi-worker only
+            the chief writes ``out``: the other workers export to a temporary directory that is deleted.
+        replicas: how many replicas ``mirrored`` or ``dataparallel`` use (on a CPU, it is split into that many
+            devices); default: every GPU, or one device.
+        streaming: read ``data`` chunk by chunk instead of whole (CSV or Parquet; a hash-based split; see
+            :mod:`kerasio.recipe.stream`). Default: stream files over 1 GB.
+        chunk_bytes: bytes of ``data`` parsed at a time when streaming (default 4 MiB).
+        progress_after: on a terminal, show a progress bar once an epoch has run this long (seconds).
+    """
+
+    strategy: Any = None
+    replicas: int | None = None
+    streaming: bool | None = None
+    chunk_bytes: int | None = None
+    progress_after: float = 2.0
+
+
 def run_pipeline(
     data: str | Path | None = None,
     *,
     label: str | None = None,
     out: str | Path = DEFAULT_OUT,
-    epochs: int = 5,
-    seed: int = 0,
+    config: TrainConfig | None = None,
     formats: str | Sequence[str] | None = None,
-    hidden: Sequence[int] = (32, 16),
-    dropout: float = 0.1,
-    learning_rate: float = 0.01,
-    batch_size: int = 32,
-    test_size: int | float = 0.2,
-    verify: bool = True,
-    in_process: bool = False,
-    trust_pickle: bool = False,
-    max_shard_size: float | None = None,
+    verify: bool | str | VerifyOptions = True,
+    trust: bool = False,
+    format_options: Mapping[str, Mapping[str, Any]] | None = None,
     echo: Callable[[str], None] | None = print,
-    progress_after: float = 2.0,
-    strategy: Any = None,
-    replicas: int | None = None,
-    streaming: bool | None = None,
-    chunk_bytes: int | None = None,
+    run: RunOptions | None = None,
 ) -> PipelineResult:
     """Run the whole path and print each stage's trace.
 
     Args:
-        data: a CSV path, or ``None`` for the embedded default.
+        data: a CSV or Parquet path, or ``None`` for the embedded default.
         label: the label column of ``data``.
         out: the bundle directory (default ``saved_models/seed``).
-        epochs, seed, hidden, dropout, learning_rate, batch_size: training.
+        config: what to train (:class:`TrainConfig`: epochs, seed, layers, dropout, learning rate, batch size,
+            test size).
         formats: export formats (default ``keras,savedmodel``; ``"all"``).
-        verify: verify every artifact before it is published (in a fresh
-            process unless ``in_process``); if one fails, the bundle is left
-            as it was and ``result.ok`` is false.
+        verify: verify every artifact before it is published (``True``: in a fresh process; ``"in-process"``;
+            or a :class:`~kerasio.VerifyOptions`); if one fails, the bundle is left as it was and ``result.ok``
+            is false. ``False`` skips it.
+        trust: write the formats that need explicit trust (pickle), as :func:`kerasio.export`.
+        format_options: per-format options, as :func:`kerasio.export`.
         echo: where the trace goes (``None`` for silence); each epoch's row is printed as the epoch ends.
-        progress_after: on a terminal, show a progress bar once an epoch has run this long (seconds).
-        strategy: ``"default"``, ``"mirrored"``, ``"multiworker"`` (``TF_CONFIG`` from the environment),
-            ``"dataparallel"`` (JAX), or a strategy object (see :mod:`kerasio.recipe.distribute`). The model is
-            built, compiled and trained under it; ``batch_size`` is the global batch. Under multi-worker only
-            the chief writes ``out``: the other workers export to a temporary directory that is deleted.
-        streaming: read ``data`` chunk by chunk instead of whole (CSV or Parquet; a hash-based split; see
-            :mod:`kerasio.recipe.stream`). Default: stream files over 1 GB.
-        chunk_bytes: bytes of ``data`` parsed at a time when streaming (default 4 MiB).
-        replicas: how many replicas ``mirrored`` or ``dataparallel`` use (on a CPU, it is split into that many
-            devices); default: every GPU, or one device.
+        run: distribution, streaming and the live display (:class:`RunOptions`).
 
     Returns:
         A :class:`PipelineResult`; ``result.ok`` is the verification verdict.
 
     Example:
-        >>> result = run_pipeline(epochs=5, out="saved_models/seed")  # doctest: +SKIP
+        >>> result = run_pipeline(config=TrainConfig(epochs=5), out="saved_models/seed")  # doctest: +SKIP
         >>> result.report.ok  # doctest: +SKIP
         True
     """
+    cfg = config or TrainConfig()
+    run = run or RunOptions()
+    checks = verify_options(verify)
+    epochs, batch_size, seed, hidden = cfg.epochs, cfg.batch_size, cfg.seed, cfg.hidden
+    learning_rate, test_size = cfg.learning_rate, cfg.test_size
+    strategy, replicas = run.strategy, run.replicas
     say = _wrapping(echo) if echo else (lambda _s: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, hidden=tuple(hidden), dropout=dropout,
-                      learning_rate=learning_rate, seed=seed, test_size=test_size)
     out = Path(out)
-    chosen, _ = choose_formats(formats, trust_pickle=trust_pickle)  # a bad format fails now, not after training
+    chosen, _ = choose_formats(formats, trust=trust)  # a bad format fails now, not after training
+    check_format_options(format_options)
     # 1. data (validated before anything heavy starts)
-    from .stream import StreamingDataset, should_stream
 
-    dataset = load_dataset(data, label=label, streaming=should_stream(data, streaming), chunk_bytes=chunk_bytes)
+    dataset = load_dataset(data, label=label, streaming=should_stream(data, run.streaming),
+                           chunk_bytes=run.chunk_bytes)
     streamed = isinstance(dataset, StreamingDataset)
     how = f", streamed in {dataset.chunk_bytes / 2**20:g} MiB chunks" if streamed else ""
     say(f"[1/6] data     {'embedded default' if dataset.source == 'embedded' else dataset.source}: "
@@ -130,39 +151,28 @@ def run_pipeline(
     with contextlib.ExitStack() as stack:
         if streamed:  # the spooled rows go once training is over, or on any error (a kill: the next run's cleanup)
             stack.callback(dataset.close)
-        from .distribute import chief_by_environment, precheck_strategy, resolve_strategy, worker_output
 
         precheck_strategy(strategy, replicas=replicas, batch_size=batch_size)  # a misuse refused before Keras starts
         chief = chief_by_environment(strategy)
         if chief:
             _check_writable(out)  # after the data is known good (a bad CSV creates nothing), before any training
-        workers = {}
-        if verify and not in_process and chief:
+        session = checks.session if checks is not None and checks.session is not None else \
+            stack.enter_context(Session(imports=["kerasio.recipe.trace"], warm=_warm(chosen), rehearse=_rehearse(chosen)))
+        if checks is not None and not checks.in_process and chief:
             # Start the verifier now: its TensorFlow import overlaps ours and training, on the other core.
-            from ..worker import Worker
-
-            warm = ["keras"] + (["onnxruntime"] if any(f.name == "onnx" for f in chosen) else [])
-            # Training leaves the worker idle after its import: it rehearses a tiny .keras round trip meanwhile
-            # (a cold first load costs 0.1 s more). A SavedModel rehearsal would take as long as training does.
-            rehearse = [f.name for f in chosen if f.runtime == "keras" and not f.legacy and not f.needs_trust]
-            worker = stack.enter_context(Worker(None, warm=warm, rehearse=rehearse))
-            workers[worker.backend] = worker
+            session.start()
             if plot_available():  # it draws trace.png later: import matplotlib and warm its fonts while idle
-                warm_png = str(Path(worker.tmp.name) / "warm.png")
-                worker.submit({"op": "call", "target": "kerasio.recipe.trace:render_png",
-                               "args": [[{"epoch": 1, "loss": 1.0}], warm_png]}, keep=False)
-        from ..runtime import import_keras_quietly
+                session.submit_job("recipe.render_png", records=[{"epoch": 1, "loss": 1.0}],
+                                   path=str(Path(session.start().tmp.name) / "warm.png"))
 
         import_keras_quietly()
         dist = resolve_strategy(strategy, replicas=replicas)  # before anything else runs in TensorFlow
         dist.check_batch(batch_size)
         if not dist.is_chief:  # all workers save (saving may run collectives); only the chief's copy is kept
             out = stack.enter_context(worker_output(dist, out))
-            verify = False
+            checks = None
         mark("import")
         # 3. train
-        from .model import fit, steps_per_epoch
-        from .trace import EpochTrace
 
         with dist.scope():
             if streamed:
@@ -177,13 +187,10 @@ def run_pipeline(
         trace = EpochTrace()
         live: list[Any] = []
         if echo is not None:  # each epoch's row as it ends; a bar within epochs longer than 2 s, on a terminal
-            from .progress import live_callbacks
-            from .trace import trace_header
-
             say(_indent(trace_header()))
             steps = split.steps("train", batch_size, dist.batch_multiple) if streamed else \
                 steps_per_epoch(len(split.y_train), batch_size, dist.batch_multiple)
-            live = live_callbacks(lambda row: say(_indent(row)), trace, steps=steps, after=progress_after)
+            live = live_callbacks(lambda row: say(_indent(row)), trace, steps=steps, after=run.progress_after)
         if streamed:  # tf.data over the spooled rows' chunks, read again every epoch
             parts = {p: split.dataset(p, batch_size, multiple=dist.batch_multiple) for p in ("train", "test")}
             fit(model, parts["train"], None, epochs=epochs, batch_size=batch_size, seed=seed,
@@ -202,30 +209,29 @@ def run_pipeline(
         say(f"         test: loss {loss:.4f}, accuracy {accuracy:.4f} on {shown}")
         mark("train")
         # 4-5. export, then verify the staged bundle before it is published
-        from ..errors import VerificationError
-        from ..export import export
-
-        mode = ("in-process" if in_process else "fresh-process") if verify else False
         attachments = {"trace.csv": trace.csv_text().encode(), "trace.json": trace.json_text().encode()}
         if plot_available():
-            attachments["trace.png"] = _trace_png(trace, workers)  # drawn while the artifacts are written
+            attachments["trace.png"] = _trace_png(trace, session)  # drawn while the artifacts are written
         else:
             say("         trace.png skipped: matplotlib is not installed (pip install 'kerasio[notebooks]')")
         say(f"[4/6] export   -> {out} (manifest {out / 'kerasio.json'}; trace: {', '.join(attachments)})")
         try:
-            result = export(
-                model, out, reference_inputs=split.x_test, formats=formats, feature_names=dataset.feature_names,
-                class_names=dataset.class_names, label=dataset.label, trace=trace.records, metrics=metrics,
+            info = BundleInfo(
+                feature_names=dataset.feature_names, class_names=dataset.class_names, label=dataset.label,
+                trace=trace.records, metrics=metrics, attachments=attachments,
                 training={"config": cfg.to_dict(), "distribution": dist.record(batch_size),
                           "data": {"source": dataset.source, "sha256": dataset.sha256, "label": dataset.label,
-                                   "rows": len(dataset), **({"streaming": True, "split": "hash"} if streamed else {})}},
-                trust_pickle=trust_pickle, max_shard_size=max_shard_size, verify=mode, workers=workers,
-                attachments=attachments, progress=(lambda line: say(_indent(line))) if echo else None,
+                                   "rows": len(dataset), **({"streaming": True, "split": "hash"} if streamed else {})}})
+            result = export(
+                model, out, reference_inputs=split.x_test, formats=formats, info=info, trust=trust,
+                format_options=format_options,
+                verify=replace(checks, session=session) if checks is not None else False,
+                progress=(lambda line: say(_indent(line))) if echo else None,
             )
             report = result.report
             say(_indent(result.table(width=INNER)))
         except VerificationError as exc:
-            result, report = None, getattr(exc, "report", None)
+            result, report = None, exc.report
             say(f"         -> {out}: NOT published, the new artifacts failed verification; the bundle is as it was")
         if report is not None:
             say(f"[5/6] verify   {report.mode}, before publishing; reference: {len(split.x_test)} test rows "
@@ -233,8 +239,7 @@ def run_pipeline(
             say(_indent(report.table(width=INNER)))
         else:
             say("[5/6] verify   skipped (--no-verify)")
-        for worker in workers.values():
-            worker.release()  # its exit overlaps stage 6; leaving this block waits for it
+        session.release()  # its workers' exit overlaps stage 6; leaving this block waits for them
         if result is not None:
             timings["export_writing"] = sum(result.seconds.values())
         if report is not None:
@@ -247,9 +252,7 @@ def run_pipeline(
     elif result is None:
         say("[6/6] predict  skipped: nothing was published")
     else:
-        from ..loading import load
-
-        loaded = load(out, trust=trust_pickle)
+        loaded = load(out, trust=trust)
         row = split.x_test[:1]
         labels, probs = loaded.predict(row, probabilities=True)
         prediction = {"input": row[0].tolist(), "artifact": str(loaded.path), "sha256": loaded.sha256,
@@ -269,7 +272,6 @@ def _check_writable(out: Path) -> None:
     """Create ``out`` and write a probe file in it, so that a bad --out fails before training, not after."""
     import os
 
-    from ..fsutil import writable_error
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -303,17 +305,29 @@ def _indent(text: str, pad: str = "         ") -> str:
     return "\n".join(pad + line for line in text.splitlines())
 
 
-def _trace_png(trace: Any, workers: dict[str, Any]) -> Callable[[], bytes]:
+def _warm(chosen: Sequence[Any]) -> list[str]:
+    """The runtimes the verifier imports at start (onnxruntime when ONNX will be checked)."""
+    return ["keras"] + (["onnxruntime"] if any(f.runtime == "onnxruntime" for f in chosen) else [])
+
+
+def _rehearse(chosen: Sequence[Any]) -> list[str]:
+    """Training leaves the verifier idle after its import: it rehearses a tiny round trip of these meanwhile (a
+    cold first load costs 0.1 s more). A SavedModel rehearsal would take as long as training does."""
+    return [f.name for f in chosen if f.runtime == "keras" and not f.legacy and not f.needs_trust]
+
+
+def _trace_png(trace: Any, session: Session) -> Callable[[], bytes]:
     """trace.png: asked of the verification worker now (its matplotlib is warm), collected when export needs it."""
-    worker = next(iter(workers.values()), None)
-    if worker is None:  # no worker (--in-process or --no-verify): draw it here
+    if not session.has(default_backend()):  # no worker (--in-process or --no-verify): draw it here
         return trace.png_bytes
-    path = Path(worker.tmp.name) / "trace.png"
-    ticket = worker.submit({"op": "call", "target": "kerasio.recipe.trace:render_png",
-                            "args": [trace.records, str(path)]})
+    path = Path(session.start().tmp.name) / "trace.png"
+    job = session.submit_job("recipe.render_png", records=trace.records, path=str(path))
 
     def collect() -> bytes:
-        answer = worker.collect(ticket)
-        return path.read_bytes() if answer.get("ok") else trace.png_bytes()
+        try:
+            job.result()
+        except KerasioError:
+            return trace.png_bytes()
+        return path.read_bytes()
 
     return collect

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from .trace import trace_header, trace_row
+from kerasio.recipe.trace import trace_header, trace_row
 
 __all__ = ["live_callbacks", "trace_header"]
 

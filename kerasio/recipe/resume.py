@@ -14,8 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError
-from ..fsutil import private_dir
+from kerasio.bundle.fsutil import private_dir
+from kerasio.bundle.reader import read_manifest
+from kerasio.errors import ArtifactError, KerasioError
+from kerasio.formats import get_format
+from kerasio.process.jobs import job
+from kerasio.process.session import Session
+from kerasio.recipe.data import load_dataset, split_dataset
+from kerasio.recipe.model import TrainConfig, fit
 
 __all__ = ["resume_check", "resume_in_fresh_process", "ResumeResult"]
 
@@ -32,13 +38,9 @@ class ResumeResult:
         return asdict(self)
 
 
+@job("recipe.resume_check")
 def resume_check(bundle: str | Path) -> ResumeResult:
     import warnings
-
-    from ..formats import get_format
-    from ..manifest import read_manifest
-    from .data import load_dataset, split_dataset
-    from .model import TrainConfig, fit
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -72,7 +74,7 @@ def resume_check(bundle: str | Path) -> ResumeResult:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with private_dir("kerasio-load-") as tmp:
-            resumed = get_format("keras").load(art.materialize(bundle, tmp), signature=manifest.signature).model
+            resumed = get_format("keras").load(art.materialize(bundle, tmp), iospec=manifest.iospec).model
     fit(resumed, split.x_train, split.y_train, epochs=n + 1, initial_epoch=n, batch_size=cfg.batch_size,
         seed=cfg.seed)
 
@@ -104,9 +106,8 @@ def resume_in_fresh_process(bundle: str | Path, *, backend: str | None = None) -
 
     Returns the result as a dict; a failure to run becomes ``{"passed": False, "detail": ...}``.
     """
-    from ..worker import Worker
-
-    with Worker(backend, warm=("keras",)) as worker:
-        answer = worker.request({"op": "call", "target": "kerasio.recipe.resume:resume_check",
-                                 "args": [str(bundle)]})
-    return answer["result"] if answer["ok"] else {"passed": False, "detail": answer["error"]}
+    with Session(imports=[__name__]) as session:
+        try:
+            return dict(session.job("recipe.resume_check", backend=backend, bundle=str(bundle)))
+        except KerasioError as exc:
+            return {"passed": False, "detail": str(exc)}

@@ -30,7 +30,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import DataError
+from kerasio.bundle.fsutil import clean_stale_temp
+from kerasio.errors import DataError
 
 __all__ = ["StreamingDataset", "StreamingSplit", "load_streaming", "split_streaming", "CHUNK_BYTES", "CHUNK_ROWS",
            "STREAMING_THRESHOLD", "should_stream"]
@@ -110,7 +111,6 @@ class _Spool:
     def __init__(self, where: str | Path | None = None):
         import tempfile
 
-        from ..fsutil import clean_stale_temp
 
         clean_stale_temp("kerasio-stream-")  # left by killed runs
         self.path = Path(tempfile.mkdtemp(prefix=f"kerasio-stream-{os.getpid()}-", dir=where))
@@ -307,7 +307,6 @@ def _spool_rows(file: Path, features: tuple[str, ...], label: str, chunk_bytes: 
 
 def _classes(texts: list[str]) -> tuple[list[str], list[int]]:
     """Class names, and the class id of each label text: numeric labels sorted, as load_dataset; others as seen."""
-    from .data import class_name
 
     numbers = [_number(v) for v in texts]
     if any(v is None for v in numbers):
@@ -464,3 +463,8 @@ def split_streaming(data: StreamingDataset, *, test_size: int | float = 0.2, see
                         "the hash split; add rows of them or lower the test size.")
     return StreamingSplit(data, seed, fraction, count, n_test, mean.astype(np.float32),
                           (m2 / count).astype(np.float32), np.concatenate(sample_x), np.concatenate(sample_y), counts)
+
+
+def class_name(value: float) -> str:
+    """A numeric label's class name: ``1.0`` -> ``"1"``, ``0.5`` -> ``"0.5"`` (the streamed reader uses it too)."""
+    return str(int(value)) if float(value).is_integer() else str(value)

@@ -13,7 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..tables import render_table
+from kerasio.errors import InputError
+from kerasio.present.html import STYLE, table, trace_svg
+from kerasio.present.text import render_table
+from kerasio.process.jobs import job
 
 __all__ = ["EpochTrace", "observe", "trace_table", "ascii_chart", "TRACE_KEYS", "render_png", "plot_available",
            "trace_header", "trace_row"]
@@ -44,7 +47,6 @@ class _Records:
 
     def _repr_html_(self) -> str:
         """In a notebook: the loss and accuracy charts (inline SVG) above the table."""
-        from ..html import STYLE, table, trace_svg
 
         rows = [[r.get("epoch"), _fmt(r.get("loss")), _fmt(r.get("accuracy")), _fmt(r.get("val_loss")),
                  _fmt(r.get("val_accuracy")), f"{r.get('seconds') or 0:.2f}", r.get("observation", "")]
@@ -69,8 +71,6 @@ class _Records:
             from matplotlib.figure import Figure
             from matplotlib.ticker import MaxNLocator
         except ImportError:
-            from ..errors import InputError
-
             raise InputError("trace.plot() needs matplotlib: pip install 'kerasio[notebooks]'. "
                              "Received: matplotlib is not installed") from None
         fig = Figure(figsize=(9, 3.4), layout="constrained")
@@ -124,10 +124,11 @@ def plot_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
+@job("recipe.render_png")
 def render_png(records: list[dict[str, Any]], path: str) -> str:
     """Write the trace's chart as a PNG at ``path``; return the path.
 
-    The pipeline asks its verification worker to do this (``op: call``): that
+    The pipeline asks its verification worker to do this (a registered job): that
     interpreter imports matplotlib while training keeps this one busy, so the
     0.9 s of a cold matplotlib import never lands on the pipeline's own time.
     """
@@ -172,14 +173,16 @@ def _make_class():
     if _CLASS is not None:
         return _CLASS
 
-    class _EpochTrace(_callback_base(), _Records):
+    base: Any = _callback_base()  # keras.callbacks.Callback, known only once Keras is imported
+
+    class _EpochTrace(base, _Records):
         def __init__(self, csv_path=None, json_path=None):
             super().__init__()
             self.csv_path = Path(csv_path) if csv_path else None
             self.json_path = Path(json_path) if json_path else None
             self.records: list[dict[str, Any]] = []
-            self._csv = None
-            self._writer = None
+            self._csv: Any = None
+            self._writer: Any = None
             self._start = 0.0
 
         def on_train_begin(self, logs=None):
@@ -220,7 +223,7 @@ def _make_class():
 
         def _learning_rate(self):
             optimizer = getattr(self.model, "optimizer", None)
-            lr = getattr(optimizer, "learning_rate", None)
+            lr: Any = getattr(optimizer, "learning_rate", None)
             try:
                 return float(lr.numpy() if hasattr(lr, "numpy") else lr)
             except (TypeError, ValueError):
