@@ -82,6 +82,8 @@ class Session:
         backend = backend or default_backend()
         worker = self._shared.get(backend)
         if worker is None or worker.proc.poll() is not None:
+            if worker is not None:
+                worker.close()  # it died: its files go, and a new one takes its place
             worker = self._shared[backend] = Worker(backend, warm=self.warm, imports=self.imports,
                                                     rehearse=self.rehearse)
         return worker
@@ -97,6 +99,8 @@ class Session:
         key = (backend, tuple(str(p) for p in readable))
         worker = self._sandboxed.get(key)
         if worker is None or worker.proc.poll() is not None:
+            if worker is not None:
+                worker.close()
             worker = self._sandboxed[key] = Worker(backend, warm=warm, imports=[*self.imports, *imports],
                                                    sandbox=list(key[1]), limits=limits, device=device)
         return worker
