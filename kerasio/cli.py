@@ -16,6 +16,25 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from kerasio._version import __version__
+from kerasio.backends import environment as runtime
+from kerasio.backends.environment import import_keras_quietly
+from kerasio.backends.tensorflow import tf_input_names
+from kerasio.bundle.inputs import read_input_file
+from kerasio.bundle.layout import SIGNATURE_NAME, flat_name
+from kerasio.bundle.reader import read_manifest
+from kerasio.bundle.signing import sign
+from kerasio.bundle.trust import trusted
+from kerasio.errors import InputError, KerasioError, UnsafeArtifactError
+from kerasio.formats import REGISTRY
+from kerasio.formats.tf_serving import rest_body
+from kerasio.loading import load, load_isolated
+from kerasio.options import VerifyOptions
+from kerasio.predict import predict_chunks, predict_to_file, with_progress
+from kerasio.present.text import printable, render_table, wrap_notes
+from kerasio.spec.limits import Limits
+from kerasio.verify import last_report, verify
+
 __all__ = ["main"]
 
 EXIT_FAILED, EXIT_ERROR = 1, 2
@@ -27,7 +46,6 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default: 5)")
     p.add_argument("--out", default="saved_models/seed", help="bundle directory (default: saved_models/seed)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, weights and batch order (default: 0)")
-    from kerasio.formats import REGISTRY
 
     p.add_argument("--formats", default="keras,savedmodel",
                    help="comma-separated formats, or 'all' (default: keras,savedmodel); "
@@ -69,7 +87,6 @@ def _format_options(args) -> dict[str, dict[str, object]]:
 
 def _formats_epilog() -> str:
     """Every registered format, its description and options: read from the registry, never listed by hand."""
-    from kerasio.formats import REGISTRY
 
     return _epilog_of(tuple(REGISTRY.values()))
 
@@ -132,8 +149,6 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _limits(args):
-    from kerasio.spec.limits import Limits
-
     return Limits.from_env(memory=args.max_memory, timeout=args.timeout)
 
 
@@ -144,7 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "original model's outputs.",
         epilog=_formats_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from kerasio._version import __version__
 
     parser.add_argument("--version", action="version", version=f"kerasio {__version__}",
                         help="print kerasio's version and exit")
@@ -262,7 +276,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_ERROR
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from kerasio.errors import KerasioError
 
     _warnings_once_to_stderr()
 
@@ -271,7 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KerasioError as exc:
         if args.debug:
             raise
-        from kerasio.present.text import printable
 
         print(f"kerasio: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
@@ -283,7 +295,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # never a traceback: what no kerasio error names is still one line
         if args.debug:
             raise
-        from kerasio.present.text import printable
 
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         kind = "ran out of memory" if isinstance(exc, MemoryError) else f"unexpected {type(exc).__name__}"
@@ -299,8 +310,6 @@ def _warnings_once_to_stderr() -> None:
     shown: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
-        from kerasio.present.text import printable
-
         text = f"kerasio: warning: {message}"
         if text not in shown:
             shown.add(text)
@@ -316,20 +325,17 @@ def _out(text: str = "", **kwargs) -> None:
     and notes escape their cells), so none of them can start a line; a single
     message that carries such strings goes through :func:`_say`.
     """
-    from kerasio.present.text import printable
 
     print("\n".join(printable(line) for line in str(text).split("\n")), **kwargs)
 
 
 def _say(text: str, **kwargs) -> None:
     """Print one line: every control character in it, a newline included, is shown escaped."""
-    from kerasio.present.text import printable
 
     print(printable(str(text)), **kwargs)
 
 
 def _run(args) -> int:
-    from kerasio.errors import InputError
     from kerasio.recipe.distribute import launch_local_cluster, prepare_devices
 
     if args.workers and args.strategy != "multiworker":
@@ -389,15 +395,7 @@ def _without_option(argv: list[str], option: str) -> list[str]:
 
 
 def _verify(args) -> int:
-    from kerasio.backends.environment import import_keras_quietly
-    from kerasio.options import VerifyOptions
-    from kerasio.verify import verify
-
     if args.resume:  # refused before anything runs
-        from kerasio.bundle.reader import read_manifest
-        from kerasio.bundle.trust import trusted
-        from kerasio.errors import UnsafeArtifactError
-
         if not trusted(read_manifest(args.path, public_key=args.public_key), trust=args.trust,
                        public_key=args.public_key):
             raise UnsafeArtifactError(
@@ -440,9 +438,6 @@ def _verify(args) -> int:
 def _predict(args) -> int:
     import importlib
 
-    from kerasio.backends.environment import import_keras_quietly
-    from kerasio.loading import load, load_isolated
-    from kerasio.predict import predict_chunks, predict_to_file
 
     with contextlib.ExitStack() as stack:
         trust = args.trust
@@ -472,8 +467,6 @@ def _print_predictions(parts, progress, args) -> None:
     """Predictions on stdout as they come: CSV (one header), or one JSON array of records."""
     import pandas as pd
 
-    from kerasio.errors import InputError
-    from kerasio.predict import with_progress
 
     first = True
     for part in with_progress(parts, progress):
@@ -495,7 +488,6 @@ def _escaped(columns):
     """String columns (a classifier's labels) with control characters escaped, for a terminal."""
     import numpy as np
 
-    from kerasio.present.text import printable
 
     return {printable(str(name)): np.vectorize(printable, otypes=[str])(values)
             if values.dtype.kind in "USO" and values.size else values for name, values in columns.items()}
@@ -522,10 +514,7 @@ def _rows_progress(enabled: bool):
 
 
 def _inspect(args) -> int:
-    from kerasio.bundle.reader import read_manifest
-    from kerasio.present.text import render_table
     from kerasio.recipe.trace import TraceRecords
-    from kerasio.verify import last_report
 
     bundle = Path(args.path)
     manifest = read_manifest(bundle, public_key=args.public_key)
@@ -537,8 +526,6 @@ def _inspect(args) -> int:
         _out(json.dumps({"manifest": manifest.to_dict(), "integrity": integrity, "signature": signing,
                          "last_verification": last}, indent=2))
         return EXIT_FAILED if changed else 0
-    from kerasio.bundle.layout import flat_name
-    from kerasio.present.text import wrap_notes
 
     if changed:
         first = f"integrity   CHANGED: {len(changed)} of {len(integrity)} files differ; {signing}"
@@ -594,7 +581,6 @@ def _inspect(args) -> int:
 
 def _signature_state(bundle: Path, public_key: str | None) -> str:
     """What ``inspect`` can say of the bundle's signature (it checked it only if given a key)."""
-    from kerasio.bundle.layout import SIGNATURE_NAME
 
     if public_key is not None:
         return f"signature verified with {public_key}"
@@ -626,11 +612,6 @@ def _describe_io(info: dict) -> list[str]:
 
 
 def _serving_request(args) -> int:
-    from kerasio.backends.tensorflow import tf_input_names
-    from kerasio.bundle.inputs import read_input_file
-    from kerasio.bundle.reader import read_manifest
-    from kerasio.formats.tf_serving import rest_body
-
     manifest = read_manifest(args.path)
     inputs = manifest.iospec.coerce(read_input_file(args.input), source=args.input)
     named = dict(zip(tf_input_names(manifest.iospec), inputs.values()))
@@ -645,7 +626,6 @@ def entry() -> None:
     TensorFlow otherwise spends most of a second tearing it down, and the CLI
     has nothing left to clean up (files are already renamed into place).
     """
-    from kerasio.backends import environment as runtime
 
     runtime.LEAN = True  # this process is kerasio's own: Keras starts without what kerasio never uses
     try:
@@ -659,10 +639,6 @@ def entry() -> None:
 
 
 def _sign(args) -> int:
-    from kerasio.bundle.reader import read_manifest
-    from kerasio.bundle.signing import sign
-    from kerasio.errors import InputError
-
     password = None
     if args.password_env:
         password = os.environ.get(args.password_env)
