@@ -38,11 +38,10 @@ from kerasio.formats import REGISTRY, ExportContext, Format, explicit, resolve_f
 from kerasio.options import BundleInfo, VerifyOptions, check_format_options, verify_options
 from kerasio.present.html import STYLE, escape, table
 from kerasio.present.text import render_table, wrap_notes
-from kerasio.process.protocol import CheckRequest
 from kerasio.process.session import Session
 from kerasio.spec.iospec import IOSpec, _all_layers, derive_iospec, mark_probabilities
 from kerasio.spec.task import resolve_task
-from kerasio.verify import VERIFICATION_FILE, importable_custom_modules, plugin_modules, verify_staged
+from kerasio.verify import VERIFICATION_FILE, check_request, importable_custom_modules, plugin_modules, verify_staged
 
 __all__ = ["export", "ExportResult", "choose_formats"]
 
@@ -286,9 +285,8 @@ def _submit_check(session: Session, fmt: Format, dest: Path, stage: Path, iospec
     """
     worker = session.start(fmt.worker_backend(checks.backend or default_backend()))
     imports = (*checks.imports, *importable_custom_modules(custom), *plugin_modules([fmt.name]))
-    session.submit(worker, CheckRequest(fmt.name, str(dest), iospec.to_dict(), str(stage / REFERENCE_FILES["inputs"]),
-                                        device=checks.device, precision=checks.precision, trust=trust,
-                                        imports=imports, allow_ops=tuple(checks.allow_ops)))
+    session.submit(worker, check_request(fmt.name, dest, iospec.to_dict(), stage / REFERENCE_FILES["inputs"], checks,
+                                         trust=trust, imports=imports))
 
 
 def choose_formats(formats: str | Sequence[str] | None, iospec: IOSpec | None = None, *,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from kerasio.backends.environment import PRECISIONS
 from kerasio.errors import InputError
 from kerasio.formats import REGISTRY
 from kerasio.spec.limits import Limits
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["BundleInfo", "VerifyOptions", "MODES", "verify_options", "in_mode", "check_format_options"]
 
 MODES = ("fresh-process", "in-process")
-PRECISIONS = ("highest", "fast")
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from kerasio.spec.limits import Limits
 from kerasio.spec.tolerances import OutputComparison, compare_output, tolerance_for
 
 __all__ = ["verify", "verify_staged", "VerifyReport", "Check", "VERIFICATION_FILE", "importable_custom_modules",
-           "plugin_modules"]
+           "plugin_modules", "check_request"]
 
 VERIFICATION_FILE = "verification.json"
 
@@ -382,9 +382,7 @@ def _verify(bundle: Path, manifest: Manifest, references: References, formats: s
                 # The worker loads a private copy made from the very reads that were hashed.
                 path = bundle / art.path if staged else \
                     art.materialize(bundle, Path(tmp) / f"artifact-{len(report.checks)}-{art.format}")
-                request = CheckRequest(art.format, str(path), iospec, str(inputs), device=options.device,
-                                       precision=options.precision, trust=trust, imports=imports,
-                                       allow_ops=tuple(options.allow_ops))
+                request = check_request(art.format, path, iospec, inputs, options, trust=trust, imports=imports)
                 if options.in_process and child_backend == keras_backend():
                     report.sandbox.setdefault(child_backend, "off: in-process verification")
                     reply = answer(request, Path(tmp))
@@ -498,6 +496,13 @@ def _refuse_main_classes(manifest: Manifest, art: Artifact) -> None:
             "pass VerifyOptions(imports=['that_module']) (CLI: --import MODULE), or verify in this "
             f"process with in_process=True (CLI: --in-process). Received: module='__main__' for {local}"
         )
+
+
+def check_request(fmt: str, path: Path, iospec: dict[str, Any], inputs: Path, options: VerifyOptions, *,
+                  trust: bool, imports: Sequence[str]) -> CheckRequest:
+    """The worker request that checks one artifact under ``options`` (export sends the same one early)."""
+    return CheckRequest(fmt, str(path), iospec, str(inputs), device=options.device, precision=options.precision,
+                        trust=trust, imports=tuple(imports), allow_ops=tuple(options.allow_ops))
 
 
 def plugin_modules(formats: Iterable[str]) -> list[str]:
