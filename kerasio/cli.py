@@ -371,6 +371,9 @@ def _run(args) -> int:
             "verification": result.report.to_dict() if result.report else None,
             "prediction": result.prediction, "seconds": result.seconds,
         }, indent=2, default=str))
+    if args.debug and result.export is not None:  # each skipped format's whole converter or loader text
+        for name, text in result.export.details.items():
+            print(f"kerasio: {name} skipped; the full text:\n{text}", file=sys.stderr)
     if result.report is not None and result.report.worker_failure():
         print(f"kerasio: error: {result.report.worker_failure()}", file=sys.stderr)  # not a mismatch: exit 2
         return EXIT_ERROR
@@ -540,7 +543,8 @@ def _inspect(args) -> int:
              f"created     {manifest.created_utc} (schema {manifest.schema_version}); backend {manifest.backend}, "
              f"device {manifest.device}",
              "versions    " + ", ".join(f"{k} {v[k]}" for k in v),
-             f"model       {sig.model_kind}, compute {sig.compute_dtype}, task {manifest.task.kind}"]
+             f"model       {sig.model_kind}, compute {sig.compute_dtype}"
+             f"{f', quantized {sig.quantization}' if sig.quantization else ''}, task {manifest.task.kind}"]
     for spec in sig.inputs:
         cols = f" columns {sig.feature_names}" if sig.feature_names and len(sig.inputs) == 1 else ""
         lines.append(f"input       {spec.describe()}{cols}")
@@ -557,6 +561,9 @@ def _inspect(args) -> int:
         lines.append("metrics     " + ", ".join(f"{k} {val:.4f}" for k, val in manifest.metrics.items()))
     if manifest.attachments:
         lines.append("attached    " + ", ".join(flat_name(a["path"]) for a in manifest.attachments))
+    if manifest.packages:
+        lines.append("packages    " + ", ".join(f"{k} {v}" for k, v in manifest.packages.items())
+                     + " (allowlisted: a fresh process imports them to rebuild the model's classes)")
     _out("\n".join(wrap_notes(lines, indent="")))
     last_by: dict[str, list[str]] = {}
     for c in (last or {}).get("checks", []):

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 from kerasio.backends.base import available_devices, device_name, keras_forward, outputs_from_run, precision_policy
 from kerasio.backends.environment import cpu_features, default_backend, keras_backend, quiet_framework_logs
 from kerasio.bundle.arrays import save_arrays
+from kerasio.bundle.audit.packages import named_packages
 from kerasio.bundle.fsutil import (
     bundle_lock,
     clean_stale,
@@ -37,7 +38,7 @@ from kerasio.errors import ArtifactError, KerasioError, UnsafeArtifactError, Uns
 from kerasio.formats import REGISTRY, ExportContext, Format, explicit, resolve_formats
 from kerasio.options import BundleInfo, VerifyOptions, check_format_options, verify_options
 from kerasio.present.html import STYLE, escape, table
-from kerasio.present.text import render_table, wrap_notes
+from kerasio.present.text import first_error_line, render_table, wrap_notes
 from kerasio.process.session import Session
 from kerasio.spec.iospec import IOSpec, _all_layers, derive_iospec, mark_probabilities
 from kerasio.spec.task import resolve_task
@@ -50,9 +51,10 @@ class ExportResult:
     """The manifest written, how long each artifact took, what was skipped and why, and the verification."""
 
     def __init__(self, bundle: Path, manifest: Manifest, seconds: dict[str, float], skipped: dict[str, str],
-                 report: Any = None):
+                 report: Any = None, details: dict[str, str] | None = None):
         self.bundle, self.manifest, self.seconds, self.skipped = bundle, manifest, seconds, skipped
         self.report = report  # a VerifyReport when export(..., verify=True)
+        self.details = dict(details or {})  # a skipped format's full converter or loader text (CLI: --debug)
 
     def table(self, width: int = 100) -> str:
         """The written artifacts as a text table, skipped formats with their reasons below, at most ``width`` wide."""
@@ -113,11 +115,14 @@ def export(
             (Keras's own name for them, as in ``model.export``).
         info: what the bundle records besides the model (:class:`~kerasio.BundleInfo`: task, feature and
             class names, label, trace, metrics, training, attachments).
-        verify: verify every artifact before publishing it (``result.report``);
-            if any fails, raise :class:`~kerasio.errors.VerificationError` (its ``report`` says why) and leave the
-            bundle as it was. ``True`` (or ``"fresh-process"``) loads them in a fresh interpreter started before
-            the first artifact is written; ``"in-process"`` loads them here (faster, but weaker); a
-            :class:`~kerasio.VerifyOptions` says how (tolerances, and a session started earlier).
+        verify: verify every artifact before publishing it (``result.report``). Without it, each artifact is still
+            probed in this process (reloaded, run on the reference inputs, compared against the tolerance table)
+            before anything is published. Under ``formats="all"`` or the defaults, an artifact that fails its own
+            round trip is not published: it is skipped with the cause in one line (``result.skipped``; the full
+            text in ``result.details``). Otherwise, if any fails, raise :class:`~kerasio.errors.VerificationError`
+            (its ``report`` says why) and leave the bundle as it was. ``True`` (or ``"fresh-process"``) loads
+            them in a fresh interpreter started before the first artifact is written; ``"in-process"`` loads them
+            here (faster, but weaker); a :class:`~kerasio.VerifyOptions` says how (tolerances, and a session started earlier).
         trust: you vouch for the formats that can run code when loaded: the pickle format is written only then.
         format_options: options of one format, by format name (``{"weights": {"max_shard_size": 2}}``); each
             format lists its own (``kerasio --help``).
@@ -155,6 +160,7 @@ def export(
             raise ArtifactError(f"{bundle}: attachment name {name!r} must be a plain file name that no artifact, "
                                 f"reference file or the manifest uses. Rename it. Received: {name!r}")
     seconds: dict[str, float] = {}
+    details: dict[str, str] = {}  # a skipped format's full converter or loader text (the CLI's --debug)
     custom = _custom_objects(model)
     lock: Any = None
     stage: Path | None = None
@@ -194,7 +200,13 @@ def export(
                     except ArtifactError as exc:
                         if explicit(formats):
                             raise
-                        skipped[fmt.name] = f"its converter failed: {exc.__cause__ or exc}"[:400]
+                        cause = exc.__cause__ or exc
+                        # A KeyError's text is only its key ("tf.float8_e4m3fn"): say what kind of error it was.
+                        full = str(cause) if isinstance(cause, (ValueError, KerasioError)) else \
+                            f"{type(cause).__name__}: {cause}"
+                        doing = "Keras could not write it" if fmt.runtime == "keras" else "its converter failed"
+                        skipped[fmt.name] = f"{doing}: {first_error_line(full)}"
+                        details[fmt.name] = full
                         if dest.is_dir():
                             shutil.rmtree(dest, ignore_errors=True)
                         else:
@@ -229,18 +241,24 @@ def export(
                 reference={"rows": int(len(next(iter(x_ref.values())))),
                            **{key: hash_entry(stage, name) for key, name in REFERENCE_FILES.items()}},
                 custom_objects=custom, attachments=[hash_entry(stage, name) for name in attachments],
+                packages=named_packages(c["module"] for c in custom),
             )
             report = None
             manifest.write(stage)  # the staged export is a bundle of its own: verified as one, published as one
-            if checks is not None:
-                # Verify the staged bundle (same layout) before anything is published: an
-                # artifact that fails never replaces the one already in the bundle.
-                report = verify_staged(stage, manifest, checks, shown=bundle, trust=trust, session=session,
-                                       progress=progress)
-                if not report.ok:
-                    raise VerificationError(
-                        f"{bundle}: nothing was published, the bundle is as it was; the new artifacts failed "
-                        f"verification: {report.failure_text()}", report=report)
+            # Probe, then publish: the staged bundle (same layout) is verified before anything is published, so
+            # an artifact that fails never replaces the one already in the bundle. Without verify=..., each artifact
+            # is still probed, in this process: none is published that fails its own round trip.
+            probe = checks if checks is not None else VerifyOptions(mode="in-process")
+            report = verify_staged(stage, manifest, probe, shown=bundle, trust=trust, session=session,
+                                   progress=progress)
+            if not report.ok and not explicit(formats):
+                report = _drop_failed(stage, bundle, manifest, report, skipped, details)
+            if not report.ok:
+                raise VerificationError(
+                    f"{bundle}: nothing was published, the bundle is as it was; the new artifacts failed "
+                    f"verification: {report.failure_text()}", report=report)
+            if checks is None:
+                report = None  # a probe, not the verification the caller asked for
             manifest = commit(stage, bundle, manifest)  # one atomic swap of the manifest publishes the generation
             stage = None  # it is the new generation now
             if report is not None:
@@ -254,7 +272,52 @@ def export(
                 shutil.rmtree(stage, ignore_errors=True)
             if lock is not None and lock.is_locked:
                 lock.release()
-    return ExportResult(bundle, manifest, seconds, skipped, report)
+    return ExportResult(bundle, manifest, seconds, skipped, report, details)
+
+
+def _drop_failed(stage: Path, bundle: Path, manifest: Manifest, report: Any, skipped: dict[str, str],
+                 details: dict[str, str]) -> Any:
+    """Unpublish (from the staged bundle) every artifact whose own round trip failed; record each one's reason.
+
+    The remaining artifacts passed; the manifest is rewritten without the dropped ones, which ``skipped`` now
+    names with the cause in one line. A failed resume check is not a format's: it stays a failure.
+    """
+    failed = {c.format: c for c in report.failures()}
+    if not failed or len(failed) == len(manifest.artifacts):
+        return report  # nothing to drop, or nothing would be left: the caller raises with every cause
+    for name, check in failed.items():
+        skipped[name] = _probe_reason(check, stage, bundle)
+        details[name] = check.error or report.failure_text()
+        art = manifest.artifact(name)
+        target = stage / art.path
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    manifest.artifacts = [a for a in manifest.artifacts if a.format not in failed]
+    manifest.skipped = dict(skipped)
+    manifest.write(stage)
+    report.checks = [c for c in report.checks if c.format not in failed]
+    return report
+
+
+def _probe_reason(check: Any, stage: Path, bundle: Path) -> str:
+    """Why a format's round trip failed, in one line, without the staging directory's name."""
+    if check.error:
+        text = check.error
+        for prefix in (f"{stage / check.artifact}: ", str(stage)):
+            text = text.replace(prefix, "")
+        said, _, received = text.partition("Received: ")
+        first = said.split(". ")[0].rstrip(". ")
+        if not first or "re-export it" in first or "could not load it" in first:  # the loader's own words then
+            first = received or said
+        return f"its artifact was written but does not reload: {first_error_line(first)}"
+    bad = [o for o in check.outputs if not o["passed"]]
+    what = "; ".join(f"output {o['name']!r}: {o.get('detail') or str(o['mismatches']) + ' values outside'} "
+                     f"(max abs diff {o['max_abs_diff']:.2e})" if o.get("max_abs_diff") is not None else
+                     f"output {o['name']!r}: {o.get('detail') or 'differs'}" for o in bad)
+    return (f"its artifact reloads with different outputs on {check.backend}/{check.device}: {what}; "
+            f"tolerance atol {check.atol:g}, rtol {check.rtol:g}")[:400]
 
 
 def _reference_forward(model: Any, iospec: IOSpec, x_ref: dict[str, Any]) -> Any:
@@ -385,7 +448,7 @@ def _custom_objects(model: Any) -> list[dict[str, Any]]:
     seen = {}
     for obj in [model, *_all_layers(model)]:
         cls = type(obj)
-        if not cls.__module__.startswith("keras"):
+        if cls.__module__ != "keras" and not cls.__module__.startswith("keras."):  # keras_hub's are not Keras's
             seen[cls.__name__] = {
                 "class": cls.__name__, "module": cls.__module__,
                 "registered_name": keras.saving.get_registered_name(cls),

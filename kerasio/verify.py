@@ -78,6 +78,7 @@ class Check:
     error_type: str = ""  # the kerasio exception behind ``error`` (WorkerError: the verifier died, not a mismatch)
     tf32_drift: float | None = None
     device_drift: float | None = None
+    packages: dict[str, str] = field(default_factory=dict)  # allowlisted packages the loader imported (keras_hub)
 
     @property
     def status(self) -> str:
@@ -115,6 +116,10 @@ class VerifyReport:
         if precisions:
             notes.append(f"  precision: {', '.join(precisions)}")
         notes += [f"  sandbox ({backend}): {status}" for backend, status in self.sandbox.items()]
+        imported = {name: version for c in self.checks for name, version in c.packages.items()}
+        if imported:
+            notes.append("  imported for the model's classes (allowlisted): "
+                         + ", ".join(f"{name} {version}" for name, version in sorted(imported.items())))
         if self.allowed_ops:
             notes.append(f"  SavedModel ops allowed by the caller beyond the inference allowlist: {self.allowed_ops}")
         if any(c.tolerance_source == "override" for c in self.checks):
@@ -422,7 +427,7 @@ def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult], refere
         full = load_arrays(Path(res.outputs + "-full.npz"), iospec.output_names)
         one = load_arrays(Path(res.outputs + "-one.npz"), iospec.output_names)
         outputs[res.device] = full
-        tol = tolerance_for(art.format, res.backend, res.device, iospec.compute_dtype, res.precision,
+        tol = tolerance_for(art.format, res.backend, res.device, iospec.compute, res.precision,
                             exported_by=manifest.backend or "tensorflow", exported_on=manifest.device or "cpu",
                             same_cpu=same_cpu, extra=get_format(art.format).tolerances)
         use_atol = tol.atol if atol is None else float(atol)
@@ -444,7 +449,7 @@ def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult], refere
             tolerance_source="table" if rtol is None and atol is None else "override",
             tolerance_reason=tol.reason if rtol is None and atol is None else "given by the caller",
             outputs=[o.to_dict() for o in per_output], passed=all(o.passed for o in per_output),
-            seconds=time.perf_counter() - start,
+            seconds=time.perf_counter() - start, packages=dict(res.packages or {}),
         )
         if res.fast_outputs:
             fast = load_arrays(Path(res.fast_outputs + "-full.npz"), iospec.output_names)

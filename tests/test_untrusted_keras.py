@@ -103,8 +103,10 @@ def test_configs_out_of_bounds_are_refused_as_kerasio_errors(model_keras, tmp_pa
 
 @pytest.mark.parametrize("obj, match", [
     ({"module": "keras_hub.src.models.bert.bert_backbone", "class_name": "BertBackbone", "registered_name": None},
-     r"custom class 'BertBackbone' \(module 'keras_hub.src.models.bert.bert_backbone'\) is not registered in this "
-     r"process.*a package \(keras_hub, \.\.\.\) is trusted only once you import it"),
+     r"class 'BertBackbone' comes from keras_hub \(module 'keras_hub.src.models.bert.bert_backbone'\), which is "
+     r"allowlisted but either not installed here or does not register that class"),
+    ({"module": "keras_hub.src.evil", "class_name": "Evil", "registered_name": "keras_hub>Evil"},
+     r"class 'keras_hub>Evil' comes from keras_hub .*does not register that class"),
     ({"module": "kerasfoo.layers", "class_name": "Dense", "registered_name": None}, r"custom class 'Dense' \(module "
                                                                                      r"'kerasfoo\.layers'\) is not "
                                                                                      r"registered"),
@@ -112,7 +114,7 @@ def test_configs_out_of_bounds_are_refused_as_kerasio_errors(model_keras, tmp_pa
      r"contains a TFSMLayer layer, which loads or runs code that its config names"),
     ({"module": "keras.src.utils.file_utils", "class_name": "get_file", "registered_name": None},
      r"names keras\.src\.utils\.file_utils\.get_file, which is not a layer, op, initializer"),
-], ids=["keras-hub-by-name", "keras-prefix", "tfsm-layer", "not-a-keras-class"])
+], ids=["keras-hub-by-name", "keras-hub-unknown-class", "keras-prefix", "tfsm-layer", "not-a-keras-class"])
 def test_only_an_explicit_list_of_classes_is_trusted(model_keras, tmp_path, obj, match):
     def inject(config):
         layer = first_dense(config)

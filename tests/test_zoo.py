@@ -22,8 +22,7 @@ TEXT = {"h5": "HDF5 (.h5) does not keep the vocabulary of StringLookup, TextVect
         "weights": "a .weights.h5 file does not hold the vocabulary of StringLookup, TextVectorization",
         "onnx": "tf2onnx cannot convert TensorFlow's string and lookup-table ops",
         "litert": "LiteRT has no string tensors"}
-RNN = {"onnx": "tf2onnx cannot convert Keras 3's recurrent loop (LSTM: TensorList ops)",
-       "litert": "LiteRT cannot lower Keras 3's recurrent loop (LSTM)"}
+RNN = {"litert": "LiteRT's builtins cannot run Keras 3's recurrent loop (LSTM)"}  # ONNX converts it (Keras's route)
 # kind: (expected task, {format: start of the skip reason})
 EXPECTED = {
     "mlp": ("classification", {}),
@@ -41,11 +40,11 @@ EXPECTED = {
 
 @pytest.fixture(scope="module", params=sorted(zoo.ZOO))
 def exported(request, tmp_path_factory):
-    """Each zoo kind exported with formats='all' (pickle trusted) and verified in fresh processes."""
+    """Each zoo kind exported with formats='all' (pickle trusted), verified in fresh processes before publishing."""
     model, x = zoo.ZOO[request.param]()
     out = tmp_path_factory.mktemp(request.param) / "bundle"
-    result = kerasio.export(model, out, reference_inputs=x, formats="all", trust=True)
-    report = kerasio.verify(out, trust=True, record=False)
+    result = kerasio.export(model, out, reference_inputs=x, formats="all", trust=True, verify=True)
+    report = result.report
     return request.param, model, x, out, result, report
 
 

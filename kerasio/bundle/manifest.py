@@ -146,6 +146,8 @@ class Manifest(NamedColumns):
     reference: dict[str, Any] = field(default_factory=dict)
     custom_objects: list[dict[str, Any]] = field(default_factory=list)
     attachments: list[dict[str, Any]] = field(default_factory=list)  # hashed extra files (trace.csv, ...)
+    # allowlisted packages whose classes the model uses (kerasio.bundle.audit.packages): {name: version}
+    packages: dict[str, str] = field(default_factory=dict)
     # sha256 of the bytes this manifest was parsed from ('' when built in memory): what kerasio.bundle.trust records
     digest: str = field(default="", repr=False, compare=False)
 
@@ -158,6 +160,7 @@ class Manifest(NamedColumns):
             "artifacts": [vars(a).copy() for a in self.artifacts], "skipped": dict(self.skipped),
             "label": self.label, "trace": self.trace, "metrics": self.metrics, "training": self.training,
             "reference": self.reference, "custom_objects": self.custom_objects, "attachments": self.attachments,
+            **({"packages": dict(self.packages)} if self.packages else {}),
         }
 
     @classmethod

@@ -157,7 +157,7 @@ _SPEC = _object({"name": NAME, "dtype": _one_of(DTYPES), "shape": _list_of(_dim,
 _SIGNATURE = _object({
     "inputs": _list_of(_SPEC, MAX_SPECS), "outputs": _list_of(_SPEC, MAX_SPECS), "input_structure": _one_of(STRUCTURES),
     "output_structure": _one_of(STRUCTURES), "feature_names": _optional(_list_of(NAME)),
-    "model_kind": NAME, "compute_dtype": _one_of(DTYPES), "layers": _list_of(NAME),
+    "model_kind": NAME, "compute_dtype": _one_of(DTYPES), "layers": _list_of(NAME), "quantization": STR,
 }, required=("inputs", "outputs"))
 _TASK = _object({"kind": _one_of(tuple(t for t in TASKS if t != "auto")), "output": _optional(NAME),
                  "class_names": _list_of(NAME), "binary": BOOL})
@@ -175,7 +175,7 @@ FIELDS: dict[str, Check] = {
     "device_name": STR, "cpu_features": NAME, "signature": _SIGNATURE, "task": _TASK,
     "artifacts": _list_of(_ARTIFACT, MAX_ARTIFACTS), "skipped": _map_of(STR, MAX_ARTIFACTS), "label": NAME,
     "trace": _list_of(_TRACE), "metrics": _map_of(NUMBER), "training": DICT, "reference": _REFERENCE,
-    "custom_objects": _list_of(DICT, 10_000), "attachments": _list_of(_ENTRY, 256),
+    "custom_objects": _list_of(DICT, 10_000), "attachments": _list_of(_ENTRY, 256), "packages": _map_of(STR, 64),
 }
 REQUIRED = ("schema_version", "signature", "artifacts", "reference")
 # kerasio 0.1 (schema 1) wrote these instead of signature/task; they are translated after this check.

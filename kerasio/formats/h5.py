@@ -13,6 +13,11 @@ from kerasio.formats.base import ExportContext, Format, Runner, register
 from kerasio.spec.iospec import IOSpec
 
 _WHY = "HDF5 (.h5) is Keras's legacy format; prefer .keras for round trips."
+# Layers whose configs Keras 3's legacy loader cannot rebuild (each seen failing in the real-architectures zoo).
+_LEGACY_CANNOT_REBUILD = {
+    "LayerScale": "ConvNeXt's; the legacy loader looks classes up by bare name, and Keras registers it by module",
+    "Attention": "its score_mode is saved as a Python function, which the legacy config cannot deserialize",
+}
 
 
 class H5Format(Format):
@@ -30,6 +35,13 @@ class H5Format(Format):
         if iospec.lookup_layers():
             return (f"HDF5 (.h5) does not keep the vocabulary of {', '.join(iospec.lookup_layers())}: the "
                     "reloaded lookup table is empty; use .keras or the SavedModel")
+        unbuildable = sorted(set(iospec.layers) & set(_LEGACY_CANNOT_REBUILD))
+        if unbuildable:
+            return (f"Keras's legacy HDF5 loader cannot rebuild layer '{unbuildable[0]}' "
+                    f"({_LEGACY_CANNOT_REBUILD[unbuildable[0]]}); use .keras")
+        if "float8" in iospec.quantization.split(","):
+            return ("Keras's legacy HDF5 loader cannot restore float8 quantization: it builds the scales with "
+                    "another shape than it saved (\"Shape mismatch ... inputs_scale\"); use .keras")
         return None
 
     def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
@@ -54,12 +66,13 @@ class H5Format(Format):
 
         warnings.warn(_WHY, LegacyFormatWarning, stacklevel=3)
         config, held = h5_file_config(path)  # links refused, every dataset backed by storage
-        audit_config(config, path)
+        packages: dict[str, str] = {}
+        audit_config(config, path, packages)
         check_weights(config, path, lambda: held, build=build_legacy)
         # compile=False: an inference reload needs no optimizer, and Keras 3 cannot rebuild a legacy
         # compile config that names metrics by string ("Could not locate function 'mse'").
         model = guarded_load(path, device, lambda: keras.saving.load_model(path, safe_mode=True, compile=False))
-        return keras_runner(model, self.name, path, iospec, device, legacy=True)
+        return keras_runner(model, self.name, path, iospec, device, legacy=True, packages=packages)
 
     def matches(self, path: Path) -> bool:
         return path.is_file() and path.name.endswith(".h5") and not path.name.endswith(".weights.h5")

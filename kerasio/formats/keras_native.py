@@ -29,9 +29,10 @@ class KerasFormat(Format):
              trust: bool = False) -> Runner:
         import keras
 
-        custom = audit_keras_file(path)  # before any object is constructed
+        packages: dict[str, str] = {}
+        custom = audit_keras_file(path, packages)  # before any object is constructed
         model = guarded_load(path, device, lambda: keras.saving.load_model(path, safe_mode=True))
-        return keras_runner(model, self.name, path, iospec, device, custom_objects=custom)
+        return keras_runner(model, self.name, path, iospec, device, custom_objects=custom, packages=packages)
 
     def precheck(self, path: Path) -> None:
         precheck_config(read_keras_config(path), path)  # the archive, then the config as bounded JSON

@@ -1,9 +1,12 @@
 """``litert``: a ``.tflite`` flatbuffer with a named ``serving_default`` signature, run by the LiteRT interpreter."""
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -13,6 +16,7 @@ from kerasio.bundle.audit.litert import audit_litert
 from kerasio.errors import ArtifactError, BackendUnavailableError
 from kerasio.formats._tf_common import endpoint, forward_function
 from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.present.text import first_error_line
 from kerasio.spec.iospec import IOSpec, TensorSpec, dtype_name
 
 
@@ -34,8 +38,9 @@ class LiteRTFormat(Format):
         if iospec.has_string_inputs() or iospec.lookup_layers():
             return "LiteRT has no string tensors or lookup-table ops among its builtins (they need TF Select/Flex)"
         if iospec.recurrent_layers():
-            return (f"LiteRT cannot lower Keras 3's recurrent loop ({', '.join(iospec.recurrent_layers())}): "
-                    "its TensorList needs a static element shape")
+            return (f"LiteRT's builtins cannot run Keras 3's recurrent loop ({', '.join(iospec.recurrent_layers())}): "
+                    "the converter, as Keras's own model.export(format='litert') calls it, leaves TensorList "
+                    "ops to TF Select (Flex), which the LiteRT runtime does not ship")
         if iospec.compute_dtype != "float32":
             return (f"LiteRT has no {iospec.compute_dtype} MatMul/BiasAdd builtins for a mixed precision model "
                     "(they need TF Select/Flex ops, which the LiteRT runtime does not ship)")
@@ -56,7 +61,13 @@ class LiteRTFormat(Format):
             archive.track(model)
             archive.add_endpoint("serving_default", endpoint(forward_function(model, ctx.iospec), ctx.iospec))
             archive.write_out(tmp, verbose=False)
-            data = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+            with _native_stderr(Path(tmp) / "converter.log") as log:
+                try:
+                    data = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+                except Exception as exc:  # the converter's own error, and what its MLIR passes printed
+                    said = log.read_text(errors="replace") if log.is_file() else ""
+                    raise ValueError(f"LiteRT converter: {first_error_line(str(exc) or said)}\n{exc}\n{said}") \
+                        from None
         dest.write_bytes(data)
         return {}
 
@@ -106,6 +117,22 @@ class LiteRTFormat(Format):
         interpreter = _interpreter_class()(model_path=str(path))
         listing = interpreter.get_signature_list().get("serving_default", {})
         return {"inputs": list(listing.get("inputs", [])), "outputs": list(listing.get("outputs", []))}
+
+
+@contextlib.contextmanager
+def _native_stderr(log: Path) -> Iterator[Path]:
+    """File descriptor 2 sent to ``log`` meanwhile: the converter's C++ passes print pages of MLIR there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield log
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def _spec(name: str, detail: dict[str, Any]) -> TensorSpec:

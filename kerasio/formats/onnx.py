@@ -1,13 +1,15 @@
 """``onnx``: the frozen forward pass converted by tf2onnx, with the model's own I/O names, run by onnxruntime."""
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from kerasio.backends.environment import require
-from kerasio.backends.tensorflow import tf_input_names
+from kerasio.backends.tensorflow import tf_input_names, tf_input_specs
 from kerasio.bundle.audit.onnx import audit_onnx
 from kerasio.errors import ArtifactError
 from kerasio.formats._tf_common import endpoint, forward_function
@@ -31,40 +33,46 @@ class OnnxFormat(Format):
         if iospec.has_string_inputs() or iospec.lookup_layers():
             return ("tf2onnx cannot convert TensorFlow's string and lookup-table ops (StringSplitV2, "
                     "StaticRegexReplace, LookupTableFindV2) that text preprocessing uses")
-        if iospec.recurrent_layers():
-            return (f"tf2onnx cannot convert Keras 3's recurrent loop ({', '.join(iospec.recurrent_layers())}: "
-                    "TensorList ops); onnxruntime rejects the result (\"Invalid tensor data type 0\")")
         return None
 
     def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
-        """Freeze the forward pass, convert it with tf2onnx and give the graph the signature's names.
+        """Freeze the forward pass as tf2onnx's own ``from_function`` does, convert it, name the graph's I/O.
 
-        ``model.export(format="onnx")`` hands tf2onnx a function whose captured
-        constants (an adapted ``Normalization``'s mean and variance) become
-        unbound graph *inputs*: onnxruntime then refuses to run it without them.
-        Freezing every capture into a constant first gives a self-contained
-        graph whose inputs are exactly the model's.
+        ``model.export(format="onnx")`` calls ``tf2onnx.convert.from_function``,
+        which freezes the function with control flow kept as functional
+        ``While`` loops (``lower_control_flow=False``, what converts a
+        recurrent layer to an ONNX ``Loop``) and inlines its calls. Its
+        freezing leaves an adapted ``Normalization``'s captured mean and
+        variance as unbound graph *inputs*, which onnxruntime refuses to run
+        without; freezing every capture here, with the same settings, gives a
+        self-contained graph whose inputs are exactly the model's. Should this
+        route fail, the library's own call is tried, and kept only when its
+        graph's inputs are the model's.
         """
         onnx = require("onnx", "exporting ONNX")
-        tf2onnx = require("tf2onnx", "exporting ONNX")
+        require("tf2onnx", "exporting ONNX")
         require("tensorflow", "exporting ONNX")
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
         iospec = ctx.iospec
-        concrete = endpoint(forward_function(model, iospec), iospec).get_concrete_function()
-        frozen = convert_variables_to_constants_v2(concrete)
-        graph_model, _ = tf2onnx.convert.from_graph_def(
-            frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-            output_names=[t.name for t in frozen.outputs], opset=OPSET,
-        )
-        renames = {f"{tf_name}:0": spec.name for tf_name, spec in zip(tf_input_names(iospec), iospec.inputs)}
-        # A dict's outputs flatten in sorted-key order (tf.nest), which is the order of frozen.outputs.
-        flat = sorted(iospec.output_names)
-        renames.update({t.name: name for t, name in zip(frozen.outputs, flat)})
+        function = endpoint(forward_function(model, iospec), iospec)
+        with _converter_errors() as said:
+            try:
+                graph_model, renames = _frozen_route(function, iospec)
+                route = "frozen"
+            except Exception as first:  # the converter's own error types; its route is the fallback
+                try:
+                    graph_model, renames = _library_route(function, iospec)
+                except Exception:
+                    raise first from None
+                route = "tf2onnx.from_function"
         _rename_io(graph_model.graph, renames)
+        unsupported = [line for line in said if line.startswith("Unsupported ops")]
+        if unsupported:  # tf2onnx keeps going past ops it cannot convert; the graph it writes is then invalid
+            raise ValueError(f"tf2onnx: {unsupported[0]} (Keras's own model.export(format='onnx') calls the same "
+                             "converter)\n" + "\n".join(said))
         onnx.checker.check_model(graph_model)
         onnx.save(graph_model, str(dest))
-        return {"opset": OPSET}
+        return {"opset": OPSET, "route": route}
 
     def available_devices(self, backend: str) -> list[str]:
         ort = require("onnxruntime", "running ONNX")
@@ -109,6 +117,56 @@ class OnnxFormat(Format):
         onnx = require("onnx", "reading ONNX")
         graph = onnx.load(str(path), load_external_data=False).graph
         return {"inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output]}
+
+
+@contextlib.contextmanager
+def _converter_errors() -> Iterator[list[str]]:
+    """tf2onnx's ERROR log lines during a conversion, collected (not printed): they become the skip's reason."""
+    said: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    logger = logging.getLogger("tf2onnx")
+    handler, propagate = Collect(logging.ERROR), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _frozen_route(function: Any, iospec: IOSpec) -> tuple[Any, dict[str, str]]:
+    import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    concrete = function.get_concrete_function()
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
+    graph_model, _ = tf2onnx.convert.from_graph_def(
+        frozen.graph.as_graph_def(add_shapes=True), input_names=[t.name for t in frozen.inputs],
+        output_names=[t.name for t in frozen.outputs], opset=OPSET,
+    )
+    renames = {f"{tf_name}:0": spec.name for tf_name, spec in zip(tf_input_names(iospec), iospec.inputs)}
+    # A dict's outputs flatten in sorted-key order (tf.nest), which is the order of frozen.outputs.
+    renames.update({t.name: name for t, name in zip(frozen.outputs, sorted(iospec.output_names))})
+    return graph_model, renames
+
+
+def _library_route(function: Any, iospec: IOSpec) -> tuple[Any, dict[str, str]]:
+    """``tf2onnx.convert.from_function``, as Keras's exporter calls it; refused if it left captures as inputs."""
+    import tf2onnx
+
+    graph_model, _ = tf2onnx.convert.from_function(function, input_signature=tf_input_specs(iospec), opset=OPSET)
+    names = [i.name for i in graph_model.graph.input]
+    if sorted(names) != sorted(tf_input_names(iospec)):
+        raise ValueError(f"tf2onnx.from_function left captured values as graph inputs: {names}")
+    renames = dict(zip(tf_input_names(iospec), iospec.input_names))
+    outputs = [o.name for o in graph_model.graph.output]
+    renames.update({o: o for o in outputs if o in iospec.output_names})
+    return graph_model, renames
 
 
 def _spec(node: Any) -> TensorSpec:

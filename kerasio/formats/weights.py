@@ -50,7 +50,8 @@ class WeightsFormat(Format):
             raise ArtifactError(f"{path}: no {ARCHITECTURE}; a weights artifact needs its architecture. "
                                 f"Re-export it. Received: {sorted(p.name for p in path.iterdir())[:10]}")
         config = read_architecture(arch)
-        audit_config(config, arch)
+        packages: dict[str, str] = {}
+        audit_config(config, arch, packages)
         weights = path / SHARDED if (path / SHARDED).is_file() else path / WEIGHTS
         shards = sorted(p for p in path.iterdir() if p.name.endswith(".h5") and p.is_file())
         check_weights(config, arch, lambda: weights_held_bytes(shards, path),
@@ -64,7 +65,8 @@ class WeightsFormat(Format):
                 model.load_weights(weights)
             return model
 
-        return keras_runner(guarded_load(weights, device, build), self.name, path, iospec, device)
+        return keras_runner(guarded_load(weights, device, build), self.name, path, iospec, device,
+                            packages=packages)
 
     def matches(self, path: Path) -> bool:
         return path.is_dir() and (path / ARCHITECTURE).is_file()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["render_table", "wrap_notes", "WIDTH"]
+__all__ = ["render_table", "wrap_notes", "first_error_line", "WIDTH"]
 
 
 WIDTH = 100  # every table and note kerasio prints fits in this many columns
@@ -67,3 +67,26 @@ def printable(text: str) -> str:
         return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
 
     return _UNPRINTABLE.sub(code, text)
+
+
+def first_error_line(text: str, limit: int = 300) -> str:
+    """A converter's or loader's message as one line: its first error line, without MLIR's source locations.
+
+    MLIR converters (LiteRT) print ``<unknown>:0: error: loc(callsite(...)): 'op' message`` and pages of notes;
+    the user needs the message.
+    """
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    line = next((ln for ln in lines if "error:" in ln), lines[0] if lines else "")
+    if "error:" in line:
+        line = line.split("error:", 1)[1].strip()
+    if line.startswith("loc("):  # drop the balanced loc(...) and what follows it up to the message
+        depth = 0
+        for i, ch in enumerate(line):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0 and ch == ")":
+                line = line[i + 1:].lstrip(": ").strip()
+                if line.startswith("error:"):
+                    line = line[len("error:"):].strip()
+                break
+    return line if len(line) <= limit else line[:limit - 3] + "..."

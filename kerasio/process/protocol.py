@@ -133,6 +133,7 @@ class CheckResult(NamedTuple):
     outputs: str
     run_seconds: float
     fast_outputs: str | None = None  # the same, with TF32 allowed (a GPU only)
+    packages: dict[str, str] = {}  # allowlisted packages the loader imported for the config's classes: {name: version}
 
 
 class Opened(NamedTuple):

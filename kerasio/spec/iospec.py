@@ -90,6 +90,8 @@ class IOSpec:
         model_kind: ``functional``, ``sequential`` or ``subclassed``.
         compute_dtype: ``float32``, or ``float16``/``bfloat16`` under a mixed precision policy.
         layers: the layer class names the model uses (formats decide support from them).
+        quantization: Keras's quantization modes of its layers (``model.quantize``: ``int8``, ``int4``,
+            ``float8``, ``gptq``; several comma-separated), or ``""`` for a float model.
     """
 
     inputs: list[TensorSpec]
@@ -100,6 +102,12 @@ class IOSpec:
     model_kind: str = "functional"
     compute_dtype: str = "float32"
     layers: list[str] = field(default_factory=list)
+    quantization: str = ""
+
+    @property
+    def compute(self) -> str:
+        """The tolerance table's compute column: the quantization mode, else the compute dtype."""
+        return self.quantization or self.compute_dtype
 
     # -- facts ----------------------------------------------------------
     @property
@@ -129,6 +137,8 @@ class IOSpec:
         data = asdict(self)
         data["inputs"] = [s.to_dict() for s in self.inputs]
         data["outputs"] = [s.to_dict() for s in self.outputs]
+        if not data["quantization"]:
+            del data["quantization"]  # a float model's signature reads as it did before quantization existed
         return data
 
     @classmethod
@@ -143,6 +153,7 @@ class IOSpec:
                 model_kind=str(data.get("model_kind", "functional")),
                 compute_dtype=str(data.get("compute_dtype", "float32")),
                 layers=[str(x) for x in data.get("layers", [])],
+                quantization=str(data.get("quantization") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(
@@ -368,7 +379,7 @@ def derive_iospec(model: Any, reference_inputs: Any = None, *, input_signature: 
     return IOSpec(
         inputs=inputs, outputs=outputs, input_structure=structure, output_structure=out_structure,
         feature_names=list(feature_names) if feature_names is not None else None, model_kind=kind,
-        compute_dtype=_compute_dtype(model), layers=_layer_classes(model),
+        compute_dtype=_compute_dtype(model), layers=_layer_classes(model), quantization=_quantization(model),
     )
 
 
@@ -518,6 +529,11 @@ def _compute_dtype(model: Any) -> str:
         if low in seen:
             return low
     return "float32"
+
+
+def _quantization(model: Any) -> str:
+    modes = {str(mode) for layer in _all_layers(model) if (mode := getattr(layer, "quantization_mode", None))}
+    return ",".join(sorted(modes))
 
 
 def _all_layers(model: Any) -> list[Any]:

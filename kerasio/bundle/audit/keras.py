@@ -13,9 +13,11 @@ explicit list:
   ``TorchModuleWrapper``, ``JaxLayer``, ``FlaxLayer``);
 * Keras's computational functions (activations, losses, metrics, ops);
 * classes and functions registered in this process (by the modules the caller
-  imported: ``--import MODULE``). A package is never trusted by its name:
-  ``keras_hub`` or any other ``keras*`` package counts only when the caller has
-  imported it and its classes are registered.
+  imported: ``--import MODULE``), and by the allowlisted packages the config
+  names (:mod:`kerasio.bundle.audit.packages`: ``keras_hub`` and its kin),
+  which the audit imports itself once every object has passed the checks that
+  need no Keras. No other package is trusted by its name: ``kerasfoo`` counts
+  only when the caller has imported it and its classes are registered.
 
 A config entry that names a file (a ``vocabulary`` or ``merges`` path, a
 ``filepath``) is refused: what a layer needs travels inside the archive.
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kerasio.bundle.arrays import npz_declared_bytes
+from kerasio.bundle.audit.packages import REGISTERING_PACKAGES, import_named, package_of
 from kerasio.bundle.bounded import loads
 from kerasio.errors import ArtifactError, UnsafeArtifactError
 
@@ -180,8 +183,12 @@ def config_objects(node: Any, path: Path | str = "config") -> Iterator[dict[str,
             stack.extend(item)
 
 
-def audit_config(config: Any, path: Path | str) -> list[str]:
+def audit_config(config: Any, path: Path | str, packages: dict[str, str] | None = None) -> list[str]:
     """Check every serialized object against the explicit list above; return the custom class names.
+
+    Once every object has passed the checks that need no Keras, the allowlisted packages whose modules the config
+    names are imported (:mod:`kerasio.bundle.audit.packages`), so that their classes are registered; ``packages``,
+    when given, receives ``{package: version}`` of those.
 
     Raises:
         UnsafeArtifactError: for a class that runs code or reads files named by the config (``Lambda``,
@@ -190,13 +197,15 @@ def audit_config(config: Any, path: Path | str) -> list[str]:
     """
     import keras
 
+    objects = [obj for obj in config_objects(config, path) if _static_check(obj, path)]
+    imported = import_named(obj.get("module") for obj in objects)  # only after every object passed the above
+    if packages is not None:
+        packages.update(imported)
     trust = _KerasClasses.get()
     custom = []
-    for obj in config_objects(config, path):
+    for obj in objects:
         class_name, module = obj.get("class_name"), obj.get("module")
         registered = obj.get("registered_name")
-        if not _static_check(obj, path):
-            continue
         if class_name == "function":
             name = obj.get("config")
             if module == "builtins" or _keras_module(module):
@@ -276,10 +285,23 @@ def _code(path: Path | str, class_name: str) -> UnsafeArtifactError:
 
 
 def _unregistered(path: Path | str, name: str, module: Any) -> UnsafeArtifactError:
+    if module is None:  # a legacy (HDF5) config names classes without their module
+        return UnsafeArtifactError(
+            f"{path}: Keras's legacy loader cannot rebuild class {name!r}: a legacy HDF5 config names it without "
+            "its module, and nothing registered in this process has that bare name. Save the model as .keras, or "
+            f"register the class and import its module before loading (CLI: --import MODULE). "
+            f"Received: registered_name={name!r}")
+    package = package_of(module)
+    if package is not None:  # allowlisted: it would have been imported, so it is not installed (or lacks the class)
+        return UnsafeArtifactError(
+            f"{path}: class {name!r} comes from {package} (module {str(module)[:120]!r}), which is allowlisted but "
+            f"either not installed here or does not register that class. Install it (pip install "
+            f"{REGISTERING_PACKAGES[package]}) at the version that wrote the file. Received: registered_name={name!r}")
     return UnsafeArtifactError(
         f"{path}: custom class {name!r} (module {str(module)[:120]!r}) is not registered in this process. Decorate "
         "it with @keras.saving.register_keras_serializable() and import its module before loading (CLI: --import "
-        f"MODULE); a package (keras_hub, ...) is trusted only once you import it. Received: registered_name={name!r}")
+        f"MODULE); only the packages in kerasio.bundle.audit.packages are imported on a config's word. "
+        f"Received: registered_name={name!r}")
 
 
 class _KerasClasses:
@@ -379,10 +401,13 @@ def _attr(module: str, name: str) -> Any:
         return None
 
 
-def audit_keras_file(path: Path) -> list[str]:
-    """Audit a ``.keras`` file (archive, config, parameter bytes against its weights); return its custom classes."""
+def audit_keras_file(path: Path, packages: dict[str, str] | None = None) -> list[str]:
+    """Audit a ``.keras`` file (archive, config, parameter bytes against its weights); return its custom classes.
+
+    ``packages`` receives the allowlisted packages the audit imported (see :func:`audit_config`).
+    """
     config = read_keras_config(path)
-    custom = audit_config(config, path)
+    custom = audit_config(config, path, packages)
     with _open_archive(path) as archive:
         check_weights(config, path, lambda: _archive_weights(archive, path), build=_build_v3)
     return custom
