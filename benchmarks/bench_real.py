@@ -1,0 +1,190 @@
+"""Real architectures: kerasio's export + verify of every format against the same work done by hand.
+
+For each model of the real-architectures zoo (tests/real_zoo.py; ``--full`` for the published sizes), two sides run
+in their own process groups, interleaved round by round:
+
+* **kerasio**: ``kerasio.export(model, out, reference_inputs=x, formats="all", verify=True)``: every artifact
+  written, hashed, reloaded in a fresh process and compared against the reference, the ones that fail their own
+  round trip left out with the reason;
+* **by hand**: the libraries' own calls, as a careful user would write them: ``model.save`` (.keras and .h5),
+  ``model.save_weights``, ``model.export`` for ``tf_saved_model``, ``onnx`` (tf2onnx's ``from_function``) and
+  ``litert`` (the LiteRT converter), then one reload of each in the same process and one ``np.allclose`` against
+  ``model(x)``. A call that raises is caught and its time still counts.
+
+Each side times its own work (building the model is timed apart and left out) and the parent times the whole
+process group. Reported: per model, the median work seconds of each side and their ratio, and where kerasio's
+time goes (its export table's per-format seconds and the verification).
+
+    python benchmarks/bench_real.py [--rounds 1] [--full] [--models mobilenet_v2,bert_backbone]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+warnings.filterwarnings("ignore")
+
+from _common import machine, median, report, run_group  # noqa: E402
+
+
+def _as_arrays(out):
+    import numpy as np
+
+    if isinstance(out, dict):
+        return [np.asarray(out[k]) for k in sorted(out)]
+    if isinstance(out, (list, tuple)):
+        return [np.asarray(o) for o in out]
+    return [np.asarray(out)]
+
+
+def _same(reference, got) -> bool:
+    import numpy as np
+
+    ref, out = _as_arrays(reference), _as_arrays(got)
+    return len(ref) == len(out) and all(
+        r.shape == o.shape and np.allclose(r, o, rtol=1e-5, atol=1e-5) for r, o in zip(ref, out))
+
+
+def by_hand(model, x, tmp: Path) -> dict:
+    """Every format through the libraries' own calls, each reloaded once and compared with model(x)."""
+    import keras
+    import numpy as np
+
+    reference = model(x)
+    results = {}
+
+    def attempt(name, fn):
+        start = time.perf_counter()
+        try:
+            results[name] = "same" if fn() else "DIFFERENT"
+        except Exception as exc:  # the plain way pays for a failure too
+            results[name] = f"failed: {type(exc).__name__}"
+        results[name + "_s"] = round(time.perf_counter() - start, 2)
+
+    def keras_file(suffix):
+        path = tmp / f"model{suffix}"
+        model.save(path)
+        return _same(reference, keras.saving.load_model(path, compile=False)(x))
+
+    def weights():
+        path = tmp / "model.weights.h5"
+        model.save_weights(path)
+        clone = keras.models.model_from_json(model.to_json())
+        clone.load_weights(path)
+        return _same(reference, clone(x))
+
+    def savedmodel():
+        import tensorflow as tf
+
+        path = tmp / "savedmodel"
+        model.export(path, format="tf_saved_model", verbose=False)
+        return _same(reference, tf.saved_model.load(str(path)).serve(x))
+
+    def onnx():
+        import onnxruntime as ort
+
+        path = tmp / "model.onnx"
+        model.export(path, format="onnx", verbose=False)
+        session = ort.InferenceSession(str(path))
+        names = [i.name for i in session.get_inputs()]
+        feed = {n: np.asarray(x[n]) for n in names} if isinstance(x, dict) else {names[0]: x}
+        return _same(reference, session.run(None, feed) if not isinstance(reference, dict) else
+                     dict(zip([o.name for o in session.get_outputs()], session.run(None, feed))))
+
+    def litert():
+        from ai_edge_litert.interpreter import Interpreter
+
+        path = tmp / "model.tflite"
+        model.export(path, format="litert", verbose=False)
+        runner = Interpreter(model_path=str(path)).get_signature_runner()
+        keys = list(runner.get_input_details())
+        out = runner(**({k: np.asarray(x[k]) for k in keys} if isinstance(x, dict) else {keys[0]: x}))
+        return _same(reference, out if isinstance(reference, dict) else list(out.values()))
+
+    attempt("keras", lambda: keras_file(".keras"))
+    attempt("savedmodel", savedmodel)
+    attempt("h5", lambda: keras_file(".h5"))
+    attempt("weights", weights)
+    attempt("onnx", onnx)
+    attempt("litert", litert)
+    return results
+
+
+def one(name: str, side: str, full: bool) -> dict:
+    import real_zoo
+
+    start = time.perf_counter()
+    model, x = real_zoo.build(name, full=full)
+    built = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        if side == "kerasio":
+            import kerasio
+
+            result = kerasio.export(model, Path(tmp) / "bundle", reference_inputs=x, formats="all", verify=True)
+            work = time.perf_counter() - start
+            detail = {"seconds": {k: round(v, 2) for k, v in result.seconds.items()},
+                      "verified": [c.format for c in result.report.checks],
+                      "skipped": {k: v[:120] for k, v in result.skipped.items()},
+                      "verify_s": round(sum(c.seconds for c in result.report.checks), 2)}
+        else:
+            detail = by_hand(model, x, Path(tmp))
+            work = time.perf_counter() - start
+    params = int(sum(int(w.numpy().size) for w in model.weights))
+    return {"work_s": work, "build_s": built, "params": params, "detail": detail}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--full", action="store_true", help="the published sizes, not the zoo's small ones")
+    parser.add_argument("--models", default="", help="comma-separated zoo names (default: all)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--side", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:  # a side's own process group; its figures go to the file the parent named
+        Path(os.environ["KERASIO_BENCH_OUT"]).write_text(json.dumps(one(args.one, args.side, args.full)))
+        return
+    import real_zoo
+
+    names = [n for n in args.models.split(",") if n] or real_zoo.names()
+    rows = {}
+    for name in names:
+        runs: dict[str, list] = {"kerasio": [], "hand": []}
+        for i in range(args.rounds):
+            order = ("kerasio", "hand") if i % 2 == 0 else ("hand", "kerasio")
+            for side in order:
+                cmd = [sys.executable, str(Path(__file__)), "--one", name, "--side", side] + (
+                    ["--full"] if args.full else [])
+                fd, out_name = tempfile.mkstemp(prefix="bench-real-", suffix=".json")
+                os.close(fd)
+                out_path = Path(out_name)
+                started, ended, _ = run_group(cmd, env={"KERASIO_BENCH_OUT": str(out_path)})
+                runs[side].append({**json.loads(out_path.read_text()), "wall_s": ended - started})
+                out_path.unlink(missing_ok=True)
+        k, h = (median([r["work_s"] for r in runs[s]]) for s in ("kerasio", "hand"))
+        rows[name] = {"params": runs["kerasio"][0]["params"], "kerasio_work_s": round(k, 2),
+                      "hand_work_s": round(h, 2), "ratio": round(k / h, 3),
+                      "kerasio_wall_s": round(median([r["wall_s"] for r in runs["kerasio"]]), 2),
+                      "hand_wall_s": round(median([r["wall_s"] for r in runs["hand"]]), 2),
+                      "kerasio": runs["kerasio"][-1]["detail"], "hand": runs["hand"][-1]["detail"]}
+        print(name, json.dumps(rows[name]), flush=True)
+    ratios = [r["ratio"] for r in rows.values()]
+    total = sum(r["kerasio_work_s"] for r in rows.values()) / sum(r["hand_work_s"] for r in rows.values())
+    summary = {"machine": machine(), "rounds": args.rounds, "full": args.full, "median_ratio": median(ratios),
+               "sum_ratio": round(total, 3), "models": rows}
+    print(f"median ratio {median(ratios):.3f}, sum ratio {total:.3f} over {len(rows)} models", flush=True)
+    report("real_full" if args.full else "real", summary)
+
+
+if __name__ == "__main__":
+    main()
