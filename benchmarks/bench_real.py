@@ -87,7 +87,8 @@ def by_hand(model, x, tmp: Path) -> dict:
 
         path = tmp / "savedmodel"
         model.export(path, format="tf_saved_model", verbose=False)
-        return _same(reference, tf.saved_model.load(str(path)).serve(x))
+        loaded = tf.saved_model.load(str(path))  # held: its functions reference the object's variables
+        return _same(reference, loaded.serve(x))
 
     def onnx():
         import onnxruntime as ort
