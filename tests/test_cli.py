@@ -290,11 +290,22 @@ def test_no_framework_noise_and_each_warning_once_on_stderr(tmp_path):
 
 
 def test_a_reader_that_goes_away_gets_no_traceback(bundle):
-    """`kerasio inspect B | head -1`: the pipe closes early; kerasio stops quietly (exit 141, as cat does)."""
-    proc = subprocess.Popen([sys.executable, "-m", "kerasio", "inspect", str(bundle)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout.readline().startswith(b"integrity   all ")
-    proc.stdout.close()  # before kerasio has written the rest
-    stderr = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) == 141, stderr
-    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+    """`kerasio inspect B | head -1`: the pipe closes early; kerasio stops quietly (exit 141, as cat does).
+
+    On a loaded machine kerasio may write its last line before this process closes the pipe (the rest fits in
+    the pipe's buffer; then there is no broken pipe and it exits 0): up to three tries, each without a traceback,
+    and at least one must meet the closed pipe.
+    """
+    codes = []
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "kerasio", "inspect", str(bundle)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert proc.stdout.readline().startswith(b"integrity   all ")
+        proc.stdout.close()  # before kerasio has written the rest
+        stderr = proc.stderr.read().decode()
+        codes.append(proc.wait(timeout=60))
+        assert codes[-1] in (0, 141), stderr
+        assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+        if codes[-1] == 141:
+            break
+    assert 141 in codes, codes
