@@ -42,7 +42,14 @@ from kerasio.present.text import first_error_line, render_table, wrap_notes
 from kerasio.process.session import Session
 from kerasio.spec.iospec import IOSpec, _all_layers, derive_iospec, mark_probabilities
 from kerasio.spec.task import resolve_task
-from kerasio.verify import VERIFICATION_FILE, check_request, importable_custom_modules, plugin_modules, verify_staged
+from kerasio.verify import (
+    VERIFICATION_FILE,
+    VerifyReport,
+    check_request,
+    importable_custom_modules,
+    plugin_modules,
+    verify_staged,
+)
 
 __all__ = ["export", "ExportResult", "choose_formats"]
 
@@ -275,8 +282,8 @@ def export(
     return ExportResult(bundle, manifest, seconds, skipped, report, details)
 
 
-def _drop_failed(stage: Path, bundle: Path, manifest: Manifest, report: Any, skipped: dict[str, str],
-                 details: dict[str, str]) -> Any:
+def _drop_failed(stage: Path, bundle: Path, manifest: Manifest, report: VerifyReport, skipped: dict[str, str],
+                 details: dict[str, str]) -> VerifyReport:
     """Unpublish (from the staged bundle) every artifact whose own round trip failed; record each one's reason.
 
     The remaining artifacts passed; the manifest is rewritten without the dropped ones, which ``skipped`` now
@@ -286,8 +293,8 @@ def _drop_failed(stage: Path, bundle: Path, manifest: Manifest, report: Any, ski
     if not failed or len(failed) == len(manifest.artifacts):
         return report  # nothing to drop, or nothing would be left: the caller raises with every cause
     for name, check in failed.items():
-        skipped[name] = _probe_reason(check, stage, bundle)
-        details[name] = check.error or report.failure_text()
+        skipped[name] = _probe_reason(check, stage, bundle)  # the manifest's skipped is this very dict
+        details[name] = check.error or VerifyReport(bundle=str(bundle), checks=[check]).failure_text()
         art = manifest.artifact(name)
         target = stage / art.path
         if target.is_dir():
@@ -295,7 +302,6 @@ def _drop_failed(stage: Path, bundle: Path, manifest: Manifest, report: Any, ski
         else:
             target.unlink(missing_ok=True)
     manifest.artifacts = [a for a in manifest.artifacts if a.format not in failed]
-    manifest.skipped = dict(skipped)
     manifest.write(stage)
     report.checks = [c for c in report.checks if c.format not in failed]
     return report

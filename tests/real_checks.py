@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import real_zoo
+from zoo import eager_outputs
 
 import kerasio
 from kerasio.cli import main
@@ -64,13 +65,6 @@ def export_and_verify(name, tmp_path_factory):
     return name, model, x, out, result, report
 
 
-def _eager(model, x):
-    raw = model(x, training=False)
-    if isinstance(raw, dict):
-        return {k: np.asarray(v) for k, v in raw.items()}
-    return {None: np.asarray(raw)}
-
-
 def test_exported_with_every_format_verified_or_skipped_for_its_reason(real):
     name, _, _, out, result, report = real
     expected = {"pickle": PICKLE, **EXPECTED[name]}
@@ -94,7 +88,7 @@ def test_exported_with_every_format_verified_or_skipped_for_its_reason(real):
 
 def test_load_run_matches_the_model(real):
     name, model, x, out, _, report = real
-    expected = _eager(model, x)
+    expected = eager_outputs(model, x)
     loaded = kerasio.load(out)  # the artifact load prefers (.keras; the SavedModel where Keras cannot reload it)
     got = loaded.run(x)
     check = next(c for c in report.checks if c.format == loaded.format)

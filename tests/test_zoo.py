@@ -48,14 +48,6 @@ def exported(request, tmp_path_factory):
     return request.param, model, x, out, result, report
 
 
-def _eager(model, x):
-    """The original model's outputs, by name, from a plain eager call (not kerasio's compiled function)."""
-    raw = model(x, training=False)
-    if isinstance(raw, dict):
-        return {k: np.asarray(v) for k, v in raw.items()}
-    return {None: np.asarray(raw)}
-
-
 def test_every_format_is_verified_or_skipped_with_its_reason(exported):
     kind, _, _, out, result, report = exported
     task, skips = EXPECTED[kind]
@@ -76,7 +68,7 @@ def test_every_format_is_verified_or_skipped_with_its_reason(exported):
 def test_reloaded_outputs_match_the_model_within_tolerance(exported):
     kind, model, x, out, _, report = exported
     manifest = kerasio.read_manifest(out)
-    expected = _eager(model, x)
+    expected = zoo.eager_outputs(model, x)
     for art in manifest.artifacts:
         loaded = kerasio.load(out, format=art.format, trust=True)
         got = loaded.run(x)

@@ -167,5 +167,13 @@ def batchnorm_dropout():
     return model, x[:ROWS]
 
 
+def eager_outputs(model, x):
+    """The original model's outputs, by name, from a plain eager call (not kerasio's compiled function)."""
+    raw = model(x, training=False)
+    if isinstance(raw, dict):
+        return {k: np.asarray(v) for k, v in raw.items()}
+    return {None: np.asarray(raw)}
+
+
 ZOO = {f.__name__: f for f in (mlp, cnn, text, multi_input, two_heads, regression, subclassed, lstm,
                                mixed_float16, batchnorm_dropout)}

@@ -163,10 +163,7 @@ def _library_route(function: Any, iospec: IOSpec) -> tuple[Any, dict[str, str]]:
     names = [i.name for i in graph_model.graph.input]
     if sorted(names) != sorted(tf_input_names(iospec)):
         raise ValueError(f"tf2onnx.from_function left captured values as graph inputs: {names}")
-    renames = dict(zip(tf_input_names(iospec), iospec.input_names))
-    outputs = [o.name for o in graph_model.graph.output]
-    renames.update({o: o for o in outputs if o in iospec.output_names})
-    return graph_model, renames
+    return graph_model, dict(zip(tf_input_names(iospec), iospec.input_names))  # outputs keep their own names
 
 
 def _spec(node: Any) -> TensorSpec:
