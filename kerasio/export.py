@@ -34,7 +34,14 @@ from kerasio.bundle.fsutil import (
 from kerasio.bundle.layout import MANIFEST_NAME, REFERENCE_FILES, flat_name
 from kerasio.bundle.manifest import Artifact, Manifest, hash_entry, library_versions
 from kerasio.bundle.publish import commit, crash_point, repair
-from kerasio.errors import ArtifactError, KerasioError, UnsafeArtifactError, UnsupportedFormatError, VerificationError
+from kerasio.errors import (
+    ArtifactError,
+    KerasioError,
+    LegacyFormatWarning,
+    UnsafeArtifactError,
+    UnsupportedFormatError,
+    VerificationError,
+)
 from kerasio.formats import REGISTRY, ExportContext, Format, explicit, resolve_formats
 from kerasio.options import BundleInfo, VerifyOptions, check_format_options, verify_options
 from kerasio.present.html import STYLE, escape, table
@@ -147,27 +154,6 @@ def export(
     info = info or BundleInfo()
     options = check_format_options(format_options)
     bundle = Path(bundle_dir)
-    iospec = derive_iospec(model, reference_inputs, input_signature=input_signature,
-                           feature_names=info.feature_names)
-    x_ref = iospec.coerce(reference_inputs, source="reference_inputs")
-    if not len(next(iter(x_ref.values()))):
-        raise ArtifactError(f"{bundle}: reference_inputs has no rows; pass at least one example. Received: 0 rows")
-    with precision_policy("highest"):  # the references are full float32, as every check is (TF32 off on GPUs)
-        forward = _reference_forward(model, iospec, x_ref)
-        reference_outputs = forward(x_ref)
-        reference_one_row = forward({k: v[:1] for k, v in x_ref.items()})
-    mark_probabilities(iospec, reference_outputs)
-    resolved = resolve_task(info.task, iospec, info.class_names)
-    chosen, skipped = choose_formats(formats, iospec, trust=trust)
-    device = "gpu" if "gpu" in available_devices() else "cpu"  # where Keras placed the model
-    attachments = dict(info.attachments or {})
-    taken = {Path(f.filename).name for f in REGISTRY.values()} | set(REFERENCE_FILES.values()) | {MANIFEST_NAME}
-    for name in attachments:
-        if not name or "/" in name or "\\" in name or name.startswith(".") or name in taken:
-            raise ArtifactError(f"{bundle}: attachment name {name!r} must be a plain file name that no artifact, "
-                                f"reference file or the manifest uses. Rename it. Received: {name!r}")
-    seconds: dict[str, float] = {}
-    details: dict[str, str] = {}  # a skipped format's full converter or loader text (the CLI's --debug)
     custom = _custom_objects(model)
     lock: Any = None
     stage: Path | None = None
@@ -179,6 +165,27 @@ def export(
             c.get("module") == "__main__" for c in custom) else None
         if early is not None:
             session.start(early.backend)  # started first: its import overlaps everything below
+        iospec = derive_iospec(model, reference_inputs, input_signature=input_signature,
+                               feature_names=info.feature_names)
+        x_ref = iospec.coerce(reference_inputs, source="reference_inputs")
+        if not len(next(iter(x_ref.values()))):
+            raise ArtifactError(f"{bundle}: reference_inputs has no rows; pass at least one example. Received: 0 rows")
+        with precision_policy("highest"):  # the references are full float32, as every check is (TF32 off on GPUs)
+            forward = _reference_forward(model, iospec, x_ref)
+            reference_outputs = forward(x_ref)
+            reference_one_row = forward({k: v[:1] for k, v in x_ref.items()})
+        mark_probabilities(iospec, reference_outputs)
+        resolved = resolve_task(info.task, iospec, info.class_names)
+        chosen, skipped = choose_formats(formats, iospec, trust=trust)
+        device = "gpu" if "gpu" in available_devices() else "cpu"  # where Keras placed the model
+        attachments = dict(info.attachments or {})
+        taken = {Path(f.filename).name for f in REGISTRY.values()} | set(REFERENCE_FILES.values()) | {MANIFEST_NAME}
+        for name in attachments:
+            if not name or "/" in name or "\\" in name or name.startswith(".") or name in taken:
+                raise ArtifactError(f"{bundle}: attachment name {name!r} must be a plain file name that no artifact, "
+                                    f"reference file or the manifest uses. Rename it. Received: {name!r}")
+        seconds: dict[str, float] = {}
+        details: dict[str, str] = {}  # a skipped format's full converter or loader text (the CLI's --debug)
         try:
             bundle.mkdir(parents=True, exist_ok=True)
             lock = bundle_lock(bundle)
@@ -195,12 +202,13 @@ def export(
             # most of the hashing behind the SavedModel export.
             with ThreadPoolExecutor(max_workers=1) as hasher:
                 pending = []
+                written: dict[str, Path] = {}  # what a later format may start from (LiteRT from the SavedModel)
                 for fmt in chosen:
                     rel = fmt.relpath(bundle)
                     dest = stage / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     ctx = ExportContext(iospec=iospec, task=resolved, reference_inputs=x_ref,
-                                        options=options.get(fmt.name, {}))
+                                        options=options.get(fmt.name, {}), written=written)
                     start = time.perf_counter()
                     try:
                         info_written = _save(fmt, model, dest, ctx, bundle, rel, session)
@@ -220,6 +228,7 @@ def export(
                             dest.unlink(missing_ok=True)
                         continue
                     seconds[fmt.name] = time.perf_counter() - start
+                    written[fmt.name] = dest
                     crash_point(f"saved:{fmt.name}")
                     if progress is not None:
                         progress(f"{fmt.name:<10} wrote {flat_name(rel)} in {seconds[fmt.name]:.2f} s")
@@ -256,8 +265,11 @@ def export(
             # an artifact that fails never replaces the one already in the bundle. Without verify=..., each artifact
             # is still probed, in this process: none is published that fails its own round trip.
             probe = checks if checks is not None else VerifyOptions(mode="in-process")
-            report = verify_staged(stage, manifest, probe, shown=bundle, trust=trust, session=session,
-                                   progress=progress)
+            with warnings.catch_warnings():
+                if checks is None:  # the h5 writer warned already; its in-process reload would say it again
+                    warnings.simplefilter("ignore", LegacyFormatWarning)
+                report = verify_staged(stage, manifest, probe, shown=bundle, trust=trust, session=session,
+                                       progress=progress)
             if not report.ok and not explicit(formats):
                 report = _drop_failed(stage, bundle, manifest, report, skipped, details)
             if not report.ok:

@@ -248,3 +248,19 @@ def test_an_early_verifier_is_used_and_left_open(pipeline, tmp_path):
         again = kerasio.verify(tmp_path / "b", session=session, record=False)
         assert again.ok
     assert v.proc.returncode == 0  # closed with the block, and exited cleanly
+
+
+def test_litert_converts_the_bundles_own_savedmodel_or_writes_its_own(pipeline, tmp_path):
+    """With a SavedModel in the same export, LiteRT converts that one (a classification's class_id comes along);
+    alone, it writes a SavedModel of its own first. Both reproduce the model."""
+    x = pipeline.split.x_test[:8]
+    expected = np.asarray(pipeline.model(x))
+    for formats, source in (("savedmodel,litert", "savedmodel"), ("litert", "its own SavedModel")):
+        out = tmp_path / formats.replace(",", "_")
+        result = kerasio.export(pipeline.model, out, reference_inputs=x, formats=formats, verify="in-process")
+        art = result.manifest.artifact("litert")
+        assert art.info["converted_from"] == source
+        assert ("class_id" in art.info["outputs"]) == (source == "savedmodel"), art.info
+        got = kerasio.load(out, format="litert").run(x)
+        np.testing.assert_allclose(got["probabilities"], expected, atol=1e-5)
+        assert not [p for p in out.rglob(".litert-*")]  # the converter's scratch is gone

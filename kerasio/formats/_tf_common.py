@@ -1,7 +1,9 @@
 """Shared by the formats exported through a TensorFlow graph (savedmodel, onnx, litert)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from kerasio.backends.tensorflow import graph_forward, tf_input_specs
 from kerasio.spec.iospec import IOSpec
@@ -35,3 +37,33 @@ def class_ids(tf: Any, probs: Any, task: Task) -> Any:
     if task.binary:
         return tf.cast(tf.reshape(probs, [-1]) >= 0.5, tf.int64)
     return tf.argmax(probs, axis=-1, output_type=tf.int64)
+
+
+def write_saved_model(model: Any, dest: Path, endpoints: Mapping[str, Any]) -> None:
+    """A Keras ``ExportArchive`` of ``endpoints`` (name -> ``tf.function``), written to ``dest``.
+
+    The archive saves the variables the endpoints use. The model itself is tracked (``archive.track(model)``, as
+    ``model.export`` does) only when an endpoint also uses a resource that is not a variable (a lookup table), or
+    under another backend than TensorFlow: tracking makes TensorFlow walk every layer and trace the model's
+    ``_default_save_signature`` once more, about half of ``write_out`` (MobileNetV2: 10.7 s against 5.3 s).
+    """
+    import keras
+
+    def write(track: bool) -> None:
+        archive = keras.export.ExportArchive()
+        if track:
+            archive.track(model)
+        for name, fn in endpoints.items():
+            archive.add_endpoint(name, fn)
+        archive.write_out(str(dest), verbose=False)
+
+    if keras.backend.backend() != "tensorflow":
+        write(track=True)
+        return
+    try:
+        write(track=False)
+    except AssertionError as exc:  # TensorFlow's words for a captured resource that nothing tracks
+        if "untracked" not in str(exc):
+            raise
+        shutil.rmtree(dest, ignore_errors=True)
+        write(track=True)

@@ -34,6 +34,9 @@ class ExportContext:
     task: Task
     reference_inputs: dict[str, np.ndarray]
     options: dict[str, Any] = field(default_factory=dict)  # this format's ``format_options[name]``
+    # What this export has written so far, by format name: a format converted from another's artifact (LiteRT
+    # from the SavedModel) starts from it instead of writing its own.
+    written: Mapping[str, Path] = field(default_factory=dict)
 
 
 class Runner:

@@ -14,7 +14,7 @@ from kerasio.backends.environment import require
 from kerasio.backends.tensorflow import tf_input_names
 from kerasio.bundle.audit.litert import audit_litert
 from kerasio.errors import ArtifactError, BackendUnavailableError
-from kerasio.formats._tf_common import endpoint, forward_function
+from kerasio.formats._tf_common import endpoint, forward_function, write_saved_model
 from kerasio.formats.base import ExportContext, Format, Runner, register
 from kerasio.present.text import first_error_line
 from kerasio.spec.iospec import IOSpec, TensorSpec, dtype_name
@@ -47,29 +47,32 @@ class LiteRTFormat(Format):
         return None
 
     def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
-        """Convert through a temporary SavedModel, which keeps the signature's input and output names.
+        """Convert a SavedModel's ``serving_default``, which keeps the signature's input and output names.
 
-        ``TFLiteConverter.from_concrete_functions`` leaves Keras 3's resource
-        variables uninitialised (the interpreter returns garbage); the
-        SavedModel path converts them to constants.
+        The SavedModel is this export's own ``savedmodel`` artifact when it wrote one (a classification's
+        ``class_id`` then comes along as one more output), otherwise a temporary one of the forward pass.
+        ``TFLiteConverter.from_concrete_functions`` leaves Keras 3's resource variables uninitialised (the
+        interpreter returns garbage); the SavedModel path converts them to constants.
         """
         tf = require("tensorflow", "exporting LiteRT")
-        import keras
 
         with tempfile.TemporaryDirectory(prefix=".litert-", dir=dest.parent) as tmp:
-            archive = keras.export.ExportArchive()
-            archive.track(model)
-            archive.add_endpoint("serving_default", endpoint(forward_function(model, ctx.iospec), ctx.iospec))
-            archive.write_out(tmp, verbose=False)
+            source = ctx.written.get("savedmodel")
+            if source is None:
+                source = Path(tmp) / "savedmodel"
+                write_saved_model(model, source, {"serving_default": endpoint(forward_function(model, ctx.iospec),
+                                                                              ctx.iospec)})
             with _native_stderr(Path(tmp) / "converter.log") as log:
                 try:
-                    data = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+                    converter = tf.lite.TFLiteConverter.from_saved_model(str(source),
+                                                                         signature_keys=["serving_default"])
+                    data = converter.convert()
                 except Exception as exc:  # the converter's own error, and what its MLIR passes printed
                     said = log.read_text(errors="replace") if log.is_file() else ""
                     raise ValueError(f"LiteRT converter: {first_error_line(str(exc) or said)}\n{exc}\n{said}") \
                         from None
         dest.write_bytes(data)
-        return {}
+        return {"converted_from": "savedmodel" if "savedmodel" in ctx.written else "its own SavedModel"}
 
     def available_devices(self, backend: str) -> list[str]:
         return ["cpu"]  # the Python interpreter runs on the CPU (XNNPACK); GPU delegates are mobile-only

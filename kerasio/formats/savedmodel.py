@@ -20,7 +20,7 @@ from kerasio.backends.environment import require
 from kerasio.backends.tensorflow import tf_input_names
 from kerasio.bundle.audit import audit_saved_model, read_saved_model_proto
 from kerasio.errors import ArtifactError
-from kerasio.formats._tf_common import endpoint, forward_function
+from kerasio.formats._tf_common import endpoint, forward_function, write_saved_model
 from kerasio.formats.base import ExportContext, Format, Runner, register
 from kerasio.formats.tf_serving import write_warmup
 from kerasio.spec.iospec import IOSpec, TensorSpec, dtype_name
@@ -61,23 +61,20 @@ class SavedModelFormat(Format):
 
     def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         tf = require("tensorflow", "exporting a SavedModel")
-        import keras
 
         task = ctx.task
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serving_default", endpoint(forward_function(model, ctx.iospec, task), ctx.iospec))
+        serving = endpoint(forward_function(model, ctx.iospec, task), ctx.iospec)
+        endpoints = {"serving_default": serving}
         if task.is_classification:
             class_names = tf.constant(list(task.class_names))
-            forward = forward_function(model, ctx.iospec, task)
 
             def predict_labels(*tensors: Any) -> dict[str, Any]:
-                outputs = forward(*tensors)
+                outputs = serving(*tensors)  # the serving function's graph, called, not the model traced again
                 return {"labels": tf.gather(class_names, outputs["class_id"]),
                         str(task.output): outputs[str(task.output)]}
 
-            archive.add_endpoint("predict_labels", endpoint(predict_labels, ctx.iospec))
-        archive.write_out(str(dest), verbose=False)
+            endpoints["predict_labels"] = endpoint(predict_labels, ctx.iospec)
+        write_saved_model(model, dest, endpoints)
         rows = {name: ctx.reference_inputs[spec.name]
                 for name, spec in zip(tf_input_names(ctx.iospec), ctx.iospec.inputs)}
         records = write_warmup(dest, rows, limit=int(ctx.options.get("warmup_records", 100)))
