@@ -14,6 +14,6 @@ from real_checks import (  # noqa: F401  (the shared tests, collected here for t
 )
 
 
-@pytest.fixture(scope="module", params=[n for n in real_zoo.tested() if n in real_zoo.APPLICATIONS])
+@pytest.fixture(scope="module", params=[n for n in real_zoo.names() if n in real_zoo.APPLICATIONS])
 def real(request, tmp_path_factory):
     return export_and_verify(request.param, tmp_path_factory)

@@ -21,7 +21,7 @@ from real_checks import (  # noqa: F401  (the shared tests, collected here for t
 
 import kerasio
 
-OTHERS = [n for n in real_zoo.tested() if n not in real_zoo.APPLICATIONS]
+OTHERS = [n for n in real_zoo.names() if n not in real_zoo.APPLICATIONS]
 
 
 @pytest.fixture(scope="module", params=OTHERS)
