@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 from kerasio.backends.base import available_devices, device_name, keras_forward, outputs_from_run, precision_policy
 from kerasio.backends.environment import cpu_features, default_backend, keras_backend, quiet_framework_logs
 from kerasio.bundle.arrays import save_arrays
-from kerasio.bundle.audit.packages import named_packages
+from kerasio.bundle.audit.packages import is_keras_module, named_packages
 from kerasio.bundle.fsutil import (
     bundle_lock,
     clean_stale,
@@ -462,11 +462,10 @@ def _custom_objects(model: Any) -> list[dict[str, Any]]:
     """Classes in the model that are not Keras's own (a fresh process must import them to reload)."""
     import keras
 
-
     seen = {}
     for obj in [model, *_all_layers(model)]:
         cls = type(obj)
-        if cls.__module__ != "keras" and not cls.__module__.startswith("keras."):  # keras_hub's are not Keras's
+        if not is_keras_module(cls.__module__):  # keras_hub's are not Keras's
             seen[cls.__name__] = {
                 "class": cls.__name__, "module": cls.__module__,
                 "registered_name": keras.saving.get_registered_name(cls),

@@ -18,27 +18,60 @@ from kerasio.bundle.fsutil import hash_artifact, sha256_file
 from kerasio.bundle.layout import flat_name
 from kerasio.cli import main
 
-WRITER = textwrap.dedent("""
-    # Usage: writer.py BUNDLE SEED [COUNT]: COUNT exports of a fresh model each (formats keras, savedmodel, h5),
-    # one JSON line per reported success.
+_WRITE = textwrap.dedent("""
     import json, os, sys, time
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import numpy as np, kerasio
     from kerasio.backends.environment import lean_imports
     with lean_imports():  # as the CLI starts Keras: without matplotlib and the other backends (2 s of 10 here)
         import keras
-    for i in range(int(sys.argv[3]) if len(sys.argv) > 3 else 1):
-        keras.utils.set_random_seed(int(sys.argv[2]) * 100 + i)
-        inp = keras.Input((4,), name="x")
-        model = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="p")(inp))
-        x = np.random.default_rng(i).normal(size=(8, 4)).astype("float32")
-        print("exporting", flush=True)
-        start = time.perf_counter()
-        result = kerasio.export(model, sys.argv[1], reference_inputs=x, formats="keras,savedmodel,h5")
-        sm, k = result.manifest.artifact("savedmodel"), result.manifest.artifact("keras")
-        print(json.dumps({"version": sm.path, "sha256": sm.sha256, "keras": k.path, "keras_sha256": k.sha256,
-                          "seconds": time.perf_counter() - start}),
-              flush=True)
+    def write(bundle, seed, count):
+        for i in range(count):
+            keras.utils.set_random_seed(seed * 100 + i)
+            inp = keras.Input((4,), name="x")
+            model = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="p")(inp))
+            x = np.random.default_rng(i).normal(size=(8, 4)).astype("float32")
+            print("exporting", flush=True)
+            start = time.perf_counter()
+            result = kerasio.export(model, bundle, reference_inputs=x, formats="keras,savedmodel,h5")
+            sm, k = result.manifest.artifact("savedmodel"), result.manifest.artifact("keras")
+            print(json.dumps({"version": sm.path, "sha256": sm.sha256, "keras": k.path, "keras_sha256": k.sha256,
+                              "seconds": time.perf_counter() - start}),
+                  flush=True)
+""")
+
+# Usage: writer.py BUNDLE SEED [COUNT]: COUNT exports of a fresh model each (formats keras, savedmodel, h5), one JSON
+# line per reported success.
+WRITER = _WRITE + "write(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 1)\n"
+
+# Usage: zygote.py: imports kerasio and Keras once (no TensorFlow op has run yet, so no runtime threads exist), then
+# for each stdin line "BUNDLE SEED OUT [CRASH_AT]" forks one writer (one export, as writer.py does; its output in
+# OUT), prints "pid N", waits for it and prints "exit N CODE" (as subprocess reports it: -9 for a SIGKILL). Each
+# writer is a process of its own, killed as any would be; only the 7 s TensorFlow import is not paid again.
+ZYGOTE = _WRITE + textwrap.dedent("""
+    for line in sys.stdin:
+        bundle, seed, out, *crash = line.split()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                if crash:
+                    os.environ["KERASIO_CRASH_AT"] = crash[0]
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                write(bundle, int(seed), 1)
+                code = 0
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        print("pid", pid, flush=True)
+        _, status = os.waitpid(pid, 0)
+        print("exit", pid, -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status), flush=True)
 """)
 
 
@@ -95,7 +128,8 @@ def test_an_unwritable_out_fails_before_training(tmp_path, capsys):
 
 FULL_DISK = textwrap.dedent("""
     # Runs inside a private mount namespace on a small tmpfs: export once, then fill the disk to several levels and
-    # export again; print one JSON line of what happened at each level.
+    # export again; print one JSON line of what happened at each level. (HDF5 writing into a full disk once left its
+    # library broken, and the process died of SIGSEGV: h5 and weights are among the formats.)
     import json, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import numpy as np, keras, kerasio
@@ -105,7 +139,7 @@ FULL_DISK = textwrap.dedent("""
     inp = keras.Input((16,), name="x")
     model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="p")(keras.layers.Dense(256)(inp)))
     x = np.ones((4, 16), np.float32)
-    kerasio.export(model, bundle, reference_inputs=x, formats="keras,savedmodel,h5")
+    kerasio.export(model, bundle, reference_inputs=x, formats="keras,savedmodel,h5,weights")
     def state():
         return {p: hash_artifact(os.path.join(bundle, p))[0] for p in sorted(os.listdir(bundle)) if p != ".kerasio.lock"}
     results = []
@@ -118,7 +152,7 @@ FULL_DISK = textwrap.dedent("""
         with open(filler, "wb") as f:
             f.write(b"\\0" * max(0, st.f_bavail * st.f_frsize - free_kb * 1024))
         try:
-            kerasio.export(model, bundle, reference_inputs=x, formats="keras,savedmodel,h5")
+            kerasio.export(model, bundle, reference_inputs=x, formats="keras,savedmodel,h5,weights")
             outcome = "published"
         except kerasio.KerasioError as exc:
             outcome = type(exc).__name__ + ": " + str(exc)
@@ -234,36 +268,61 @@ def _check_bundle_after_kill(bundle, reported):
         assert hash_artifact(bundle / flat_name(r["version"]))[0] == r["sha256"], r
 
 
-def _kill_runs(bundle, script, plans, rng_seed):
-    """Run one writer per plan: a named crash point (``KERASIO_CRASH_AT``) or a SIGKILL after a delay."""
+def _kill_runs(bundle, zygote_script, plans, rng_seed):
+    """One writer per plan, each forked from a zygote of its own: a named crash point (``KERASIO_CRASH_AT``) or a
+    SIGKILL after a delay."""
     import random
     import signal
     import time
 
     rng = random.Random(rng_seed)
     reported, interrupted = [], 0
-    first = subprocess.run([sys.executable, str(script), str(bundle), "1"], check=True, capture_output=True,
-                           text=True, timeout=600)
-    seconds = _successes(first.stdout)[0]["seconds"]  # how long one export takes here: kill within that
-    for i, plan in enumerate(plans):
-        env = {**os.environ}
-        if isinstance(plan, str):
-            env["KERASIO_CRASH_AT"] = plan
-        proc = subprocess.Popen([sys.executable, str(script), str(bundle), str(10 + i)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env)
-        if not isinstance(plan, str):
-            assert proc.stdout.readline().strip() == "exporting"
-            time.sleep(rng.uniform(0, plan * seconds))
-            proc.send_signal(signal.SIGKILL)
-        out, _err = proc.communicate(timeout=600)
-        if isinstance(plan, str):
-            assert proc.returncode == -signal.SIGKILL, (plan, _err[-2000:])
-        reported += _successes(out)
-        interrupted += not _successes(out)
-        # Kill within the quickest export seen: the first one pays for a cold start, and the other test process
-        # (pytest -n) loads this machine unevenly, so a moment drawn from a slow export would often land after one.
-        seconds = min([seconds] + [r["seconds"] for r in _successes(out)])
-        _check_bundle_after_kill(bundle, reported)
+    with open(bundle.parent / f"{bundle.name}.zygote.err", "w") as err, \
+            subprocess.Popen([sys.executable, str(zygote_script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=err, text=True) as zygote:
+
+        def one(i, plan):
+            out = bundle.parent / f"{bundle.name}.writer{i}.out"
+            zygote.stdin.write(f"{bundle} {10 + i} {out} {plan if isinstance(plan, str) else ''}\n")
+            zygote.stdin.flush()
+            said = zygote.stdout.readline().split()
+            assert said[:1] == ["pid"], (said, Path(err.name).read_text()[-2000:])
+            pid = int(said[1])
+            if isinstance(plan, float):
+                deadline = time.monotonic() + 600
+                while not (out.is_file() and "exporting" in out.read_text()) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0, plan * seconds))
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # it finished first (a zombie still has its pid until reaped)
+                    pass
+            ended = zygote.stdout.readline().split()
+            assert ended[:2] == ["exit", str(pid)], ended
+            return int(ended[2]), out.read_text()
+
+        try:
+            code, text = one(0, None)
+        except BaseException:
+            zygote.kill()
+            raise
+        assert code == 0, text[-2000:]
+        seconds = _successes(text)[0]["seconds"]  # how long one export takes here: kill within that
+        for i, plan in enumerate(plans, start=1):
+            try:
+                code, text = one(i, plan)
+            except BaseException:
+                zygote.kill()  # not left waiting on a writer that will never report
+                raise
+            if isinstance(plan, str):
+                assert code == -signal.SIGKILL, (plan, text[-2000:])
+            reported += _successes(text)
+            interrupted += not _successes(text)
+            # Kill within the quickest export seen: the other test process (pytest -n) loads this machine unevenly,
+            # so a moment drawn from a slow export would often land after one.
+            seconds = min([seconds] + [r["seconds"] for r in _successes(text)])
+            _check_bundle_after_kill(bundle, reported)
+        zygote.stdin.close()
     return interrupted
 
 
@@ -271,12 +330,13 @@ def test_kill_9_at_32_points_through_an_export(tmp_path):
     """13 named points (after each artifact, each commit step and each link) and 19 random moments."""
     import concurrent.futures
 
-    script = tmp_path / "writer.py"
+    script, zygote = tmp_path / "writer.py", tmp_path / "zygote.py"
     script.write_text(WRITER)
+    zygote.write_text(ZYGOTE)
     plans = CRASH_POINTS + [1.0] * 19  # at a random moment within one export's duration
     halves = [plans[0::2], plans[1::2]]  # two bundles at once, one per core
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(_kill_runs, tmp_path / f"b{k}", script, half, k) for k, half in enumerate(halves)]
+        futures = [pool.submit(_kill_runs, tmp_path / f"b{k}", zygote, half, k) for k, half in enumerate(halves)]
         interrupted = sum(future.result() for future in futures)
     # Most random kills land inside the export (the rest after it reported success, which is then checked too);
     # the crash points after the swap leave a published export that was killed before it could report.

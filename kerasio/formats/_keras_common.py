@@ -53,3 +53,30 @@ def guarded_load(path: Path, device: str, load: Callable[[], Any]) -> Any:
     except OSError as exc:
         raise ArtifactError(f"{path}: unreadable; the file is corrupt or truncated, re-export it. "
                             f"Received: {exc}") from None
+
+
+def require_room_for_hdf5(model: Any, dest: Path) -> None:
+    """``OSError(ENOSPC)`` now, before HDF5 writes ``model``'s weights where they would not fit.
+
+    On a full disk HDF5 fails inside its own cleanup: h5py only prints those errors, leaves the library's state
+    broken, and the process later dies of SIGSEGV (seen with Keras's ``save_weights`` on a filled tmpfs). Refusing
+    up front keeps the failure an error that export names. The room asked for is the weights' bytes and 4 KiB of
+    HDF5 headers per variable, plus 64 KiB.
+    """
+    import errno
+    import os
+
+    import numpy as np
+
+    def nbytes(v: Any) -> int:
+        try:
+            itemsize = np.dtype(str(getattr(v, "dtype", "float32"))).itemsize
+        except TypeError:  # a dtype numpy does not know (float8, int4): count it as 4 bytes
+            itemsize = 4
+        return int(np.prod(tuple(v.shape), dtype=np.int64)) * itemsize + 4096
+
+    need = 64 * 1024 + sum(nbytes(v) for v in model.weights)
+    where = dest.parent
+    stat = os.statvfs(where)
+    if stat.f_bavail * stat.f_frsize < need:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))

@@ -54,10 +54,12 @@ class H5Format(Format):
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*legacy.*")
-                model.save(dest)
+                data = _legacy_h5_bytes(model)
         finally:
             if compile_config is not None:
                 compile_config.config = snapshot
+        with open(dest, "wb") as out:  # a full disk raises here (OSError), where export names it
+            out.write(data)
         return {"legacy": True}
 
     def load(self, path: Path, *, iospec: IOSpec | None = None, device: str = "cpu",
@@ -79,6 +81,25 @@ class H5Format(Format):
 
     def describe(self, path: Path) -> dict[str, Any]:
         return {"legacy": True}
+
+
+def _legacy_h5_bytes(model: Any) -> bytes:
+    """The bytes ``model.save("x.h5")`` writes, built in memory.
+
+    HDF5 flushes much of a file when its objects are freed, and h5py then only prints the write errors ("Exception
+    ignored in ObjectID.__dealloc__"): on a full disk, ``model.save`` returns having written a corrupt file, which
+    HDF5 may crash on when it is read back (the probe did: SIGSEGV). Written in memory and then copied with plain
+    file I/O, a full disk is an ``OSError`` instead. It costs the file's size in memory for the moment.
+    """
+    import io
+
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format  # what Keras 3's model.save calls for a .h5 path
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        legacy_h5_format.save_model_to_hdf5(model, f)
+    return buffer.getvalue()
 
 
 FORMAT = register(H5Format())

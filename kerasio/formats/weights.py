@@ -9,7 +9,7 @@ from typing import Any
 from kerasio.bundle.audit import audit_config
 from kerasio.bundle.audit.keras import check_weights, read_architecture, weights_held_bytes
 from kerasio.errors import ArtifactError
-from kerasio.formats._keras_common import guarded_load, keras_runner
+from kerasio.formats._keras_common import guarded_load, keras_runner, require_room_for_hdf5
 from kerasio.formats.base import ExportContext, Format, Runner, register
 from kerasio.spec.iospec import IOSpec
 
@@ -33,6 +33,7 @@ class WeightsFormat(Format):
 
     def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         dest.mkdir(parents=True)
+        require_room_for_hdf5(model, dest / WEIGHTS)
         (dest / ARCHITECTURE).write_text(model.to_json(), encoding="utf-8")
         shard = ctx.options.get("max_shard_size")
         if shard:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kerasio.bundle.arrays import npz_declared_bytes
-from kerasio.bundle.audit.packages import REGISTERING_PACKAGES, import_named, package_of
+from kerasio.bundle.audit.packages import REGISTERING_PACKAGES, import_named, is_keras_module, package_of
 from kerasio.bundle.bounded import loads
 from kerasio.errors import ArtifactError, UnsafeArtifactError
 
@@ -208,7 +208,7 @@ def audit_config(config: Any, path: Path | str, packages: dict[str, str] | None 
         registered = obj.get("registered_name")
         if class_name == "function":
             name = obj.get("config")
-            if module == "builtins" or _keras_module(module):
+            if module == "builtins" or is_keras_module(module):
                 if not isinstance(name, str) or not trust.function_ok(module, name, registered):
                     raise UnsafeArtifactError(
                         f"{path}: the config names function {module}.{name} as an activation, loss or metric; only "
@@ -258,10 +258,6 @@ def _static_check(obj: dict[str, Any], path: Path | str) -> bool:
                                                   and not isinstance(obj.get("config"), str)):
         raise _code(path, class_name)
     return True
-
-
-def _keras_module(module: Any) -> bool:
-    return isinstance(module, str) and (module == "keras" or module.startswith("keras."))
 
 
 def _no_paths(obj: dict[str, Any], path: Path | str) -> None:
@@ -347,7 +343,7 @@ class _KerasClasses:
         """The Keras class a ``(module, class_name)`` names, as Keras's loader would find it; ``None`` if none."""
         if module is None:
             return self.by_name.get(name)
-        if not _keras_module(module):
+        if not is_keras_module(module):
             return None
         obj = self._symbol(f"{module}.{name}")
         if obj is None and module.replace(".", "").replace("_", "").isalnum():
@@ -380,7 +376,7 @@ class _KerasClasses:
     def function_ok(self, module: str | None, name: str, registered: Any) -> bool:
         import keras
 
-        if keras.saving.get_registered_object(str(registered or name)) is not None and not _keras_module(module):
+        if keras.saving.get_registered_object(str(registered or name)) is not None and not is_keras_module(module):
             return True
         if module == "builtins":  # Keras looks the name up among its activations, losses and metrics only
             return True

@@ -23,7 +23,7 @@ import importlib
 import importlib.metadata
 from typing import Any, Iterable
 
-__all__ = ["REGISTERING_PACKAGES", "named_packages", "import_named", "package_of"]
+__all__ = ["REGISTERING_PACKAGES", "named_packages", "import_named", "package_of", "is_keras_module"]
 
 # import name -> distribution name (pip install ...)
 REGISTERING_PACKAGES: dict[str, str] = {
@@ -32,6 +32,11 @@ REGISTERING_PACKAGES: dict[str, str] = {
     "keras_cv": "keras-cv",
     "keras_rs": "keras-rs",
 }
+
+
+def is_keras_module(module: Any) -> bool:
+    """Whether a module name is Keras's own (``keras`` or ``keras.*``; ``keras_hub`` is not)."""
+    return isinstance(module, str) and (module == "keras" or module.startswith("keras."))
 
 
 def package_of(module: Any) -> str | None:
