@@ -301,19 +301,18 @@ def _kill_runs(bundle, zygote_script, plans, rng_seed):
             assert ended[:2] == ["exit", str(pid)], ended
             return int(ended[2]), out.read_text()
 
-        try:
-            code, text = one(0, None)
-        except BaseException:
-            zygote.kill()
-            raise
-        assert code == 0, text[-2000:]
-        seconds = _successes(text)[0]["seconds"]  # how long one export takes here: kill within that
-        for i, plan in enumerate(plans, start=1):
+        def checked(i, plan):
             try:
-                code, text = one(i, plan)
+                return one(i, plan)
             except BaseException:
                 zygote.kill()  # not left waiting on a writer that will never report
                 raise
+
+        code, text = checked(0, None)
+        assert code == 0, text[-2000:]
+        seconds = _successes(text)[0]["seconds"]  # how long one export takes here: kill within that
+        for i, plan in enumerate(plans, start=1):
+            code, text = checked(i, plan)
             if isinstance(plan, str):
                 assert code == -signal.SIGKILL, (plan, text[-2000:])
             reported += _successes(text)

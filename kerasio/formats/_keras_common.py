@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from kerasio.backends.base import available_devices, device_scope, keras_forward
 from kerasio.backends.environment import keras_backend
+from kerasio.bundle.audit.keras import variables_bytes
 from kerasio.errors import ArtifactError, UnsafeArtifactError
 from kerasio.formats.base import Runner
 from kerasio.spec.iospec import IOSpec, derive_iospec
@@ -66,17 +67,8 @@ def require_room_for_hdf5(model: Any, dest: Path) -> None:
     import errno
     import os
 
-    import numpy as np
-
-    def nbytes(v: Any) -> int:
-        try:
-            itemsize = np.dtype(str(getattr(v, "dtype", "float32"))).itemsize
-        except TypeError:  # a dtype numpy does not know (float8, int4): count it as 4 bytes
-            itemsize = 4
-        return int(np.prod(tuple(v.shape), dtype=np.int64)) * itemsize + 4096
-
-    need = 64 * 1024 + sum(nbytes(v) for v in model.weights)
-    where = dest.parent
-    stat = os.statvfs(where)
+    weights = list(model.weights)
+    need = 64 * 1024 + 4096 * len(weights) + variables_bytes(weights)
+    stat = os.statvfs(dest.parent)
     if stat.f_bavail * stat.f_frsize < need:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))

@@ -58,6 +58,7 @@ class LiteRTFormat(Format):
 
         with tempfile.TemporaryDirectory(prefix=".litert-", dir=dest.parent) as tmp:
             source = ctx.written.get("savedmodel")
+            converted_from = "savedmodel" if source is not None else "its own SavedModel"
             if source is None:
                 source = Path(tmp) / "savedmodel"
                 write_saved_model(model, source, {"serving_default": endpoint(forward_function(model, ctx.iospec),
@@ -72,7 +73,7 @@ class LiteRTFormat(Format):
                     raise ValueError(f"LiteRT converter: {first_error_line(str(exc) or said)}\n{exc}\n{said}") \
                         from None
         dest.write_bytes(data)
-        return {"converted_from": "savedmodel" if "savedmodel" in ctx.written else "its own SavedModel"}
+        return {"converted_from": converted_from}
 
     def available_devices(self, backend: str) -> list[str]:
         return ["cpu"]  # the Python interpreter runs on the CPU (XNNPACK); GPU delegates are mobile-only

@@ -421,7 +421,6 @@ def implied_bytes(config: dict[str, Any], build: Any) -> int:
     point, would have allocated exactly that much first (a bomb cannot hide
     behind a layer that breaks the build after it).
     """
-    import numpy as np
     from keras.src.backend.common import global_state
     from keras.src.backend.common.stateless_scope import StatelessScope
 
@@ -434,9 +433,17 @@ def implied_bytes(config: dict[str, Any], build: Any) -> int:
             except Exception:  # the real load reports the error itself; what was created so far still counts
                 pass
         created = list(global_state.get_global_attribute("uninitialized_variables", None) or [])
-        return sum(int(np.prod(v.shape, dtype=np.int64)) * np.dtype(_np_dtype(v.dtype)).itemsize for v in created)
+        return variables_bytes(created)
     finally:
         global_state.set_global_attribute("uninitialized_variables", before)
+
+
+def variables_bytes(variables: Any) -> int:
+    """The bytes Keras variables hold (float8 and int4 counted as one byte, bfloat16 as two)."""
+    import numpy as np
+
+    return sum(int(np.prod(tuple(v.shape), dtype=np.int64)) * np.dtype(_np_dtype(v.dtype)).itemsize
+               for v in variables)
 
 
 def _np_dtype(dtype: Any) -> str:
