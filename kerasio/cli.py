@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="highest pins float32 matmuls (default); fast allows TF32 on GPUs")
     ver.add_argument("--rtol", type=float, metavar="R", help="relative tolerance for every check (overrides the table)")
     ver.add_argument("--atol", type=float, metavar="A", help="absolute tolerance for every check (overrides the table)")
+    ver.add_argument("--statistic", action="append", default=[], metavar="[OUTPUT=]STAT",
+                     help="the error statistic the tolerance applies to: elementwise (default), max, mean, median "
+                          "or quantile:Q; OUTPUT= for one output only (repeatable)")
     ver.add_argument("--in-process", action="store_true",
                      help="load in this process instead of a fresh one (only a bundle you exported here, or --trust)")
     ver.add_argument("--resume", action="store_true", help="also check that model.keras resumes training exactly")
@@ -397,6 +400,18 @@ def _without_option(argv: list[str], option: str) -> list[str]:
     return out
 
 
+def _statistics(given: list[str]) -> str | dict[str, str] | None:
+    """``--statistic mean`` (every output) or ``--statistic logits=max`` (one output), as VerifyOptions takes it."""
+    every = [g for g in given if "=" not in g]
+    per = dict(g.split("=", 1) for g in given if "=" in g)
+    if every and per:
+        raise InputError(f"--statistic takes either one statistic for every output or OUTPUT=STAT for each; "
+                         f"received both: {given}")
+    if len(every) > 1:
+        raise InputError(f"--statistic without OUTPUT= applies to every output: give it once. Received: {every}")
+    return per or (every[0] if every else None)
+
+
 def _verify(args) -> int:
     if args.resume:  # refused before anything runs
         if not trusted(read_manifest(args.path, public_key=args.public_key), trust=args.trust,
@@ -409,8 +424,8 @@ def _verify(args) -> int:
     if args.in_process:
         import_keras_quietly()
     options = VerifyOptions(device=args.device, backend=args.backend, precision=args.precision, rtol=args.rtol,
-                            atol=args.atol, imports=tuple(args.imports), allow_ops=tuple(args.allow_ops),
-                            limits=_limits(args))
+                            atol=args.atol, statistic=_statistics(args.statistic), imports=tuple(args.imports),
+                            allow_ops=tuple(args.allow_ops), limits=_limits(args))
     report = verify(
         args.path, formats=args.formats, options=options, in_process=args.in_process, trust=args.trust,
         public_key=args.public_key,
@@ -564,6 +579,7 @@ def _inspect(args) -> int:
     if manifest.packages:
         lines.append("packages    " + ", ".join(f"{k} {v}" for k, v in manifest.packages.items())
                      + " (allowlisted: a fresh process imports them to rebuild the model's classes)")
+    lines.append(f"sweep       {manifest.sweep_text()}")
     _out("\n".join(wrap_notes(lines, indent="")))
     last_by: dict[str, list[str]] = {}
     for c in (last or {}).get("checks", []):

@@ -48,6 +48,7 @@ from kerasio.present.html import STYLE, escape, table
 from kerasio.present.text import first_error_line, render_table, wrap_notes
 from kerasio.process.session import Session
 from kerasio.spec.iospec import IOSpec, _all_layers, derive_iospec, mark_probabilities
+from kerasio.spec.sweep import sweep_shapes
 from kerasio.spec.task import resolve_task
 from kerasio.verify import (
     VERIFICATION_FILE,
@@ -174,6 +175,7 @@ def export(
             forward = _reference_forward(model, iospec, x_ref)
             reference_outputs = forward(x_ref)
             reference_one_row = forward({k: v[:1] for k, v in x_ref.items()})
+            sweep, sweep_refused = sweep_shapes(iospec, x_ref, forward)
         mark_probabilities(iospec, reference_outputs)
         resolved = resolve_task(info.task, iospec, info.class_names)
         chosen, skipped = choose_formats(formats, iospec, trust=trust)
@@ -196,6 +198,10 @@ def export(
             save_arrays(stage / REFERENCE_FILES["inputs"], x_ref)
             save_arrays(stage / REFERENCE_FILES["outputs"], reference_outputs)
             save_arrays(stage / REFERENCE_FILES["outputs_1row"], reference_one_row)
+            save_arrays(stage / REFERENCE_FILES["sweep_inputs"],
+                        {f"{i}/{k}": v for i, (shape, _) in enumerate(sweep) for k, v in shape.inputs.items()})
+            save_arrays(stage / REFERENCE_FILES["sweep_outputs"],
+                        {f"{i}/{k}": v for i, (_, out) in enumerate(sweep) for k, v in out.items()})
             artifacts = []
             # Hash each artifact on a second thread while the next one is written
             # (hashlib and file reads release the GIL): for a 300 MB model this hides
@@ -234,7 +240,7 @@ def export(
                         progress(f"{fmt.name:<10} wrote {flat_name(rel)} in {seconds[fmt.name]:.2f} s")
                     pending.append((fmt.name, rel, info_written, hasher.submit(hash_artifact, dest)))
                     if early is not None:  # the worker checks it while the next one is written
-                        _submit_check(session, fmt, dest, stage, iospec, custom, trust, early)
+                        _submit_check(session, fmt, dest, stage, iospec, custom, trust, early, len(sweep))
                 for name, rel, info_written, digest_size_files in pending:
                     digest, size, files = digest_size_files.result()
                     artifacts.append(Artifact(format=name, path=rel, size=size, sha256=digest, files=files,
@@ -255,7 +261,9 @@ def export(
                 cpu_features=cpu_features(), label=info.label, trace=list(info.trace), metrics=dict(info.metrics or {}),
                 training=dict(info.training or {}),
                 reference={"rows": int(len(next(iter(x_ref.values())))),
-                           **{key: hash_entry(stage, name) for key, name in REFERENCE_FILES.items()}},
+                           **{key: hash_entry(stage, name) for key, name in REFERENCE_FILES.items()},
+                           "sweep": [{"name": shape.name, "shapes": shape.shapes()} for shape, _ in sweep]
+                           + [{"name": name, "refused": why} for name, why in sweep_refused.items()]},
                 custom_objects=custom, attachments=[hash_entry(stage, name) for name in attachments],
                 packages=named_packages(c["module"] for c in custom),
             )
@@ -358,7 +366,7 @@ def _reference_forward(model: Any, iospec: IOSpec, x_ref: dict[str, Any]) -> Any
 
 
 def _submit_check(session: Session, fmt: Format, dest: Path, stage: Path, iospec: IOSpec,
-                  custom: list[dict[str, Any]], trust: bool, checks: VerifyOptions) -> None:
+                  custom: list[dict[str, Any]], trust: bool, checks: VerifyOptions, sweep: int) -> None:
     """Send ``dest``'s check to the session's worker for its backend now; verify collects it.
 
     The request is the one :func:`~kerasio.verify.verify_staged` would send (same imports, device, precision and
@@ -367,7 +375,8 @@ def _submit_check(session: Session, fmt: Format, dest: Path, stage: Path, iospec
     worker = session.start(fmt.worker_backend(checks.backend or default_backend()))
     imports = (*checks.imports, *importable_custom_modules(custom), *plugin_modules([fmt.name]))
     session.submit(worker, check_request(fmt.name, dest, iospec.to_dict(), stage / REFERENCE_FILES["inputs"], checks,
-                                         trust=trust, imports=imports))
+                                         trust=trust, imports=imports,
+                                         sweep=(stage / REFERENCE_FILES["sweep_inputs"], sweep)))
 
 
 def choose_formats(formats: str | Sequence[str] | None, iospec: IOSpec | None = None, *,

@@ -18,6 +18,7 @@ from kerasio.backends.environment import PRECISIONS
 from kerasio.errors import InputError
 from kerasio.formats import REGISTRY
 from kerasio.spec.limits import Limits
+from kerasio.spec.tolerances import check_statistic
 
 if TYPE_CHECKING:
     from kerasio.process.session import Session
@@ -68,6 +69,9 @@ class VerifyOptions:
             format says what it needs (SavedModel: TensorFlow).
         precision: ``highest`` pins float32 matmuls; ``fast`` allows TF32 on GPUs.
         rtol, atol: override the tolerance table (both default to the table's row); the report records them.
+        statistic: the error statistic the tolerance applies to, overriding the table's row: ``elementwise``
+            (every element), ``max``, ``mean``, ``median`` or ``quantile:Q`` (``quantile:0.99``); one for every
+            output, or a dict ``{output name: statistic}`` (see :func:`kerasio.spec.tolerances.compare_cases`).
         imports: modules to import before loading (custom layers).
         allow_ops: SavedModel op names to accept beyond the inference allowlist (recorded in the report).
         limits: the sandboxed worker's :class:`~kerasio.Limits` (default: derived from the artifacts' sizes).
@@ -81,6 +85,7 @@ class VerifyOptions:
     precision: str = "highest"
     rtol: float | None = None
     atol: float | None = None
+    statistic: str | Mapping[str, str] | None = None
     imports: Sequence[str] = ()
     allow_ops: Sequence[str] = ()
     limits: Limits | None = None
@@ -97,9 +102,20 @@ class VerifyOptions:
                                           and value >= 0):
                 raise InputError(f"{name} must be a number >= 0; pass e.g. {name}=1e-5. Received: {name}={value!r}")
 
+        given = self.statistic if isinstance(self.statistic, Mapping) else {"*": self.statistic}
+        for value in given.values():
+            if value is not None:
+                check_statistic(value)
+
     @property
     def in_process(self) -> bool:
         return self.mode == "in-process"
+
+    def statistic_for(self, output: str) -> str | None:
+        """The statistic the caller chose for ``output`` (None: the tolerance row's)."""
+        if isinstance(self.statistic, Mapping):
+            return self.statistic.get(output)
+        return self.statistic
 
 
 def verify_options(verify: bool | str | VerifyOptions | None) -> VerifyOptions | None:

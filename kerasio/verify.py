@@ -44,7 +44,7 @@ from kerasio.process.protocol import CheckRequest, CheckResult, answer_error
 from kerasio.process.server import answer
 from kerasio.process.session import Session
 from kerasio.spec.limits import Limits
-from kerasio.spec.tolerances import OutputComparison, compare_output, tolerance_for
+from kerasio.spec.tolerances import compare_cases, tolerance_for
 
 __all__ = ["verify", "verify_staged", "VerifyReport", "Check", "VERIFICATION_FILE", "importable_custom_modules",
            "plugin_modules", "check_request"]
@@ -79,6 +79,8 @@ class Check:
     tf32_drift: float | None = None
     device_drift: float | None = None
     packages: dict[str, str] = field(default_factory=dict)  # allowlisted packages the loader imported (keras_hub)
+    shapes: list[str] = field(default_factory=list)  # every input shape checked: the reference's, batch 1, the sweep
+    rejected_shapes: dict[str, str] = field(default_factory=dict)  # sweep shapes the runtime refused: its error
 
     @property
     def status(self) -> str:
@@ -127,6 +129,16 @@ class VerifyReport:
         notes += [f"  {c.format}: {c.error}" for c in self.checks if c.error]
         notes += [f"  {c.format}: output {o['name']!r}: {_output_text(o)}" for c in self.checks for o in c.outputs
                   if not o["passed"]]
+        shapes = next((c.shapes for c in self.checks if c.shapes), [])
+        if shapes:
+            notes.append(f"  shapes checked: {', '.join(shapes)}")
+        chosen = sorted({f"{c.format} {o['name']}: {o['statistic']}" for c in self.checks for o in c.outputs
+                         if o.get("statistic", "elementwise") != "elementwise"})
+        notes.append("  statistic: " + (", ".join(chosen) + "; the others elementwise" if chosen else
+                                        "elementwise (every element within atol + rtol * |reference|)"))
+        if any(c.outputs for c in self.checks):
+            notes.append("  Needs: the smallest atol that would have passed (rtol kept); ULP: units in the last "
+                         "place of the reference's float type")
         notes += [f"  {c.format} on {c.device}: TF32 (fast-math) drift {c.tf32_drift:.2e} (information only)"
                   for c in self.checks if c.tf32_drift is not None]
         notes += [f"  {c.format}: CPU vs GPU drift {c.device_drift:.2e}" for c in self.checks if c.device_drift is not None]
@@ -137,28 +149,47 @@ class VerifyReport:
 
     def _repr_html_(self) -> str:
         rows = [[c.format, c.artifact, c.backend, c.device, _sci(c.max_abs_diff), _sci(c.max_rel_diff),
-                 _argmax_text(c), _tolerance_text(c), c.status] for c in self.checks]
+                 _ulp_text(c), _argmax_text(c), _tolerance_text(c), _needs_text(c), len(c.shapes), c.status]
+                for c in self.checks]
         notes = "".join(f"<li>{escape(n.strip())}</li>" for n in self._notes())
         verdict = html_status("PASS" if self.ok else "FAIL")
         return (f'{STYLE}<div class="kerasio"><h4>Verification of {escape(self.bundle)}: {verdict} '
                 f"({sum(c.passed for c in self.checks)} of {len(self.checks)} checks, {escape(self.mode)})</h4>"
-                + table(["Format", "Artifact", "Backend", "Device", "Max abs diff", "Max rel diff", "Argmax agree",
-                         "atol/rtol", "Result"], rows, status_column=8)
+                + table(["Format", "Artifact", "Backend", "Device", "Max abs diff", "Max rel diff", "Max ULP",
+                         "Argmax agree", "atol/rtol", "Would pass at", "Shapes", "Result"], rows, status_column=11)
+                + "<h5>Error statistics, per output, over every shape checked</h5>"
+                + table(list(_STAT_HEAD), self._stat_rows())
                 + (f'<ul class="note">{notes}</ul>' if notes else "") + "</div>")
 
+    def _stat_rows(self) -> list[list[Any]]:
+        """One row per check and float output: the error statistics a reviewer reads a verdict from."""
+        rows = []
+        for c in self.checks:
+            for o in c.outputs:
+                if o.get("max_abs_diff") is None:
+                    continue
+                rows.append([c.format if len({x.device for x in self.checks}) < 2 else f"{c.format}/{c.device}",
+                             o["name"], _sci(o.get("mean_abs_diff")), _sci(o.get("median_abs_diff")),
+                             _sci(o.get("p99_abs_diff")), _sci(o.get("mean_rel_diff")), _sci(o.get("p99_rel_diff")),
+                             f"{o.get('nan', 0)}/{o.get('inf', 0)}"])
+        return rows
+
     def table(self, width: int = 100) -> str:
-        """The checks as a text table with notes below, at most ``width`` columns."""
+        """The checks as a text table, the per-output error statistics below, then notes; at most ``width`` wide."""
 
         several = len({c.device for c in self.checks if c.device}) > 1
         rows = []
         for c in self.checks:
             rows.append([
                 c.format, f"{c.backend}/{c.device}" if several and c.device else c.backend,
-                _sci(c.max_abs_diff), _sci(c.max_rel_diff), _argmax_text(c),
-                _tolerance_text(c) + ("*" if c.tolerance_source == "override" else ""), c.status,
+                _sci(c.max_abs_diff), _sci(c.max_rel_diff), _ulp_text(c), _argmax_text(c),
+                _tolerance_text(c) + ("*" if c.tolerance_source == "override" else ""), _needs_text(c), c.status,
             ])
-        text = render_table(["Format", "Runtime", "Max abs", "Max rel", "Argmax", "atol/rtol", "Result"], rows,
-                            width=width)
+        text = render_table(["Format", "Runtime", "Max abs", "Max rel", "ULP", "Argmax", "atol/rtol", "Needs",
+                             "Result"], rows, width=width)
+        stats = self._stat_rows()
+        if stats:
+            text += "\n" + render_table(list(_STAT_HEAD), stats, width=width)
         notes = self._notes()
         return text + ("\n" + "\n".join(wrap_notes(notes, width=width)) if notes else "")
 
@@ -192,9 +223,13 @@ class VerifyReport:
 
 
 def _output_text(o: dict[str, Any]) -> str:
+    """Why one output failed: its own finding (a shape, a NaN), else how far outside the tolerance, and where."""
+    where = f" (on {', '.join(o['failed_shapes'])})" if o.get("failed_shapes") else ""
     if o.get("detail"):
-        return o["detail"]
-    text = f"{o['mismatches']} values outside the tolerance, max abs diff {_sci(o['max_abs_diff'])}"
+        return o["detail"] + where
+    text = f"{o['mismatches']} values outside the tolerance{where}, max abs diff {_sci(o['max_abs_diff'])}"
+    if o.get("required_atol") is not None:
+        text += f", would pass at atol {_sci(o['required_atol'])}"
     if o.get("argmax_agreement") is not None:
         text += f", argmax agreement {o['argmax_agreement']:.1%}"
     return text
@@ -234,6 +269,20 @@ def _tell(progress: Callable[[str], None] | None, c: Check) -> None:
     if progress is not None:
         detail = f"max abs diff {_sci(c.max_abs_diff)}" if not c.error else c.error.split(". ")[0][:60]
         progress(f"{c.format:<10} checked: {c.status} on {c.device or '-'}, {detail}")
+
+
+_STAT_HEAD = ("Format", "Output", "abs mean", "abs med", "abs p99", "rel mean", "rel p99", "NaN/Inf")
+
+
+def _ulp_text(c: Check) -> str:
+    ulps = [o["max_ulp"] for o in c.outputs if o.get("max_ulp") is not None]
+    return str(max(ulps)) if ulps else "-"
+
+
+def _needs_text(c: Check) -> str:
+    """The smallest atol that would have passed every output (with the row's rtol kept): ``Needs`` in the table."""
+    needed = [o["required_atol"] for o in c.outputs if o.get("required_atol") is not None]
+    return _sci(max(needed)) if needed else "-"
 
 
 def _tolerance_text(c: Check) -> str:
@@ -327,19 +376,20 @@ def verify_staged(stage: Path, manifest: Manifest, options: VerifyOptions, *, sh
                    staged=True, progress=progress, shown=shown)
 
 
-References = tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]
+Sweep = list[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]
+References = tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], Sweep]
 
 
 def _references(bundle: Path, manifest: Manifest) -> References:
-    """The reference inputs, outputs and 1-row outputs, each array's header checked before it is read."""
+    """The reference inputs, outputs, 1-row outputs and sweep, each array's header checked before it is read."""
     x_ref, y_ref = manifest.reference_arrays(bundle)
-    return x_ref, y_ref, manifest.reference_one_row(bundle)
+    return x_ref, y_ref, manifest.reference_one_row(bundle), manifest.reference_sweep(bundle)
 
 
 def _verify(bundle: Path, manifest: Manifest, references: References, formats: str | Sequence[str] | None,
             options: VerifyOptions, *, trust: bool, session: Session | None, staged: bool,
             progress: Callable[[str], None] | None, shown: Path | None = None) -> VerifyReport:
-    x_ref, y_ref, y_one = references
+    x_ref, y_ref, y_one, sweep = references
     wanted = None
     if formats:
         wanted = [formats] if isinstance(formats, str) else list(formats)
@@ -361,6 +411,8 @@ def _verify(bundle: Path, manifest: Manifest, references: References, formats: s
             stack.callback(session.end, [tmp])
         inputs = Path(tmp) / "inputs.npz"
         save_arrays(inputs, x_ref)
+        sweep_inputs = Path(tmp) / "sweep.npz"
+        save_arrays(sweep_inputs, {f"{i}/{k}": v for i, (_, x, _) in enumerate(sweep) for k, v in x.items()})
         bounds = (options.limits or Limits.from_env()).resolved(max((a.size for a in arts), default=0))
 
         def worker_for(child_backend: str) -> Worker:
@@ -387,7 +439,8 @@ def _verify(bundle: Path, manifest: Manifest, references: References, formats: s
                 # The worker loads a private copy made from the very reads that were hashed.
                 path = bundle / art.path if staged else \
                     art.materialize(bundle, Path(tmp) / f"artifact-{len(report.checks)}-{art.format}")
-                request = check_request(art.format, path, iospec, inputs, options, trust=trust, imports=imports)
+                request = check_request(art.format, path, iospec, inputs, options, trust=trust, imports=imports,
+                                        sweep=(sweep_inputs, len(sweep)))
                 if options.in_process and child_backend == keras_backend():
                     report.sandbox.setdefault(child_backend, "off: in-process verification")
                     reply = answer(request, Path(tmp))
@@ -402,7 +455,7 @@ def _verify(bundle: Path, manifest: Manifest, references: References, formats: s
                     worker = pending.worker
                     report.sandbox.setdefault(child_backend, worker.sandbox_status)
                     results = pending.result()
-                judged = _judge(manifest, art, results, y_ref, y_one, start, options.rtol, options.atol)
+                judged = _judge(manifest, art, results, (y_ref, y_one, sweep), start, options)
                 report.checks.extend(judged)
                 for c in judged:
                     _tell(progress, c)
@@ -416,29 +469,45 @@ def _verify(bundle: Path, manifest: Manifest, references: References, formats: s
     return report
 
 
-def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult], reference: dict[str, np.ndarray],
-           reference_one: dict[str, np.ndarray], start: float, rtol: float | None,
-           atol: float | None) -> list[Check]:
+def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult],
+           expected: tuple[dict[str, np.ndarray], dict[str, np.ndarray], Sweep], start: float,
+           options: VerifyOptions) -> list[Check]:
+    """Each device's outputs against the reference at every shape checked, output by output, under its row."""
     iospec = manifest.iospec
+    reference, reference_one, sweep = expected
+    rtol, atol = options.rtol, options.atol
     checks = []
     outputs: dict[str, dict[str, np.ndarray]] = {}
     same_cpu = bool(manifest.cpu_features) and manifest.cpu_features == cpu_features()
     for res in results:
         full = load_arrays(Path(res.outputs + "-full.npz"), iospec.output_names)
-        one = load_arrays(Path(res.outputs + "-one.npz"), iospec.output_names)
+        errors = dict(res.sweep_errors or {})
+        one_error = errors.pop("one", None)
+        one = {} if one_error else load_arrays(Path(res.outputs + "-one.npz"), iospec.output_names)
+        ran = [i for i in range(len(sweep)) if str(i) not in errors]
+        swept = load_arrays(Path(res.outputs + "-sweep.npz"),
+                            [f"{i}/{n}" for i in ran for n in iospec.output_names]) if sweep else {}
         outputs[res.device] = full
-        tol = tolerance_for(art.format, res.backend, res.device, iospec.compute, res.precision,
-                            exported_by=manifest.backend or "tensorflow", exported_on=manifest.device or "cpu",
-                            same_cpu=same_cpu, extra=get_format(art.format).tolerances)
+        per_output, rows_used = [], []
+        for s in iospec.outputs:
+            row = tolerance_for(art.format, res.backend, res.device, iospec.compute, res.precision,
+                                exported_by=manifest.backend or "tensorflow", exported_on=manifest.device or "cpu",
+                                same_cpu=same_cpu, extra=get_format(art.format).tolerances, output=s.name)
+            rows_used.append(row)
+            cases = [("reference batch", reference[s.name], full[s.name])]
+            cases += [("batch 1", reference_one[s.name], one[s.name])] if one else []
+            cases += [(sweep[i][0], sweep[i][2][s.name], swept[f"{i}/{s.name}"]) for i in ran]
+            per_output.append(compare_cases(
+                s.name, cases, atol=row.atol if atol is None else float(atol),
+                rtol=row.rtol if rtol is None else float(rtol), probabilities=s.probabilities,
+                statistic=options.statistic_for(s.name) or row.statistic))
+        tol = rows_used[0] if rows_used else tolerance_for(art.format, res.backend, res.device, iospec.compute)
         use_atol = tol.atol if atol is None else float(atol)
         use_rtol = tol.rtol if rtol is None else float(rtol)
-        per_output = [_merge(compare_output(s.name, reference[s.name], full[s.name], atol=use_atol, rtol=use_rtol,
-                                            probabilities=s.probabilities),
-                             compare_output(s.name, reference_one[s.name], one[s.name], atol=use_atol,
-                                            rtol=use_rtol, probabilities=s.probabilities))
-                      for s in iospec.outputs]
         floats = [o for o in per_output if o.max_abs_diff is not None]
         agreements = [o.argmax_agreement for o in per_output if o.argmax_agreement is not None]
+        rejected = {"batch 1": one_error} if one_error else {}
+        rejected.update({sweep[int(i)][0]: text for i, text in errors.items() if i.isdigit() and int(i) < len(sweep)})
         check = Check(
             artifact=art.path, format=art.format, runtime=res.runtime, backend=res.backend,
             device=res.device, device_name=res.device_name, precision=res.precision,
@@ -448,9 +517,14 @@ def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult], refere
             argmax_agreement=min(agreements) if agreements else None, atol=use_atol, rtol=use_rtol,
             tolerance_source="table" if rtol is None and atol is None else "override",
             tolerance_reason=tol.reason if rtol is None and atol is None else "given by the caller",
-            outputs=[o.to_dict() for o in per_output], passed=all(o.passed for o in per_output),
+            outputs=[o.to_dict() for o in per_output], passed=all(o.passed for o in per_output) and not rejected,
             seconds=time.perf_counter() - start, packages=dict(res.packages or {}),
+            shapes=[f"reference batch {len(next(iter(reference.values())))}", "batch 1", *(n for n, _, _ in sweep)],
+            rejected_shapes=rejected,
         )
+        if rejected:
+            check.error = "refused input shapes the original model accepts: " + "; ".join(
+                f"{name} ({text})" for name, text in rejected.items())
         if res.fast_outputs:
             fast = load_arrays(Path(res.fast_outputs + "-full.npz"), iospec.output_names)
             check.tf32_drift = _max_float_diff(reference, fast)
@@ -460,20 +534,6 @@ def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult], refere
         for c in checks:
             c.device_drift = drift
     return checks
-
-
-def _merge(full: OutputComparison, one: OutputComparison) -> OutputComparison:
-    """The full batch and the 1-row batch as one comparison: the worse of each figure."""
-    def worst(a: float | None, b: float | None) -> float | None:
-        return None if a is None and b is None else max(a or 0.0, b or 0.0)
-
-    agree = [v for v in (full.argmax_agreement, one.argmax_agreement) if v is not None]
-    return OutputComparison(
-        full.name, full.dtype, full.exact, full.passed and one.passed, worst(full.max_abs_diff, one.max_abs_diff),
-        worst(full.max_rel_diff, one.max_rel_diff), full.mismatches + one.mismatches,
-        min(agree) if agree else None, "; ".join(d for d in (full.detail, one.detail and f"1-row batch: {one.detail}")
-                                                 if d),
-    )
 
 
 def _max_float_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
@@ -504,10 +564,14 @@ def _refuse_main_classes(manifest: Manifest, art: Artifact) -> None:
 
 
 def check_request(fmt: str, path: Path, iospec: dict[str, Any], inputs: Path, options: VerifyOptions, *,
-                  trust: bool, imports: Sequence[str]) -> CheckRequest:
-    """The worker request that checks one artifact under ``options`` (export sends the same one early)."""
+                  trust: bool, imports: Sequence[str], sweep: tuple[Path, int] | None = None) -> CheckRequest:
+    """The worker request that checks one artifact under ``options`` (export sends the same one early).
+
+    ``sweep``: the sweep's inputs (an ``.npz`` keyed ``<i>/<input>``) and how many shapes it holds.
+    """
     return CheckRequest(fmt, str(path), iospec, str(inputs), device=options.device, precision=options.precision,
-                        trust=trust, imports=tuple(imports), allow_ops=tuple(options.allow_ops))
+                        trust=trust, imports=tuple(imports), allow_ops=tuple(options.allow_ops),
+                        sweep=str(sweep[0]) if sweep and sweep[1] else "", sweep_shapes=sweep[1] if sweep else 0)
 
 
 def plugin_modules(formats: Iterable[str]) -> list[str]:

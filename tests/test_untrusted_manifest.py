@@ -182,10 +182,10 @@ def test_inspect_checks_hashes_and_says_what_it_did_not_check(keras_bundle, tmp_
     target.write_bytes(bytes(data))
     assert main(["inspect", str(b)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "integrity   CHANGED: 1 of 5 files differ; signature present but NOT checked (--public-key)"
+    assert lines[0] == "integrity   CHANGED: 1 of 7 files differ; signature present but NOT checked (--public-key)"
     assert lines[1] == "changed     model.keras: do not use this bundle"
     assert main(["inspect", str(keras_bundle)]) == 0
-    assert capsys.readouterr().out.startswith("integrity   all 5 files match their sha256; not signed\n")
+    assert capsys.readouterr().out.startswith("integrity   all 7 files match their sha256; not signed\n")
     from kerasio.report import render_report
 
     assert "CHANGED SINCE EXPORT" in render_report(b)

@@ -25,7 +25,7 @@ from kerasio.errors import ArtifactError, KerasioError, ResourceLimitError
 from kerasio.spec.iospec import TensorSpec
 from kerasio.spec.limits import available_memory
 
-__all__ = ["check_npy_header", "check_npz", "MAX_RATIO", "MAX_MEMBERS"]
+__all__ = ["check_npy_header", "check_npz", "check_against", "MAX_RATIO", "MAX_MEMBERS"]
 
 MAX_RATIO = 200  # the most a deflated array may expand (zeros compress ~1000x; real data far less)
 MAX_MEMBERS = 10_000
@@ -135,7 +135,7 @@ def load_arrays(path: Path, names: list[str], specs: list[TensorSpec] | None = N
                             f"Received: {sorted(arrays)}")
     arrays = {n: arrays[n] for n in names}
     if specs is not None:
-        _check_against(path, arrays, specs)
+        check_against(path, arrays, specs)
     return arrays
 
 
@@ -162,7 +162,7 @@ def npz_declared_bytes(f: Any, where: str) -> int:
         raise ArtifactError(f"{where}: not a readable .npz; re-export the model. Received: {exc}") from None
 
 
-def _check_against(path: Path, arrays: dict[str, np.ndarray], specs: list[TensorSpec]) -> None:
+def check_against(path: Path, arrays: dict[str, np.ndarray], specs: list[TensorSpec]) -> None:
     rows = {len(a) if a.ndim else 0 for a in arrays.values()}
     for spec in specs:
         array = arrays[spec.name]

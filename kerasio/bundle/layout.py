@@ -34,8 +34,11 @@ SUPPORTED_SCHEMAS = (1, 2)
 
 # The original model's outputs for the first row alone are stored too: a 1-row batch may take a
 # different kernel (gemv, not gemm) and round differently from row 0 of the batch.
+# The shape sweep's inputs and the original outputs at each of its shapes (kerasio.spec.sweep), keyed
+# ``<i>/<tensor name>`` for the manifest's ``reference.sweep[i]``; bundles before 0.4 have neither.
 REFERENCE_FILES = {"inputs": "reference_inputs.npz", "outputs": "reference_outputs.npz",
-                   "outputs_1row": "reference_outputs_1row.npz"}
+                   "outputs_1row": "reference_outputs_1row.npz", "sweep_inputs": "reference_sweep_inputs.npz",
+                   "sweep_outputs": "reference_sweep_outputs.npz"}
 
 
 SIGNATURE_NAME = "kerasio.json.sig"

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kerasio._version import __version__
-from kerasio.bundle.arrays import _fits_in_memory, load_arrays
+from kerasio.bundle.arrays import _fits_in_memory, check_against, load_arrays
 from kerasio.bundle.bounded import loads
 from kerasio.bundle.fsutil import confined, hash_artifact, sha256_file, tree_size, write_text_atomic
 from kerasio.bundle.layout import MANIFEST_NAME, SCHEMA_VERSION, SUPPORTED_SCHEMAS, pinned
@@ -214,6 +214,7 @@ class Manifest(NamedColumns):
         if self.task.is_classification:
             facts.append(["classes", ", ".join(self.class_names)])
         facts += [[k, f"{v:.4f}"] for k, v in self.metrics.items() if isinstance(v, (int, float))]
+        facts.append(["shape sweep", self.sweep_text()])
         rows = [[a.format, a.path, a.size, a.sha256] for a in self.artifacts]
         rows += [[name, "-", "-", f"skipped: {why}"] for name, why in self.skipped.items()]
         chart = trace_svg(self.trace) if self.trace else ""
@@ -263,7 +264,49 @@ class Manifest(NamedColumns):
         """The original model's outputs for the first reference row run as a batch of one."""
         return self._reference(bundle, "outputs_1row")
 
-    def _reference(self, bundle: Path, key: str) -> dict[str, np.ndarray]:
+    def reference_sweep(self, bundle: Path) -> list[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """The shape sweep's ``(shape name, inputs, original outputs)``, hashes and shapes checked; [] before 0.4.
+
+        The inputs must have exactly the shapes the manifest records for them, and the outputs the signature's
+        rank, fixed dimensions and kind (:mod:`kerasio.spec.sweep` made them at export).
+        """
+        shapes = [s for s in self.reference.get("sweep") or [] if "shapes" in s]
+        if not shapes:
+            return []
+        names = {"sweep_inputs": self.iospec.inputs, "sweep_outputs": self.iospec.outputs}
+        read = {}
+        for key, specs in names.items():
+            data, path = self._reference_bytes(bundle, key)
+            read[key] = load_arrays(path, [f"{i}/{s.name}" for i in range(len(shapes)) for s in specs], data=data)
+        found = []
+        for i, shape in enumerate(shapes):
+            x = {s.name: read["sweep_inputs"][f"{i}/{s.name}"] for s in self.iospec.inputs}
+            y = {s.name: read["sweep_outputs"][f"{i}/{s.name}"] for s in self.iospec.outputs}
+            where = Path(bundle) / self.reference["sweep_inputs"]["path"]
+            for name, array in x.items():
+                if list(array.shape) != shape["shapes"].get(name):
+                    raise ArtifactError(f"{where}: sweep shape {shape['name']!r}: input {name!r} is "
+                                        f"{list(array.shape)}, but the manifest records {shape['shapes'].get(name)}; "
+                                        f"re-export the bundle. Received: shape={list(array.shape)}")
+            check_against(where, x, self.iospec.inputs)
+            check_against(Path(bundle) / self.reference["sweep_outputs"]["path"], y, self.iospec.outputs)
+            found.append((str(shape["name"]), x, y))
+        return found
+
+    def sweep_text(self) -> str:
+        """The shape sweep in one line, for ``inspect``: the shapes checked besides the reference, and refusals."""
+        shapes = [str(s["name"]) for s in self.reference.get("sweep") or [] if "shapes" in s]
+        if not shapes and not self.sweep_refused():
+            return "none recorded (a bundle from before kerasio 0.4): the reference batch and its first row only"
+        text = ", ".join(shapes) or "none"
+        refused = "; ".join(f"{k}: {v}" for k, v in self.sweep_refused().items())
+        return text + (f" (left out, {refused})" if refused else "")
+
+    def sweep_refused(self) -> dict[str, str]:
+        """The sweep's shapes the original model itself refused at export, with its reason."""
+        return {s["name"]: s["refused"] for s in self.reference.get("sweep") or [] if "refused" in s}
+
+    def _reference_bytes(self, bundle: Path, key: str) -> tuple[bytes, Path]:
         try:
             entry = self.reference[key]
             art = Artifact(format=f"reference {key}", path=entry["path"], size=int(entry.get("size") or 0),
@@ -271,8 +314,10 @@ class Manifest(NamedColumns):
         except (KeyError, TypeError):
             raise ArtifactError(f"{Path(bundle) / MANIFEST_NAME}: no reference {key} recorded; re-export the "
                                 f"bundle. Received: reference keys {sorted(self.reference)}") from None
-        data = art.read_verified(Path(bundle))
-        path = Path(bundle) / art.path
+        return art.read_verified(Path(bundle)), Path(bundle) / art.path
+
+    def _reference(self, bundle: Path, key: str) -> dict[str, np.ndarray]:
+        data, path = self._reference_bytes(bundle, key)
         specs = self.iospec.inputs if key == "inputs" else self.iospec.outputs
         arrays = load_arrays(path, [s.name for s in specs], specs, data=data)
         rows = self.reference.get("rows")

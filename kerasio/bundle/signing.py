@@ -56,6 +56,7 @@ def sign(bundle: str | Path, private_key: str | Path, *, password: str | None = 
             art.check(bundle)
         manifest.reference_arrays(bundle)  # the reference files' hashes, checked as they are read
         manifest.reference_one_row(bundle)
+        manifest.reference_sweep(bundle)
         copy = tmp / MANIFEST_NAME
         copy.write_bytes(data)
         try:

@@ -168,7 +168,10 @@ _ARTIFACT = _object({"format": NAME, "path": _path, "size": INT, "sha256": _sha2
 _TRACE = _object({"epoch": _number_or_null, "loss": _number_or_null, "accuracy": _number_or_null,
                   "val_loss": _number_or_null, "val_accuracy": _number_or_null, "learning_rate": _number_or_null,
                   "seconds": _number_or_null, "observation": _optional(STR)})
-_REFERENCE = _object({"rows": INT, "inputs": _ENTRY, "outputs": _ENTRY, "outputs_1row": _ENTRY},
+_SWEEP_SHAPE = _object({"name": STR, "shapes": _map_of(_list_of(_dim, MAX_RANK), MAX_SPECS), "refused": STR},
+                       required=("name",))
+_REFERENCE = _object({"rows": INT, "inputs": _ENTRY, "outputs": _ENTRY, "outputs_1row": _ENTRY,
+                      "sweep_inputs": _ENTRY, "sweep_outputs": _ENTRY, "sweep": _list_of(_SWEEP_SHAPE, 64)},
                      required=("inputs", "outputs", "outputs_1row"))
 FIELDS: dict[str, Check] = {
     "schema_version": INT, "created_utc": STR, "versions": _map_of(STR), "backend": STR, "device": STR,

@@ -75,12 +75,14 @@ class Runner:
         except KerasioError:
             raise
         except Exception as exc:  # each runtime raises its own types; the user gets one kerasio error
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            raise ArtifactError(
-                f"{self.path}: {self.runtime} failed to run the {self.format} artifact ({type(exc).__name__}: "
-                f"{first}). Check the inputs against the signature {self.iospec.describe()}, or re-export it. "
+            said = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"  # one line (ORT's span several)
+            error = ArtifactError(
+                f"{self.path}: {self.runtime} failed to run the {self.format} artifact ({said}). Check the inputs "
+                f"against the signature {self.iospec.describe()}, or re-export it. "
                 f"Received: inputs {({k: tuple(np.shape(v)) for k, v in inputs.items()})}"
-            ) from None
+            )
+            error.runtime_error = said  # type: ignore[attr-defined]  # the shape sweep reports the runtime's words
+            raise error from None
         missing = [n for n in self.iospec.output_names if n not in out]
         if missing:
             raise ArtifactError(

@@ -37,6 +37,8 @@ class CheckRequest(NamedTuple):
     imports: tuple[str, ...] = ()  # modules to import first (custom layers)
     allow_ops: tuple[str, ...] = ()  # SavedModel ops accepted beyond the allowlist
     fast_math: bool = True  # on a GPU, also run with TF32 allowed, for the drift report
+    sweep: str = ""  # the shape sweep's inputs (an ``.npz`` keyed ``<i>/<input>``), run after the reference's
+    sweep_shapes: int = 0
 
     @property
     def op(self) -> str:
@@ -122,7 +124,11 @@ ARTIFACT_OPS = ("check", "open", "run")
 
 
 class CheckResult(NamedTuple):
-    """One device's run of a checked artifact; the outputs are ``<outputs>-full.npz`` and ``<outputs>-one.npz``."""
+    """One device's run of a checked artifact.
+
+    The outputs are ``<outputs>-full.npz``, ``<outputs>-one.npz`` and, for the sweep, ``<outputs>-sweep.npz``
+    (keyed ``<i>/<output>``), with ``sweep_errors`` the runtime's first error line for each shape it refused.
+    """
 
     device: str
     runtime: str
@@ -134,6 +140,7 @@ class CheckResult(NamedTuple):
     run_seconds: float
     fast_outputs: str | None = None  # the same, with TF32 allowed (a GPU only)
     packages: dict[str, str] = {}  # allowlisted packages the loader imported for the config's classes: {name: version}
+    sweep_errors: dict[str, str] = {}  # {"<i>" or "one" (the 1-row batch): error} for each shape it refused
 
 
 class Opened(NamedTuple):

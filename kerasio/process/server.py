@@ -74,6 +74,7 @@ def run_check(request: CheckRequest, out_dir: Path) -> list[dict[str, Any]]:
     path = Path(request.path)
     x = load_arrays(Path(request.inputs), iospec.input_names)
     first = {k: v[:1] for k, v in x.items()}
+    sweep = _sweep_inputs(request, iospec)
     backend = default_backend()  # Keras's, read without importing it: an ONNX check never loads Keras
     results = []
     big = sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*"))) > 64 << 20
@@ -88,14 +89,24 @@ def run_check(request: CheckRequest, out_dir: Path) -> list[dict[str, Any]]:
         load_seconds = time.perf_counter() - start
         stems: list[str] = []
         run_seconds = 0.0
+        swept: dict[str, Any] = {}
+        sweep_errors: dict[str, str] = {}
         for mode in modes:  # the policy applies when the graph runs (JAX: when it is traced)
             with precision_policy(mode, runner.backend):
                 start = time.perf_counter()
-                full, one = runner.run(x), runner.run(first)
+                full = runner.run(x)  # the reference batch must run: what every other shape is checked after
+                if mode == modes[0]:  # the 1-row batch and the sweep: a shape the runtime refuses is a finding
+                    ran = _run_shapes(runner, [first, *sweep])
+                    one = ran[0][0] or {}
+                    swept = {f"{i}/{k}": v for i, (out, _) in enumerate(ran[1:]) if out for k, v in out.items()}
+                    sweep_errors = {("one" if i == 0 else str(i - 1)): err for i, (_, err) in enumerate(ran) if err}
+                else:
+                    one = runner.run(first)
             stem = out_dir / f"{fmt.name}-{device}-{mode}"
             save_arrays(stem.with_name(stem.name + "-full.npz"), full)
             save_arrays(stem.with_name(stem.name + "-one.npz"), one)
             if mode == modes[0]:
+                save_arrays(stem.with_name(stem.name + "-sweep.npz"), swept)
                 run_seconds = time.perf_counter() - start
             stems.append(str(stem))
         results.append(CheckResult(
@@ -103,11 +114,38 @@ def run_check(request: CheckRequest, out_dir: Path) -> list[dict[str, Any]]:
             device_name=device_name(device, runner.backend),
             precision="float32-pinned" if modes[0] == "highest" else "tf32-allowed", load_seconds=load_seconds,
             outputs=stems[0], run_seconds=run_seconds, fast_outputs=stems[1] if len(stems) > 1 else None,
-            packages=dict(runner.info.get("packages") or {}))._asdict())
+            packages=dict(runner.info.get("packages") or {}), sweep_errors=sweep_errors)._asdict())
         del runner  # free this copy of the weights before the next load
         if big:  # Keras models hold reference cycles; a full collection costs ~0.1 s, so only when it pays
             gc.collect()
     return results
+
+
+def _sweep_inputs(request: CheckRequest, iospec: IOSpec) -> list[dict[str, Any]]:
+    """The sweep's inputs, one dict per shape (none for a request without a sweep)."""
+    if not request.sweep_shapes:
+        return []
+    names = [f"{i}/{n}" for i in range(request.sweep_shapes) for n in iospec.input_names]
+    arrays = load_arrays(Path(request.sweep), names)
+    return [{n: arrays[f"{i}/{n}"] for n in iospec.input_names} for i in range(request.sweep_shapes)]
+
+
+def _run_shapes(runner: Any, shapes: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, str]]:
+    """Each input shape through ``runner``: its outputs, or None and the runtime's first error line.
+
+    A runtime that refuses a shape (an ONNX graph with a fixed axis) answers with its own error: that is a
+    finding of the check, reported with the shape, not a failure of the worker.
+    """
+    ran: list[tuple[dict[str, Any] | None, str]] = []
+    for inputs in shapes:
+        try:
+            ran.append((runner.run(inputs), ""))
+        except MemoryError:
+            raise
+        except Exception as exc:  # the runtime's own refusal, in any runtime's exception type
+            said = getattr(exc, "runtime_error", None)  # the runtime's words, not the Runner's advice around them
+            ran.append((None, said or f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"))
+    return ran
 
 
 _OPEN: dict[str, Any] = {}  # path -> Runner: the artifacts `kerasio predict` opened in this worker
