@@ -206,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--statistic", action="append", default=[], metavar="[OUTPUT=]STAT",
                      help="the error statistic the tolerance applies to: elementwise (default), max, mean, median "
                           "or quantile:Q; OUTPUT= for one output only (repeatable)")
+    ver.add_argument("--explain", action="store_true",
+                     help="name the first layer where each artifact leaves the original, passing or not (a failing "
+                          "check is always explained)")
+    ver.add_argument("--explain-method", default="auto", choices=["auto", "intermediates", "bisect"],
+                     help="auto: read the artifact's own tensors where its runtime can, else bisect with prefix "
+                          "sub-models exported again")
     ver.add_argument("--in-process", action="store_true",
                      help="load in this process instead of a fresh one (only a bundle you exported here, or --trust)")
     ver.add_argument("--resume", action="store_true", help="also check that model.keras resumes training exactly")
@@ -424,8 +430,9 @@ def _verify(args) -> int:
     if args.in_process:
         import_keras_quietly()
     options = VerifyOptions(device=args.device, backend=args.backend, precision=args.precision, rtol=args.rtol,
-                            atol=args.atol, statistic=_statistics(args.statistic), imports=tuple(args.imports),
-                            allow_ops=tuple(args.allow_ops), limits=_limits(args))
+                            atol=args.atol, statistic=_statistics(args.statistic),
+                            explain=True if args.explain else None, explain_method=args.explain_method,
+                            imports=tuple(args.imports), allow_ops=tuple(args.allow_ops), limits=_limits(args))
     report = verify(
         args.path, formats=args.formats, options=options, in_process=args.in_process, trust=args.trust,
         public_key=args.public_key,
@@ -441,6 +448,8 @@ def _verify(args) -> int:
         passed = sum(c.passed for c in report.checks)
         if not args.quiet:
             _out(report.table())
+            if report.explanations():
+                _out(report.explanations())
         _say(f"{passed} of {len(report.checks)} checks passed ({report.mode}) for {args.path}")
     if report.worker_failure():
         _say(f"kerasio: error: {report.worker_failure()}", file=sys.stderr)  # the verifier died: not a mismatch

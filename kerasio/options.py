@@ -12,11 +12,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from kerasio.backends.environment import PRECISIONS
 from kerasio.errors import InputError
 from kerasio.formats import REGISTRY
+from kerasio.spec.divergence import METHODS as EXPLAIN_METHODS
 from kerasio.spec.limits import Limits
 from kerasio.spec.tolerances import check_statistic
 
@@ -72,6 +74,15 @@ class VerifyOptions:
         statistic: the error statistic the tolerance applies to, overriding the table's row: ``elementwise``
             (every element), ``max``, ``mean``, ``median`` or ``quantile:Q`` (``quantile:0.99``); one for every
             output, or a dict ``{output name: statistic}`` (see :func:`kerasio.spec.tolerances.compare_cases`).
+        explain: find the first layer where an artifact leaves the original (``kerasio.process.explain``):
+            ``None`` (default) on every check that fails on its values, ``True`` on every check, ``False`` never.
+        explain_method: ``auto`` (read the artifact's own tensors where its runtime can, else bisect),
+            ``intermediates`` or ``bisect`` (export prefix sub-models of the original and compare them).
+        calibrate: also measure each artifact's own numerical noise on the device (the same input twice, and the
+            input moved by one ulp) and flag a tolerance row looser than 1000x that noise or tighter than it.
+        repro_dir: where a failing check writes its reproduction kit (the failing inputs, both sides' outputs, the
+            artifact and a script that runs the comparison without kerasio); default: ``<bundle>/repro`` when
+            the report is recorded there, else none.
         imports: modules to import before loading (custom layers).
         allow_ops: SavedModel op names to accept beyond the inference allowlist (recorded in the report).
         limits: the sandboxed worker's :class:`~kerasio.Limits` (default: derived from the artifacts' sizes).
@@ -86,6 +97,10 @@ class VerifyOptions:
     rtol: float | None = None
     atol: float | None = None
     statistic: str | Mapping[str, str] | None = None
+    explain: bool | None = None
+    explain_method: str = "auto"
+    calibrate: bool = False
+    repro_dir: str | Path | None = None
     imports: Sequence[str] = ()
     allow_ops: Sequence[str] = ()
     limits: Limits | None = None
@@ -102,6 +117,9 @@ class VerifyOptions:
                                           and value >= 0):
                 raise InputError(f"{name} must be a number >= 0; pass e.g. {name}=1e-5. Received: {name}={value!r}")
 
+        if self.explain_method not in EXPLAIN_METHODS:
+            raise InputError(f"explain_method must be one of {', '.join(EXPLAIN_METHODS)}; received: "
+                             f"explain_method={self.explain_method!r}")
         given = self.statistic if isinstance(self.statistic, Mapping) else {"*": self.statistic}
         for value in given.values():
             if value is not None:

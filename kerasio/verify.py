@@ -40,7 +40,7 @@ from kerasio.present.html import STYLE, escape, table
 from kerasio.present.html import status as html_status
 from kerasio.present.text import render_table, wrap_notes
 from kerasio.process.client import Worker
-from kerasio.process.protocol import CheckRequest, CheckResult, answer_error
+from kerasio.process.protocol import CheckRequest, CheckResult, JobRequest, answer_error
 from kerasio.process.server import answer
 from kerasio.process.session import Session
 from kerasio.spec.limits import Limits
@@ -81,6 +81,7 @@ class Check:
     packages: dict[str, str] = field(default_factory=dict)  # allowlisted packages the loader imported (keras_hub)
     shapes: list[str] = field(default_factory=list)  # every input shape checked: the reference's, batch 1, the sweep
     rejected_shapes: dict[str, str] = field(default_factory=dict)  # sweep shapes the runtime refused: its error
+    explanation: dict[str, Any] | None = None  # the layer-by-layer comparison (kerasio.spec.divergence.Divergence)
 
     @property
     def status(self) -> str:
@@ -129,6 +130,7 @@ class VerifyReport:
         notes += [f"  {c.format}: {c.error}" for c in self.checks if c.error]
         notes += [f"  {c.format}: output {o['name']!r}: {_output_text(o)}" for c in self.checks for o in c.outputs
                   if not o["passed"]]
+        notes += [f"  {c.format}: {c.explanation['summary']}" for c in self.checks if c.explanation]
         shapes = next((c.shapes for c in self.checks if c.shapes), [])
         if shapes:
             notes.append(f"  shapes checked: {', '.join(shapes)}")
@@ -192,6 +194,26 @@ class VerifyReport:
             text += "\n" + render_table(list(_STAT_HEAD), stats, width=width)
         notes = self._notes()
         return text + ("\n" + "\n".join(wrap_notes(notes, width=width)) if notes else "")
+
+    def explanations(self, width: int = 100, around: int = 3) -> str:
+        """Each explained check's layers as a table: every layer up to the first diverging one and ``around``
+        after it (a long model's agreeing tail is counted, not listed); '' when nothing was explained."""
+        parts = []
+        for c in self.checks:
+            ex = c.explanation or {}
+            layers = ex.get("layers") or []
+            if not layers:
+                continue
+            first = next((i for i, v in enumerate(layers) if v["status"] == "diverge"), None)
+            shown = layers if first is None else layers[:first + 1 + around]
+            rows = [[v["layer"], v["layer_class"], "x".join(map(str, v["shape"])), v["status"],
+                     _sci(v.get("max_abs_diff")), _sci(v.get("mean_abs_diff"))] for v in shown]
+            head = f"Layers of {c.format} ({ex['method']}, on the {ex['inputs']}, atol {_short(ex['atol'])}, " \
+                   f"rtol {_short(ex['rtol'])})"
+            text = render_table(["Layer", "Class", "Output", "Status", "Max abs", "Mean abs"], rows, width=width)
+            more = f"\n  ... {len(layers) - len(shown)} more layers" if len(shown) < len(layers) else ""
+            parts.append(f"{head}\n{text}{more}")
+        return "\n".join(parts)
 
     __str__ = table
 
@@ -415,6 +437,47 @@ def _verify(bundle: Path, manifest: Manifest, references: References, formats: s
         save_arrays(sweep_inputs, {f"{i}/{k}": v for i, (_, x, _) in enumerate(sweep) for k, v in x.items()})
         bounds = (options.limits or Limits.from_env()).resolved(max((a.size for a in arts), default=0))
 
+        cases = {"reference batch": x_ref, "batch 1": {k: v[:1] for k, v in x_ref.items()},
+                 **{name: x for name, x, _ in sweep}}
+        originals: dict[str, Path] = {}
+
+        def original() -> Path:
+            """The bundle's ``.keras`` file, the original an explanation compares layers with (a checked copy)."""
+            if "keras" not in originals:
+                art = manifest.artifact("keras")
+                originals["keras"] = bundle / art.path if staged else \
+                    art.materialize(bundle, Path(tmp) / "original-keras")
+            return originals["keras"]
+
+        def explain(c: Check, art: Artifact, path: Path) -> dict[str, Any]:
+            """The first layer where the artifact at ``path`` leaves the original, on the input ``c`` failed on.
+
+            The ``explain`` job runs where the check ran (the sandboxed worker, for a bundle that is not yours),
+            on TensorFlow for a converted graph, at most :data:`EXPLAIN_ROWS` rows.
+            """
+            why = _unexplainable(art, manifest, report)
+            if why:
+                return {"summary": f"no layer-by-layer explanation: {why}"}
+            case = _failing_case(c)
+            inputs = Path(tmp) / f"explain-{len(report.checks)}-{art.format}.npz"
+            save_arrays(inputs, {k: v[:EXPLAIN_ROWS] for k, v in cases.get(case, x_ref).items()})
+            fmt = get_format(art.format)
+            backend = "tensorflow" if fmt.runtime != "keras" else c.backend
+            request = JobRequest("explain", {
+                "original": str(original()), "artifact": str(path), "format": art.format, "iospec": iospec,
+                "inputs": str(inputs), "case": case, "atol": c.atol or 0.0, "rtol": c.rtol or 0.0,
+                "method": options.explain_method, "device": c.device or "cpu", "trust": trust,
+                "allow_ops": list(options.allow_ops)})
+            try:
+                if options.in_process and backend == keras_backend():
+                    reply = answer(request, Path(tmp))
+                    if not reply.ok:
+                        raise answer_error(reply)
+                    return dict(reply.value)
+                return dict(worker_for(backend).call(request))
+            except KerasioError as exc:
+                return {"summary": f"no layer-by-layer explanation: {' '.join(str(exc).split())[:300]}"}
+
         def worker_for(child_backend: str) -> Worker:
             if staged:
                 return session.start(child_backend)
@@ -456,6 +519,9 @@ def _verify(bundle: Path, manifest: Manifest, references: References, formats: s
                     report.sandbox.setdefault(child_backend, worker.sandbox_status)
                     results = pending.result()
                 judged = _judge(manifest, art, results, (y_ref, y_one, sweep), start, options)
+                for c in judged:
+                    if options.explain or (options.explain is None and not staged and _fails_on_values(c)):
+                        c.explanation = explain(c, art, path)
                 report.checks.extend(judged)
                 for c in judged:
                     _tell(progress, c)
@@ -534,6 +600,34 @@ def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult],
         for c in checks:
             c.device_drift = drift
     return checks
+
+
+EXPLAIN_ROWS = 64  # an explanation runs at most this many rows of the failing input through every layer
+
+
+def _fails_on_values(c: Check) -> bool:
+    """A check that ran and disagrees on some output's values (not one that could not run, or refused a shape)."""
+    return not c.passed and not c.error and any(not o["passed"] and o.get("max_abs_diff") is not None
+                                                for o in c.outputs)
+
+
+def _unexplainable(art: Artifact, manifest: Manifest, report: VerifyReport) -> str:
+    """Why ``art`` cannot be explained layer by layer here ('' when it can): its original must be a sound .keras."""
+    if art.format == "keras":
+        return "the .keras file is the original that the other formats' layers are compared with"
+    if not any(a.format == "keras" for a in manifest.artifacts):
+        return "the bundle has no .keras file to stand for the original model (export it with the keras format)"
+    if any(k.format == "keras" and not k.passed for k in report.checks):
+        return "the bundle's .keras file fails its own check, so it cannot stand for the original"
+    return ""
+
+
+def _failing_case(c: Check) -> str:
+    """The input shape a check first failed on (the reference batch when no shape is named)."""
+    failing = next((o for o in c.outputs if not o["passed"] and o.get("failed_shapes")), None)
+    return failing["failed_shapes"][0] if failing else "reference batch"
+
+
 
 
 def _max_float_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:

@@ -1,17 +1,33 @@
 """Shared by the formats that Keras itself reloads (keras, h5, weights, pickle)."""
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
 
 from kerasio.backends.base import available_devices, device_scope, keras_forward
-from kerasio.backends.environment import keras_backend
+from kerasio.backends.environment import keras_backend, to_numpy
 from kerasio.bundle.audit.keras import variables_bytes
 from kerasio.errors import ArtifactError, UnsafeArtifactError
-from kerasio.formats.base import Runner
+from kerasio.formats.base import Format, Runner
+from kerasio.spec.divergence import LayerOutput
 from kerasio.spec.iospec import IOSpec, derive_iospec
+
+
+class KerasReloaded(Format):
+    """A format that Keras itself reloads (keras, h5, weights, pickle): its runner holds a Keras model."""
+
+    runtime = "keras"
+
+    def intermediates(self, runner: Runner, inputs: Mapping[str, np.ndarray],
+                      layers: Sequence[LayerOutput]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """The reloaded model's own layer outputs, layer by layer: the same layers as the original's, by name."""
+        values = {layer.key: layer.value for layer in layer_outputs(runner.model, runner.iospec, inputs)}
+        return values, {key: "the reloaded model's own layer" for key in values}
 
 
 def keras_runner(model: Any, fmt: str, path: Path, iospec: IOSpec | None, device: str, **info: Any) -> Runner:
@@ -72,3 +88,54 @@ def require_room_for_hdf5(model: Any, dest: Path) -> None:
     stat = os.statvfs(dest.parent)
     if stat.f_bavail * stat.f_frsize < need:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
+
+
+@contextlib.contextmanager
+def recording_layers(model: Any) -> Iterator[list[tuple[str, str, Any]]]:
+    """While inside, each top-level layer of ``model`` records its output the first time it runs.
+
+    Yields the records, ``(key, layer class, tensor)`` in the order the layers ran: the key is the layer's name
+    (``name[i]`` for the i-th of several outputs). Each layer's ``call`` is wrapped by an instance attribute that
+    passes everything through, so a functional model's graph and a subclassed model's own ``call`` both run as
+    they are; the wrappers are removed on the way out. A layer called twice (shared) records its first call.
+    """
+    import keras
+
+    records: list[tuple[str, str, Any]] = []
+    seen: set[str] = set()
+    wrapped = [layer for layer in getattr(model, "layers", []) if type(layer).__name__ != "InputLayer"]
+
+    def wrap(layer: Any) -> Callable[..., Any]:
+        inner = layer.call
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = inner(*args, **kwargs)
+            if layer.name not in seen:
+                seen.add(layer.name)
+                flat = keras.tree.flatten(out)
+                for i, tensor in enumerate(flat):
+                    key = layer.name if len(flat) == 1 else f"{layer.name}[{i}]"
+                    records.append((key, type(layer).__name__, tensor))
+            return out
+
+        return call
+
+    for layer in wrapped:
+        layer.call = wrap(layer)
+    try:
+        yield records
+    finally:
+        for layer in wrapped:
+            with contextlib.suppress(AttributeError):
+                del layer.call
+
+
+def layer_outputs(model: Any, iospec: IOSpec, inputs: Mapping[str, np.ndarray]) -> list[LayerOutput]:
+    """Every top-level layer's output on ``inputs``, in the order the layers ran (an eager call, not a trace)."""
+    with recording_layers(model) as records:
+        model(iospec.call_structure(dict(inputs)), training=False)
+    return [LayerOutput(key, cls, to_numpy(tensor)) for key, cls, tensor in records if _is_tensor(tensor)]
+
+
+def _is_tensor(value: Any) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from kerasio.backends.tensorflow import graph_forward, tf_input_specs
+from kerasio.formats._keras_common import recording_layers
 from kerasio.spec.iospec import IOSpec
 from kerasio.spec.task import Task
 
@@ -31,6 +32,22 @@ def endpoint(fn: Callable[..., Any], iospec: IOSpec) -> Any:
     import tensorflow as tf
 
     return tf.function(fn, input_signature=tf_input_specs(iospec), autograph=False)
+
+
+def layer_ops(model: Any, iospec: IOSpec) -> dict[str, str]:
+    """Each top-level layer's output op in a TensorFlow trace of ``model``'s forward pass, keyed as
+    :func:`~kerasio.formats._keras_common.layer_outputs` keys them.
+
+    The trace is the one the graph formats were converted from (:func:`forward_function` under :func:`endpoint`),
+    so its scopes get the names TensorFlow gave them there: ``functional_1/dense_1_2/Relu`` for a layer ``dense_1``.
+    """
+    with recording_layers(model) as records:
+        endpoint(forward_function(model, iospec), iospec).get_concrete_function()
+    ops = {}
+    for key, _, tensor in records:
+        name = getattr(tensor, "name", "") or ""
+        ops[key] = name[:-2] if name.endswith(":0") else name
+    return ops
 
 
 def class_ids(tf: Any, probs: Any, task: Task) -> Any:

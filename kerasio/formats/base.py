@@ -19,6 +19,7 @@ import numpy as np
 from kerasio.backends.base import available_devices
 from kerasio.backends.environment import to_numpy
 from kerasio.errors import ArtifactError, KerasioError
+from kerasio.spec.divergence import LayerOutput
 from kerasio.spec.iospec import IOSpec
 from kerasio.spec.task import Task
 from kerasio.spec.tolerances import Tolerance
@@ -179,6 +180,18 @@ class Format:
         (through :meth:`load`) runs every audit again. Nothing here may import TensorFlow or parse a format
         through a native library.
         """
+
+    def intermediates(self, runner: Runner, inputs: Mapping[str, np.ndarray],
+                      layers: Sequence[LayerOutput]) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
+        """The artifact's own values of the original model's layer outputs on ``inputs``, read from its runtime.
+
+        ``layers`` are the original's top-level layers as they ran (:class:`~kerasio.spec.divergence.LayerOutput`:
+        key, class, value and, for a converted graph, the op producing the output in the original's TensorFlow
+        trace, by which a graph finds its tensors: :func:`~kerasio.spec.divergence.read_layers`). Returns
+        ``({layer key: value}, {layer key: where it was read})`` for the layers found, or ``None`` when this
+        runtime cannot expose them: ``verify --explain`` then bisects with prefix sub-models instead.
+        """
+        return None
 
     def describe(self, path: Path) -> dict[str, Any]:
         """Facts read back from a written artifact (I/O names, signatures) without running it.

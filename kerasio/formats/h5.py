@@ -8,8 +8,8 @@ from typing import Any
 from kerasio.bundle.audit import audit_config
 from kerasio.bundle.audit.keras import build_legacy, check_weights, h5_file_config
 from kerasio.errors import LegacyFormatWarning
-from kerasio.formats._keras_common import guarded_load, keras_runner
-from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.formats._keras_common import KerasReloaded, guarded_load, keras_runner
+from kerasio.formats.base import ExportContext, Runner, register
 from kerasio.spec.iospec import IOSpec
 
 _WHY = "HDF5 (.h5) is Keras's legacy format; prefer .keras for round trips."
@@ -20,7 +20,7 @@ _LEGACY_CANNOT_REBUILD = {
 }
 
 
-class H5Format(Format):
+class H5Format(KerasReloaded):
     name = "h5"
     filename = "model.h5"
     runtime = "keras"

@@ -8,12 +8,12 @@ from typing import Any
 
 from kerasio.bundle.audit import audit_keras_file, read_keras_config
 from kerasio.bundle.audit.keras import precheck_config
-from kerasio.formats._keras_common import guarded_load, keras_runner
-from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.formats._keras_common import KerasReloaded, guarded_load, keras_runner
+from kerasio.formats.base import ExportContext, Runner, register
 from kerasio.spec.iospec import IOSpec
 
 
-class KerasFormat(Format):
+class KerasFormat(KerasReloaded):
     name = "keras"
     filename = "model.keras"
     runtime = "keras"

@@ -5,8 +5,9 @@ import contextlib
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from kerasio.errors import ArtifactError, BackendUnavailableError
 from kerasio.formats._tf_common import endpoint, forward_function, write_saved_model
 from kerasio.formats.base import ExportContext, Format, Runner, register
 from kerasio.present.text import first_error_line
+from kerasio.spec.divergence import LayerOutput, read_layers
 from kerasio.spec.iospec import IOSpec, TensorSpec, dtype_name
 
 
@@ -113,6 +115,26 @@ class LiteRTFormat(Format):
         Interp = type(interpreter)
         return Runner(run, format=self.name, path=path, runtime="litert", backend="litert", iospec=iospec,
                       device=device, model=interpreter, info={"interpreter": f"{Interp.__module__}.{Interp.__name__}"})
+
+    def intermediates(self, runner: Runner, inputs: Mapping[str, np.ndarray],
+                      layers: Sequence[LayerOutput]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Each layer's tensor, kept by an interpreter that preserves every tensor.
+
+        The converter names a tensor after the TensorFlow ops fused into it (``a/MatMul;a/Relu;a/BiasAdd``).
+        Preserving every tensor turns off the default delegate (XNNPACK), so these values come from the builtin
+        kernels: the layer-by-layer comparison, not the verdict, runs on them.
+        """
+        with warnings.catch_warnings():  # "intended for debugging purposes only": that is what this is
+            warnings.simplefilter("ignore")
+            interpreter = _interpreter_class()(model_path=str(runner.path), experimental_preserve_all_tensors=True)
+        signature = interpreter.get_signature_runner("serving_default")
+        keys = tf_input_names(runner.iospec)
+        signature(**{key: np.asarray(inputs[name]) for key, name in zip(keys, runner.iospec.input_names)})
+        index: dict[str, int] = {}
+        for detail in interpreter.get_tensor_details():
+            index.setdefault(detail["name"], detail["index"])
+        return read_layers(layers, list(index),
+                           lambda names: {n: np.array(interpreter.get_tensor(index[n])) for n in names})
 
     def precheck(self, path: Path) -> None:
         audit_litert(path)  # pure Python over the flatbuffer: no interpreter

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from kerasio.bundle.audit.onnx import audit_onnx
 from kerasio.errors import ArtifactError
 from kerasio.formats._tf_common import endpoint, forward_function
 from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.spec.divergence import LayerOutput, read_layers
 from kerasio.spec.iospec import IOSpec, TensorSpec
 
 OPSET = 17
@@ -108,6 +109,34 @@ class OnnxFormat(Format):
 
         return Runner(run, format=self.name, path=path, runtime="onnxruntime", backend="onnxruntime",
                       iospec=iospec, device=device, model=session, info={"providers": session.get_providers()})
+
+    def intermediates(self, runner: Runner, inputs: Mapping[str, np.ndarray],
+                      layers: Sequence[LayerOutput]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Each layer's tensor, made a graph output of a private copy of the (already audited) graph and run.
+
+        A node is found by its name, which tf2onnx keeps from the TensorFlow op (``functional_1/dense_1_2/Relu``);
+        its output's type comes from ONNX's shape inference.
+        """
+        onnx = require("onnx", "reading ONNX")
+        ort = require("onnxruntime", "running ONNX")
+        graph_model = onnx.load(str(runner.path))
+        graph = graph_model.graph
+        produced = {(node.name if len(node.output) == 1 else f"{node.name}:{i}"): out
+                    for node in graph.node for i, out in enumerate(node.output) if out}
+        typed = {v.name: v for v in onnx.shape_inference.infer_shapes(graph_model).graph.value_info}
+        typed.update({v.name: v for v in graph.output})
+
+        def fetch(names: list[str]) -> dict[str, np.ndarray]:
+            tensors = list(dict.fromkeys(produced[n] for n in names if produced[n] in typed))
+            known = {o.name for o in graph.output}
+            graph.output.extend(typed[t] for t in tensors if t not in known)
+            providers = ["CUDAExecutionProvider"] if runner.device == "gpu" else ["CPUExecutionProvider"]
+            session = ort.InferenceSession(graph_model.SerializeToString(), providers=providers)
+            feeds = {i.name: np.asarray(inputs[i.name]) for i in session.get_inputs()}
+            values = dict(zip(tensors, session.run(tensors, feeds)))
+            return {n: values[produced[n]] for n in names if produced[n] in values}
+
+        return read_layers(layers, list(produced), fetch)
 
     def precheck(self, path: Path) -> None:
         require("onnx", "reading ONNX")

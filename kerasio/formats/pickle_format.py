@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from kerasio.errors import ArtifactError, UnsafeArtifactError
-from kerasio.formats._keras_common import guarded_load, keras_runner
-from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.formats._keras_common import KerasReloaded, guarded_load, keras_runner
+from kerasio.formats.base import ExportContext, Runner, register
 from kerasio.spec.iospec import IOSpec
 
 WHY = (
@@ -21,7 +21,7 @@ WHY = (
 )
 
 
-class PickleFormat(Format):
+class PickleFormat(KerasReloaded):
     name = "pickle"
     filename = "model.pkl"
     runtime = "keras"

@@ -13,7 +13,9 @@ model. Versions are never overwritten: each export takes the next integer.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from kerasio.backends.base import available_devices
 from kerasio.backends.environment import require
@@ -23,6 +25,7 @@ from kerasio.errors import ArtifactError
 from kerasio.formats._tf_common import endpoint, forward_function, write_saved_model
 from kerasio.formats.base import ExportContext, Format, Runner, register
 from kerasio.formats.tf_serving import write_warmup
+from kerasio.spec.divergence import LayerOutput, read_layers
 from kerasio.spec.iospec import IOSpec, TensorSpec, dtype_name
 
 SERVING_DIR = "serving"
@@ -114,6 +117,31 @@ class SavedModelFormat(Format):
         return Runner(run, format=self.name, path=path, runtime="tensorflow", backend="tensorflow",
                       iospec=iospec, device=device, model=loaded, info={"signature": "serving_default"},
                       context=lambda: tf.device("/GPU:0" if device == "gpu" else "/CPU:0"))
+
+    def intermediates(self, runner: Runner, inputs: Mapping[str, np.ndarray],
+                      layers: Sequence[LayerOutput]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Each layer's tensor, read from ``serving_default`` frozen with the artifact's own variables.
+
+        The function is frozen as the ONNX writer freezes (calls inlined, so nodes keep their scoped names under
+        ``StatefulPartitionedCall/``), imported into a graph of its own and pruned to the layers' tensors.
+        """
+        tf = require("tensorflow", "reading a SavedModel's tensors")
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        endpoint = runner.model.signatures["serving_default"]
+        frozen = convert_variables_to_constants_v2(endpoint, lower_control_flow=False, aggressive_inlining=True)
+        graph_def = frozen.graph.as_graph_def()
+        wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+        by_name = dict(zip(tf_input_names(runner.iospec), runner.iospec.input_names))
+        feeds = [wrapped.graph.get_tensor_by_name(t.name) for t in frozen.inputs]
+
+        def fetch(names: list[str]) -> dict[str, np.ndarray]:
+            pruned = wrapped.prune(feeds, [wrapped.graph.get_tensor_by_name(f"{n}:0") for n in names])
+            with tf.device("/GPU:0" if runner.device == "gpu" else "/CPU:0"):
+                values = pruned(*[tf.constant(inputs[by_name[t.op.name]]) for t in frozen.inputs])
+            return {n: v.numpy() for n, v in zip(names, values)}
+
+        return read_layers(layers, [node.name for node in graph_def.node if node.op != "Const"], fetch)
 
     def matches(self, path: Path) -> bool:
         return path.is_dir() and (path / "saved_model.pb").is_file()

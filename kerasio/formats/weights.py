@@ -9,8 +9,8 @@ from typing import Any
 from kerasio.bundle.audit import audit_config
 from kerasio.bundle.audit.keras import check_weights, read_architecture, weights_held_bytes
 from kerasio.errors import ArtifactError
-from kerasio.formats._keras_common import guarded_load, keras_runner, require_room_for_hdf5
-from kerasio.formats.base import ExportContext, Format, Runner, register
+from kerasio.formats._keras_common import KerasReloaded, guarded_load, keras_runner, require_room_for_hdf5
+from kerasio.formats.base import ExportContext, Runner, register
 from kerasio.spec.iospec import IOSpec
 
 ARCHITECTURE = "architecture.json"
@@ -18,7 +18,7 @@ WEIGHTS = "model.weights.h5"
 SHARDED = "model.weights.json"
 
 
-class WeightsFormat(Format):
+class WeightsFormat(KerasReloaded):
     name = "weights"
     filename = "weights"
     runtime = "keras"

@@ -37,6 +37,7 @@ from kerasio.bundle.arrays import load_arrays, save_arrays
 from kerasio.bundle.audit import allowing_ops
 from kerasio.errors import KerasioError, ResourceLimitError, WorkerError
 from kerasio.formats import ExportContext, get_format
+from kerasio.process import explain as _explain  # noqa: F401  (registers the job)
 from kerasio.process.jobs import get_job
 from kerasio.process.protocol import (
     RUNTIME_MODULES,
