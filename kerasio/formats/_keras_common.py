@@ -92,17 +92,17 @@ def require_room_for_hdf5(model: Any, dest: Path) -> None:
 
 @contextlib.contextmanager
 def recording_layers(model: Any) -> Iterator[list[tuple[str, str, Any]]]:
-    """While inside, each top-level layer of ``model`` records its output the first time it runs.
+    """While inside, each top-level layer of ``model`` records its output as it runs.
 
-    Yields the records, ``(key, layer class, tensor)`` in the order the layers ran: the key is the layer's name
-    (``name[i]`` for the i-th of several outputs). Each layer's ``call`` is wrapped by an instance attribute that
-    passes everything through, so a functional model's graph and a subclassed model's own ``call`` both run as
-    they are; the wrappers are removed on the way out. A layer called twice (shared) records its first call.
+    Yields the records, ``(key, layer class, tensor)`` in the order the layers first ran: the key is the layer's
+    name (``name[i]`` for the i-th of several outputs). Each layer's ``call`` is wrapped by an instance attribute
+    that passes everything through, so a functional model's graph and a subclassed model's own ``call`` both run
+    as they are; the wrappers are removed on the way out. A layer that runs twice keeps its last output: an
+    unbuilt model's first call is a symbolic one that builds it, and a shared layer is read where it ran last.
     """
     import keras
 
     records: list[tuple[str, str, Any]] = []
-    seen: set[str] = set()
     wrapped = [layer for layer in getattr(model, "layers", []) if type(layer).__name__ != "InputLayer"]
 
     def wrap(layer: Any) -> Callable[..., Any]:
@@ -110,12 +110,14 @@ def recording_layers(model: Any) -> Iterator[list[tuple[str, str, Any]]]:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             out = inner(*args, **kwargs)
-            if layer.name not in seen:
-                seen.add(layer.name)
-                flat = keras.tree.flatten(out)
-                for i, tensor in enumerate(flat):
-                    key = layer.name if len(flat) == 1 else f"{layer.name}[{i}]"
+            flat = keras.tree.flatten(out)
+            for i, tensor in enumerate(flat):
+                key = layer.name if len(flat) == 1 else f"{layer.name}[{i}]"
+                at = next((j for j, r in enumerate(records) if r[0] == key), None)
+                if at is None:
                     records.append((key, type(layer).__name__, tensor))
+                else:
+                    records[at] = (key, type(layer).__name__, tensor)
             return out
 
         return call
