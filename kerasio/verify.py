@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -43,6 +43,7 @@ from kerasio.process.client import Worker
 from kerasio.process.protocol import CheckRequest, CheckResult, JobRequest, answer_error
 from kerasio.process.server import answer
 from kerasio.process.session import Session
+from kerasio.repro import write_kit
 from kerasio.spec.limits import Limits
 from kerasio.spec.tolerances import compare_cases, tolerance_for
 
@@ -82,6 +83,7 @@ class Check:
     shapes: list[str] = field(default_factory=list)  # every input shape checked: the reference's, batch 1, the sweep
     rejected_shapes: dict[str, str] = field(default_factory=dict)  # sweep shapes the runtime refused: its error
     explanation: dict[str, Any] | None = None  # the layer-by-layer comparison (kerasio.spec.divergence.Divergence)
+    repro: str = ""  # the reproduction kit's directory (kerasio.repro), for a failing check
 
     @property
     def status(self) -> str:
@@ -131,6 +133,9 @@ class VerifyReport:
         notes += [f"  {c.format}: output {o['name']!r}: {_output_text(o)}" for c in self.checks for o in c.outputs
                   if not o["passed"]]
         notes += [f"  {c.format}: {c.explanation['summary']}" for c in self.checks if c.explanation]
+        notes += [f"  {c.format}: reproduction kit {c.repro} (python {c.repro}/reproduce.py runs it without kerasio)"
+                  if not c.repro.startswith("not written") else f"  {c.format}: reproduction kit {c.repro}"
+                  for c in self.checks if c.repro]
         shapes = next((c.shapes for c in self.checks if c.shapes), [])
         if shapes:
             notes.append(f"  shapes checked: {', '.join(shapes)}")
@@ -369,6 +374,8 @@ def verify(
     """
     options = in_mode(options, in_process)
     bundle = Path(bundle)
+    if options.repro_dir is None and record:  # a failing check's kit goes next to the report
+        options = replace(options, repro_dir=bundle / "repro")
     with contextlib.ExitStack() as pins:  # the generation it reads stays pinned until the report is done
         manifest = read_pinned(bundle, pins, public_key)
         references = _references(bundle, manifest)  # bounded and checked: a lying array is refused first
@@ -478,6 +485,19 @@ def _verify(bundle: Path, manifest: Manifest, references: References, formats: s
             except KerasioError as exc:
                 return {"summary": f"no layer-by-layer explanation: {' '.join(str(exc).split())[:300]}"}
 
+        expected = {"reference batch": y_ref, "batch 1": y_one, **{name: y for name, _, y in sweep}}
+
+        def kit(c: Check, art: Artifact, path: Path, actual: dict[str, dict[str, np.ndarray]]) -> None:
+            """Write ``c``'s reproduction kit (:mod:`kerasio.repro`) on the input it first failed on."""
+            case = next(iter(c.rejected_shapes)) if c.rejected_shapes else _failing_case(c)
+            try:
+                where = write_kit(Path(options.repro_dir or ""), check=asdict(c), iospec=manifest.iospec,
+                                  artifact=path, shown=bundle / art.path, case=case, inputs=cases[case],
+                                  expected=expected[case], actual=actual.get(case), imports=imports)
+                c.repro = str(where)
+            except (OSError, KerasioError) as exc:
+                c.repro = f"not written: {exc}"
+
         def worker_for(child_backend: str) -> Worker:
             if staged:
                 return session.start(child_backend)
@@ -519,11 +539,12 @@ def _verify(bundle: Path, manifest: Manifest, references: References, formats: s
                     report.sandbox.setdefault(child_backend, worker.sandbox_status)
                     results = pending.result()
                 judged = _judge(manifest, art, results, (y_ref, y_one, sweep), start, options)
-                for c in judged:
+                for c, actual in judged:
                     if options.explain or (options.explain is None and not staged and _fails_on_values(c)):
                         c.explanation = explain(c, art, path)
-                report.checks.extend(judged)
-                for c in judged:
+                    if options.repro_dir is not None and not staged and (_fails_on_values(c) or c.rejected_shapes):
+                        kit(c, art, path, actual)
+                    report.checks.append(c)
                     _tell(progress, c)
             except KerasioError as exc:
                 report.checks.append(Check(artifact=art.path, format=art.format, rows=rows, error=str(exc),
@@ -537,8 +558,11 @@ def _verify(bundle: Path, manifest: Manifest, references: References, formats: s
 
 def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult],
            expected: tuple[dict[str, np.ndarray], dict[str, np.ndarray], Sweep], start: float,
-           options: VerifyOptions) -> list[Check]:
-    """Each device's outputs against the reference at every shape checked, output by output, under its row."""
+           options: VerifyOptions) -> list[tuple[Check, dict[str, dict[str, np.ndarray]]]]:
+    """Each device's outputs against the reference at every shape checked, output by output, under its row.
+
+    Returns each device's check with the artifact's outputs at each shape it ran (by shape name), for the kit.
+    """
     iospec = manifest.iospec
     reference, reference_one, sweep = expected
     rtol, atol = options.rtol, options.atol
@@ -554,6 +578,8 @@ def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult],
         swept = load_arrays(Path(res.outputs + "-sweep.npz"),
                             [f"{i}/{n}" for i in ran for n in iospec.output_names]) if sweep else {}
         outputs[res.device] = full
+        actual = {"reference batch": full, **({"batch 1": one} if one else {}),
+                  **{sweep[i][0]: {n: swept[f"{i}/{n}"] for n in iospec.output_names} for i in ran}}
         per_output, rows_used = [], []
         for s in iospec.outputs:
             row = tolerance_for(art.format, res.backend, res.device, iospec.compute, res.precision,
@@ -594,10 +620,10 @@ def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult],
         if res.fast_outputs:
             fast = load_arrays(Path(res.fast_outputs + "-full.npz"), iospec.output_names)
             check.tf32_drift = _max_float_diff(reference, fast)
-        checks.append(check)
+        checks.append((check, actual))
     if "cpu" in outputs and "gpu" in outputs:
         drift = _max_float_diff(outputs["cpu"], outputs["gpu"])
-        for c in checks:
+        for c, _ in checks:
             c.device_drift = drift
     return checks
 

@@ -26,7 +26,7 @@ WINGS = [
     ("backends", ["kerasio.backends"]),
     ("formats", ["kerasio.formats"]),
     ("process", ["kerasio.process"]),
-    ("verbs", ["kerasio.options", "kerasio.export", "kerasio.verify", "kerasio.loading", "kerasio.predict",
+    ("verbs", ["kerasio.options", "kerasio.repro", "kerasio.export", "kerasio.verify", "kerasio.loading", "kerasio.predict",
                "kerasio.report"]),
     ("recipe", ["kerasio.recipe"]),
     ("face", ["kerasio.cli", "kerasio.__main__", "kerasio"]),

@@ -222,3 +222,76 @@ def test_a_subclassed_models_top_level_layers_are_recorded_in_the_order_they_run
     recorded = layer_outputs(model, iospec, x)
     assert [(r.key, r.value.shape) for r in recorded] == [("first", (4, 3)), ("second", (4, 2))]
     assert "call" not in vars(model.first)  # the recording wrappers are gone
+
+
+RUN_WITHOUT_KERASIO = ("import runpy, sys\n"
+                       "try:\n    runpy.run_path('reproduce.py', run_name='__main__')\n"
+                       "except SystemExit as exc:\n    code = exc.code\n"
+                       "print('kerasio imported' if any(m.split('.')[0] == 'kerasio' for m in sys.modules) "
+                       "else 'kerasio not imported')\nsys.exit(code)\n")
+
+
+def _reproduce(kit: Path):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", RUN_WITHOUT_KERASIO], cwd=kit, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_failing_check_writes_a_kit_that_reproduces_it_without_kerasio(deep, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    model, bundle = deep
+    b = copy_bundle(bundle, tmp_path / "b")
+    path = named(b, "onnx")
+    graph = onnx.load(path)
+    kernel = model.get_layer(TAMPERED).kernel.numpy()
+    hit = next(i for i in graph.graph.initializer if np.array_equal(numpy_helper.to_array(i), kernel))
+    hit.CopyFrom(numpy_helper.from_array(kernel + 0.5, hit.name))
+    onnx.save(graph, path)
+    rehash(b, "onnx")
+    report = kerasio.verify(b, formats="onnx")  # recorded: the kit goes next to verification.json
+    check = report.checks[0]
+    kit = b / "repro" / "onnx-cpu"
+    assert check.repro == str(kit) and (b / "verification.json").is_file()
+    assert sorted(p.name for p in kit.iterdir()) == ["actual.npz", "artifact", "check.json", "expected.npz",
+                                                     "inputs.npz", "reproduce.py"]
+    assert (kit / "artifact" / "model.onnx").read_bytes() == path.read_bytes()
+    assert json.loads((kit / "check.json").read_text())["explanation"]["first_diverging"] == TAMPERED
+    with np.load(kit / "inputs.npz") as f:
+        np.testing.assert_array_equal(f["features"], kerasio.read_manifest(b).reference_arrays(b)[0]["features"])
+    ran = _reproduce(kit)
+    assert ran.returncode == 1, ran.stderr[-2000:]
+    assert "REPRODUCED: probabilities outside the tolerance" in ran.stdout and "kerasio not imported" in ran.stdout
+    said = re.search(r"probabilities: max abs diff (\S+),", ran.stdout)
+    output = check.outputs[0]
+    assert said and float(said.group(1)) == pytest.approx(output["max_abs_diff"], rel=1e-5)
+    assert f"onnx: reproduction kit {kit} (python {kit}/reproduce.py runs it without kerasio)" in \
+        report.table(width=1000)
+
+
+def test_every_formats_script_runs_its_artifact_with_its_runtime_alone(bundle, tmp_path):
+    """Each format's own loader code, written into a kit for a passing artifact: every script agrees (exit 0)."""
+    import subprocess
+    import sys
+
+    from kerasio.repro import write_kit
+
+    manifest = kerasio.read_manifest(bundle)
+    x, y = manifest.reference_arrays(bundle)
+    formats = [a.format for a in manifest.artifacts]
+    assert set(formats) == {"keras", "savedmodel", "h5", "weights", "onnx", "litert", "pickle"}
+    kits = {}
+    for art in manifest.artifacts:
+        check = {"format": art.format, "artifact": art.path, "device": "cpu", "atol": 1e-5, "rtol": 1e-5}
+        kits[art.format] = write_kit(tmp_path / "kits", check=check, iospec=manifest.iospec,
+                                     artifact=bundle / art.path, shown=bundle / art.path, case="reference batch",
+                                     inputs=x, expected=y, actual=None)
+    running = {name: subprocess.Popen([sys.executable, "-c", RUN_WITHOUT_KERASIO], cwd=kit, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name, kit in kits.items()}
+    for name, proc in running.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name}: {out}{err[-1500:]}"
+        assert "not reproduced: every output agrees within the tolerance" in out and "kerasio not imported" in out

@@ -1,6 +1,8 @@
 """The shape sweep (every dynamic axis at other sizes) and the error statistics of every check."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +165,8 @@ def test_an_onnx_graph_with_an_axis_baked_in_fails_the_sweep_naming_the_axis_and
     graph.graph.input[0].type.tensor_type.shape.dim[axis].dim_value = fixed  # what a careless export writes
     onnx.save(graph, path)
     rehash(bundle, "onnx")
-    report = kerasio.verify(bundle, formats="onnx", record=False)
+    report = kerasio.verify(bundle, formats="onnx", record=False,
+                            options=kerasio.VerifyOptions(repro_dir=tmp_path / "kits"))
     check = report.checks[0]
     assert not report.ok and list(check.rejected_shapes) == named
     assert f"Got: {4 if axis else 1} Expected: {fixed}" in check.rejected_shapes[named[0]]
@@ -171,6 +174,12 @@ def test_an_onnx_graph_with_an_axis_baked_in_fails_the_sweep_naming_the_axis_and
                        match=rf"model\.onnx \(onnx\): refused input shapes the original model accepts: "
                              rf"{named[0].replace('(', '.').replace(')', '.')} \(InvalidArgument: "):
         report.raise_for_failure()
+    kit = Path(check.repro)  # the kit runs the refused shape through onnxruntime alone
+    with np.load(kit / "inputs.npz") as f:
+        assert f["seq"].shape[axis] != fixed  # the first shape the runtime refused
+    assert not (kit / "actual.npz").exists()
+    ran = subprocess.run([sys.executable, "reproduce.py"], cwd=kit, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 1 and "REPRODUCED: onnxruntime refused the inputs: InvalidArgument" in ran.stdout
     if axis == 1:  # a bundle from before the sweep (no extra references) verifies as it did: and misses this
         edit_manifest(bundle, lambda m: [m["reference"].pop(k) for k in ("sweep", "sweep_inputs", "sweep_outputs")])
         old = kerasio.verify(bundle, formats="onnx", record=False)

@@ -17,11 +17,37 @@ from kerasio.formats.base import Format, Runner
 from kerasio.spec.divergence import LayerOutput
 from kerasio.spec.iospec import IOSpec, derive_iospec
 
+KERAS_CALL = """
+import keras
+
+
+def call(model, inputs):
+    \"\"\"The model called as kerasio calls it (one array, a list in input order, or a dict); outputs by name.\"\"\"
+    if INPUT_STRUCTURE == "dict":
+        x = {name: inputs[name] for name in INPUT_NAMES}
+    elif INPUT_STRUCTURE == "list":
+        x = [inputs[name] for name in INPUT_NAMES]
+    else:
+        x = inputs[INPUT_NAMES[0]]
+    with keras.device(f"{DEVICE}:0"):
+        raw = model(x, training=False)
+    if isinstance(raw, dict):
+        raw = [raw[name] for name in OUTPUT_NAMES]
+    elif not isinstance(raw, (list, tuple)):
+        raw = [raw]
+    return {name: keras.ops.convert_to_numpy(value) for name, value in zip(OUTPUT_NAMES, raw)}
+"""
+
 
 class KerasReloaded(Format):
     """A format that Keras itself reloads (keras, h5, weights, pickle): its runner holds a Keras model."""
 
     runtime = "keras"
+    repro_code = KERAS_CALL + """
+
+def run(path, inputs):
+    return call(keras.saving.load_model(path, compile=False), inputs)
+"""
 
     def intermediates(self, runner: Runner, inputs: Mapping[str, np.ndarray],
                       layers: Sequence[LayerOutput]) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -139,6 +139,9 @@ class Format:
             consulted before the table's.
         save_backend: the Keras backend the artifact must be written under (``None``: any). Export writes it in
             a worker of that backend, from the model's ``.keras`` file, when the model lives on another.
+        repro_code: Python source defining ``run(path, inputs) -> {output name: array}`` with this format's
+            runtime alone (no kerasio): the heart of a failing check's reproduction script (:mod:`kerasio.repro`),
+            which defines ``INPUT_NAMES``, ``INPUT_KEYS``, ``INPUT_STRUCTURE``, ``OUTPUT_NAMES`` and ``DEVICE``.
     """
 
     name: str = ""
@@ -152,6 +155,10 @@ class Format:
     options: dict[str, str] = {}
     save_backend: str | None = None
     tolerances: tuple[Tolerance, ...] = ()
+    repro_code: str = """
+def run(path, inputs):
+    raise SystemExit("this format has no reproduction script: load the artifact with its runtime by hand")
+"""
 
     def relpath(self, bundle: Path) -> str:
         """Where the next export of this format goes inside ``bundle`` (POSIX, relative)."""

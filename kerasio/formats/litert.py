@@ -35,6 +35,19 @@ class LiteRTFormat(Format):
     runtime = "litert"
     suffixes = (".tflite",)
     description = "LiteRT flatbuffer (.tflite), verified in the LiteRT interpreter"
+    repro_code = """
+try:
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:  # the interpreter TensorFlow still ships
+    from tensorflow.lite import Interpreter
+
+
+def run(path, inputs):
+    runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+    out = runner(**{key: inputs[name] for key, name in zip(INPUT_KEYS, INPUT_NAMES)})
+    keys = OUTPUT_NAMES if set(OUTPUT_NAMES) <= set(out) else list(out)
+    return {name: out[key] for name, key in zip(OUTPUT_NAMES, keys)}
+"""
 
     def supports(self, iospec: IOSpec) -> str | None:
         if iospec.has_string_inputs() or iospec.lookup_layers():

@@ -29,6 +29,15 @@ class OnnxFormat(Format):
     runtime = "onnxruntime"
     suffixes = (".onnx",)
     description = "ONNX graph (tf2onnx), verified in onnxruntime"
+    repro_code = """
+import onnxruntime as ort
+
+
+def run(path, inputs):
+    provider = "CUDAExecutionProvider" if DEVICE == "gpu" else "CPUExecutionProvider"
+    session = ort.InferenceSession(path, providers=[provider])
+    return dict(zip(OUTPUT_NAMES, session.run(OUTPUT_NAMES, {name: inputs[name] for name in INPUT_NAMES})))
+"""
 
     def supports(self, iospec: IOSpec) -> str | None:
         if iospec.has_string_inputs() or iospec.lookup_layers():

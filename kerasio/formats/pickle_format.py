@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kerasio.errors import ArtifactError, UnsafeArtifactError
-from kerasio.formats._keras_common import KerasReloaded, guarded_load, keras_runner
+from kerasio.formats._keras_common import KERAS_CALL, KerasReloaded, guarded_load, keras_runner
 from kerasio.formats.base import ExportContext, Runner, register
 from kerasio.spec.iospec import IOSpec
 
@@ -28,6 +28,15 @@ class PickleFormat(KerasReloaded):
     needs_trust = True
     suffixes = (".pkl", ".pickle")
     description = "Python pickle of the Keras model (written and loaded only with --trust)"
+    repro_code = KERAS_CALL + """
+
+def run(path, inputs):
+    import pickle
+
+    with open(path, "rb") as f:
+        model = pickle.load(f)  # loading a pickle runs its code: only for a file you trust, as kerasio --trust
+    return call(model, inputs)
+"""
 
     def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         with open(dest, "wb") as f:

@@ -53,6 +53,17 @@ class SavedModelFormat(Format):
     options = {"warmup_records": "how many reference rows go into TF Serving's warmup file (default 100, at most 1000)"}
     description = "TF SavedModel for TF Serving (serving/<version>, the model's own I/O names and dtypes, warmup)"
 
+    repro_code = """
+import tensorflow as tf
+
+
+def run(path, inputs):
+    endpoint = tf.saved_model.load(path).signatures["serving_default"]
+    with tf.device("/GPU:0" if DEVICE == "gpu" else "/CPU:0"):
+        out = endpoint(**{key: tf.constant(inputs[name]) for key, name in zip(INPUT_KEYS, INPUT_NAMES)})
+    return {name: out[name].numpy() for name in OUTPUT_NAMES}
+"""
+
     def relpath(self, bundle: Path) -> str:
         return f"{SERVING_DIR}/{next_version(bundle)}"
 

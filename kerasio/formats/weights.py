@@ -9,7 +9,7 @@ from typing import Any
 from kerasio.bundle.audit import audit_config
 from kerasio.bundle.audit.keras import check_weights, read_architecture, weights_held_bytes
 from kerasio.errors import ArtifactError
-from kerasio.formats._keras_common import KerasReloaded, guarded_load, keras_runner, require_room_for_hdf5
+from kerasio.formats._keras_common import KERAS_CALL, KerasReloaded, guarded_load, keras_runner, require_room_for_hdf5
 from kerasio.formats.base import ExportContext, Runner, register
 from kerasio.spec.iospec import IOSpec
 
@@ -24,6 +24,14 @@ class WeightsFormat(KerasReloaded):
     runtime = "keras"
     description = "weights (.weights.h5, sharded over max_shard_size GB) + architecture JSON"
     options = {"max_shard_size": "shard the weights above this many GB (a number > 0)"}
+    repro_code = KERAS_CALL + f"""
+
+def run(path, inputs):
+    model = keras.models.model_from_json(Path(path, {ARCHITECTURE!r}).read_text(encoding="utf-8"))
+    sharded = Path(path, {SHARDED!r})
+    model.load_weights(sharded if sharded.is_file() else Path(path, {WEIGHTS!r}))
+    return call(model, inputs)
+"""
 
     def supports(self, iospec: IOSpec) -> str | None:
         if iospec.lookup_layers():
