@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--explain-method", default="auto", choices=["auto", "intermediates", "bisect"],
                      help="auto: read the artifact's own tensors where its runtime can, else bisect with prefix "
                           "sub-models exported again")
+    ver.add_argument("--calibrate", action="store_true",
+                     help="measure each artifact's own noise (the same input twice, inputs moved by one ulp) and flag "
+                          "a tolerance row looser than 1000x that noise or tighter than it")
     ver.add_argument("--in-process", action="store_true",
                      help="load in this process instead of a fresh one (only a bundle you exported here, or --trust)")
     ver.add_argument("--resume", action="store_true", help="also check that model.keras resumes training exactly")
@@ -432,6 +435,7 @@ def _verify(args) -> int:
     options = VerifyOptions(device=args.device, backend=args.backend, precision=args.precision, rtol=args.rtol,
                             atol=args.atol, statistic=_statistics(args.statistic),
                             explain=True if args.explain else None, explain_method=args.explain_method,
+                            calibrate=args.calibrate,
                             imports=tuple(args.imports), allow_ops=tuple(args.allow_ops), limits=_limits(args))
     report = verify(
         args.path, formats=args.formats, options=options, in_process=args.in_process, trust=args.trust,

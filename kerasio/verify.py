@@ -45,7 +45,7 @@ from kerasio.process.server import answer
 from kerasio.process.session import Session
 from kerasio.repro import write_kit
 from kerasio.spec.limits import Limits
-from kerasio.spec.tolerances import compare_cases, tolerance_for
+from kerasio.spec.tolerances import compare_cases, judge_noise, tolerance_for
 
 __all__ = ["verify", "verify_staged", "VerifyReport", "Check", "VERIFICATION_FILE", "importable_custom_modules",
            "plugin_modules", "check_request"]
@@ -84,6 +84,7 @@ class Check:
     rejected_shapes: dict[str, str] = field(default_factory=dict)  # sweep shapes the runtime refused: its error
     explanation: dict[str, Any] | None = None  # the layer-by-layer comparison (kerasio.spec.divergence.Divergence)
     repro: str = ""  # the reproduction kit's directory (kerasio.repro), for a failing check
+    calibration: dict[str, Any] | None = None  # verify --calibrate: per output, the noise and whether the row fits
 
     @property
     def status(self) -> str:
@@ -133,6 +134,7 @@ class VerifyReport:
         notes += [f"  {c.format}: output {o['name']!r}: {_output_text(o)}" for c in self.checks for o in c.outputs
                   if not o["passed"]]
         notes += [f"  {c.format}: {c.explanation['summary']}" for c in self.checks if c.explanation]
+        notes += [_calibration_text(c.format, name, n) for c in self.checks for name, n in (c.calibration or {}).items()]
         notes += [f"  {c.format}: reproduction kit {c.repro} (python {c.repro}/reproduce.py runs it without kerasio)"
                   if not c.repro.startswith("not written") else f"  {c.format}: reproduction kit {c.repro}"
                   for c in self.checks if c.repro]
@@ -617,6 +619,12 @@ def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult],
         if rejected:
             check.error = "refused input shapes the original model accepts: " + "; ".join(
                 f"{name} ({text})" for name, text in rejected.items())
+        if res.noise:  # --calibrate: does each output's row fit the noise measured on this device?
+            check.calibration = {}
+            for name, n in res.noise.items():
+                row = rows_used[iospec.output_names.index(name)]
+                a, r = (row.atol if atol is None else float(atol)), (row.rtol if rtol is None else float(rtol))
+                check.calibration[name] = {**n, "atol": a, "rtol": r, "flag": judge_noise(n, a, r)}
         if res.fast_outputs:
             fast = load_arrays(Path(res.fast_outputs + "-full.npz"), iospec.output_names)
             check.tf32_drift = _max_float_diff(reference, fast)
@@ -646,6 +654,13 @@ def _unexplainable(art: Artifact, manifest: Manifest, report: VerifyReport) -> s
     if any(k.format == "keras" and not k.passed for k in report.checks):
         return "the bundle's .keras file fails its own check, so it cannot stand for the original"
     return ""
+
+
+def _calibration_text(fmt: str, output: str, n: dict[str, Any]) -> str:
+    ulp = "no float input to move" if n.get("ulp") is None else f"one-ulp input change {_sci(n['ulp'])}"
+    verdict = f"tolerance row {n['flag']}" if n.get("flag") else f"tolerance atol {_short(n['atol'])}, rtol " \
+                                                                   f"{_short(n['rtol'])} fits it"
+    return f"  calibration {fmt} {output!r}: noise: repeat {_sci(n.get('repeat'))}, {ulp}; {verdict}"
 
 
 def _failing_case(c: Check) -> str:
@@ -691,6 +706,7 @@ def check_request(fmt: str, path: Path, iospec: dict[str, Any], inputs: Path, op
     """
     return CheckRequest(fmt, str(path), iospec, str(inputs), device=options.device, precision=options.precision,
                         trust=trust, imports=tuple(imports), allow_ops=tuple(options.allow_ops),
+                        calibrate=options.calibrate,
                         sweep=str(sweep[0]) if sweep and sweep[1] else "", sweep_shapes=sweep[1] if sweep else 0)
 
 

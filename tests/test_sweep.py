@@ -1,6 +1,7 @@
 """The shape sweep (every dynamic axis at other sizes) and the error statistics of every check."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,39 @@ def test_an_onnx_graph_with_an_axis_baked_in_fails_the_sweep_naming_the_axis_and
         edit_manifest(bundle, lambda m: [m["reference"].pop(k) for k in ("sweep", "sweep_inputs", "sweep_outputs")])
         old = kerasio.verify(bundle, formats="onnx", record=False)
         assert old.ok and old.checks[0].shapes == ["reference batch 20", "batch 1"], old.table()
+
+
+def test_calibration_judges_a_row_against_the_noise_both_ways():
+    from kerasio.spec.tolerances import judge_noise, measure_noise, nudged
+
+    x = {"a": np.array([1.0, 2.0], np.float32), "ids": np.array([1, 2])}
+    moved = nudged(x)
+    assert moved["a"][0] == np.nextafter(np.float32(1), np.float32(2)) and moved["ids"] is x["ids"]
+    assert nudged({"ids": x["ids"]}) is None  # nothing to move: no float input
+    base = {"y": np.array([0.5, 0.25]), "label": np.array([1, 0])}
+    noise = measure_noise(base, base, {"y": base["y"] + 1e-7, "label": base["label"]})
+    assert set(noise) == {"y"} and noise["y"]["repeat"] == 0 and noise["y"]["ulp"] == pytest.approx(1e-7, rel=0.01)
+    assert noise["y"]["scale"] == pytest.approx(0.375)
+    assert judge_noise(noise["y"], 1e-6, 1e-6) == ""  # 1.4e-6 admitted at |y| ~ 0.4: 14x the noise
+    assert judge_noise(noise["y"], 1e-3, 0).startswith("looser than 1000x the noise: it admits 1.00e-03")
+    assert judge_noise(noise["y"], 1e-9, 1e-9).startswith("tighter than the noise: the model's own noise 1.00e-07")
+    assert judge_noise(noise["y"], 0, 0) == ""  # bit-identical rows are held to the repeat alone ...
+    shaky = {**noise["y"], "repeat": 3e-8}
+    assert judge_noise(shaky, 0, 0).startswith("tighter than the noise: running the same input again changes")
+
+
+def test_verify_calibrate_reports_the_noise_and_flags_rows_through_the_cli(sequence_bundle, capsys):
+    from kerasio.cli import main
+
+    assert main(["verify", str(sequence_bundle), "--format", "onnx", "--calibrate", "--json"]) == 0
+    check = json.loads(capsys.readouterr().out)["checks"][0]
+    measured = check["calibration"]["probabilities"]
+    assert measured["repeat"] == 0 and measured["ulp"] > 0 and measured["flag"] == ""  # onnxruntime, 1e-5 rows
+    assert main(["verify", str(sequence_bundle), "--format", "onnx", "--calibrate", "--atol", "0.1", "--rtol", "0"]) \
+        == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "calibration onnx 'probabilities': noise: repeat 0, one-ulp input change" in out
+    assert "tolerance row looser than 1000x the noise: it admits 1.00e-01 at the median output magnitude" in out
+    assert main(["verify", str(sequence_bundle), "--format", "onnx", "--calibrate", "--atol", "1e-12",
+                 "--rtol", "1e-12"]) == 1  # the check itself fails at this tolerance, and calibration says why
+    assert "tolerance row tighter than the noise" in " ".join(capsys.readouterr().out.split())

@@ -39,6 +39,7 @@ class CheckRequest(NamedTuple):
     fast_math: bool = True  # on a GPU, also run with TF32 allowed, for the drift report
     sweep: str = ""  # the shape sweep's inputs (an ``.npz`` keyed ``<i>/<input>``), run after the reference's
     sweep_shapes: int = 0
+    calibrate: bool = False  # also run the reference batch again, and with every float input moved by one ulp
 
     @property
     def op(self) -> str:
@@ -141,6 +142,7 @@ class CheckResult(NamedTuple):
     fast_outputs: str | None = None  # the same, with TF32 allowed (a GPU only)
     packages: dict[str, str] = {}  # allowlisted packages the loader imported for the config's classes: {name: version}
     sweep_errors: dict[str, str] = {}  # {"<i>" or "one" (the 1-row batch): error} for each shape it refused
+    noise: dict[str, dict[str, float | None]] = {}  # calibrate: per float output (kerasio.spec.tolerances.measure_noise)
 
 
 class Opened(NamedTuple):

@@ -57,6 +57,7 @@ from kerasio.process.protocol import (
 from kerasio.spec.iospec import IOSpec, derive_iospec, mark_probabilities
 from kerasio.spec.limits import memory_error
 from kerasio.spec.task import resolve_task
+from kerasio.spec.tolerances import measure_noise, nudged
 
 __all__ = ["run_check", "answer", "handle", "serve"]
 
@@ -92,6 +93,7 @@ def run_check(request: CheckRequest, out_dir: Path) -> list[dict[str, Any]]:
         run_seconds = 0.0
         swept: dict[str, Any] = {}
         sweep_errors: dict[str, str] = {}
+        noise: dict[str, Any] = {}
         for mode in modes:  # the policy applies when the graph runs (JAX: when it is traced)
             with precision_policy(mode, runner.backend):
                 start = time.perf_counter()
@@ -101,6 +103,9 @@ def run_check(request: CheckRequest, out_dir: Path) -> list[dict[str, Any]]:
                     one = ran[0][0] or {}
                     swept = {f"{i}/{k}": v for i, (out, _) in enumerate(ran[1:]) if out for k, v in out.items()}
                     sweep_errors = {("one" if i == 0 else str(i - 1)): err for i, (_, err) in enumerate(ran) if err}
+                    if request.calibrate:  # the model's own noise on this device, before run_seconds is read
+                        moved = nudged(x)
+                        noise = measure_noise(full, runner.run(x), runner.run(moved) if moved else None)
                 else:
                     one = runner.run(first)
             stem = out_dir / f"{fmt.name}-{device}-{mode}"
@@ -115,7 +120,7 @@ def run_check(request: CheckRequest, out_dir: Path) -> list[dict[str, Any]]:
             device_name=device_name(device, runner.backend),
             precision="float32-pinned" if modes[0] == "highest" else "tf32-allowed", load_seconds=load_seconds,
             outputs=stems[0], run_seconds=run_seconds, fast_outputs=stems[1] if len(stems) > 1 else None,
-            packages=dict(runner.info.get("packages") or {}), sweep_errors=sweep_errors)._asdict())
+            packages=dict(runner.info.get("packages") or {}), sweep_errors=sweep_errors, noise=noise)._asdict())
         del runner  # free this copy of the weights before the next load
         if big:  # Keras models hold reference cycles; a full collection costs ~0.1 s, so only when it pays
             gc.collect()

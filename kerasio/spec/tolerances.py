@@ -17,7 +17,7 @@ import numpy as np
 from kerasio.errors import InputError
 
 __all__ = ["Tolerance", "TOLERANCES", "tolerance_for", "markdown_table", "OutputComparison", "compare_output",
-           "compare_cases", "STATISTICS", "check_statistic"]
+           "compare_cases", "STATISTICS", "check_statistic", "nudged", "measure_noise", "judge_noise", "LOOSER"]
 
 
 STATISTICS = ("elementwise", "max", "mean", "median", "quantile:Q")
@@ -338,6 +338,67 @@ def _ulp(reference: np.ndarray, actual: np.ndarray) -> np.ndarray:
 
     with np.errstate(over="ignore"):
         return np.abs(ordered(reference) - ordered(actual))
+
+
+# -- calibration: the model's own numerical noise, measured on the device -------------------------------------------
+
+LOOSER = 1000  # a tolerance that admits errors this many times the noise would hide a real difference
+
+
+def nudged(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Every float input moved up by one ulp (``np.nextafter``); None when no input is a float."""
+    if not any(v.dtype.kind == "f" for v in inputs.values()):
+        return None
+    return {k: np.nextafter(v, np.inf).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in inputs.items()}
+
+
+def measure_noise(base: dict[str, np.ndarray], again: dict[str, np.ndarray],
+                  moved: dict[str, np.ndarray] | None) -> dict[str, dict[str, float | None]]:
+    """Per float output: ``repeat`` (max abs change running the same input again), ``ulp`` and ``ulp_rel`` (max abs
+    and relative change when every float input moves by one ulp; None without a float input), and ``scale``
+    (the median magnitude of the output, where a relative tolerance is read)."""
+    noise: dict[str, dict[str, float | None]] = {}
+    for name, out in base.items():
+        if np.asarray(out).dtype.kind != "f":
+            continue
+        b = np.asarray(out, np.float64)
+        finite = np.isfinite(b)
+        repeat = np.abs(np.asarray(again[name], np.float64) - b)[finite]
+        entry: dict[str, float | None] = {"repeat": _stat(repeat, np.max), "ulp": None, "ulp_rel": None,
+                                          "scale": _stat(np.abs(b[finite]), np.median)}
+        if moved is not None and np.shape(moved[name]) == b.shape:
+            change = np.abs(np.asarray(moved[name], np.float64) - b)[finite]
+            entry["ulp"] = _stat(change, np.max)
+            entry["ulp_rel"] = _stat(change / np.maximum(np.abs(b[finite]), 1e-30), np.max)
+        noise[name] = entry
+    return noise
+
+
+def judge_noise(noise: dict[str, float | None], atol: float, rtol: float) -> str:
+    """Whether a tolerance row fits the measured noise of one output: '' when it does, else why not.
+
+    The noise is the larger of the repeat and the one-ulp change. A row is *tighter than the noise* when the noise
+    exceeds both its atol and, relatively, its rtol (the check could fail on the model's own rounding), and *looser
+    than 1000x the noise* when the error it admits at the output's median magnitude (``atol + rtol * scale``) is
+    over :data:`LOOSER` times the noise (a real difference that size would pass). A bit-identical row (atol and
+    rtol 0) claims the same bits from the same inputs, so it is held to the repeat alone: it is too tight only
+    where the runtime is not deterministic.
+    """
+    if atol == 0 and rtol == 0:
+        repeat = noise.get("repeat") or 0.0
+        return f"tighter than the noise: running the same input again changes the output by {repeat:.2e}, and " \
+               "the row asks for identical bits" if repeat > 0 else ""
+    absolute = max(noise.get("repeat") or 0.0, noise.get("ulp") or 0.0)
+    relative = noise.get("ulp_rel") or 0.0
+    allowed = atol + rtol * (noise.get("scale") or 0.0)
+    if absolute > atol and relative > rtol:
+        return f"tighter than the noise: the model's own noise {absolute:.2e} (relative {relative:.2e}) exceeds " \
+               f"atol {atol:g} and rtol {rtol:g}"
+    if allowed > 0 and allowed > LOOSER * absolute:
+        times = f"{allowed / absolute:.0f}x" if absolute else "any multiple of"
+        return f"looser than {LOOSER}x the noise: it admits {allowed:.2e} at the median output magnitude, " \
+               f"{times} the noise {absolute:.2e}"
+    return ""
 
 
 if __name__ == "__main__":
