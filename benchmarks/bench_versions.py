@@ -1,21 +1,25 @@
-"""This tree against an older kerasio (0.2), side by side in one run: did a redesign cost any speed?
+"""This tree against older kerasio checkouts, side by side in one run: did a change cost any speed?
 
-Four figures, each timed as a whole process group per version, rounds
-interleaved (old, new, then new, old), with each version's own checkout first on
-``sys.path`` (``cwd`` and ``PYTHONPATH``), in the same virtualenv:
+Five figures, each timed as a whole process group per version, rounds
+interleaved (the versions' order reversed every other round), with each
+version's own checkout first on ``sys.path`` (``cwd`` and ``PYTHONPATH``), in
+the same virtualenv:
 
 * ``kerasio --help`` start-up;
 * ``kerasio run`` (keras + SavedModel, fresh-process verification), and its
   ratio to the plain-Keras script of ``bench_pipeline.py`` run in the same round;
+* ``kerasio verify`` of the bundle that version's own run wrote (each version's
+  default verification: from 0.4, with the shape sweep);
 * one-row ``kerasio.predict`` latency on a loaded bundle (median of many calls,
   measured inside a process of each version);
-* a ~300 MB model: ``export(..., formats="keras,savedmodel", verify=True)``.
+* a ~300 MB model: ``export(..., formats="keras,savedmodel", verify=True)`` (``--large``).
 
-Only calls that both versions spell the same way are used (the CLI,
+Only calls that every version spells the same way are used (the CLI,
 ``load``, ``predict``, and ``export`` with ``verify=True``).
 
     git worktree add /tmp/kerasio-0.2 <0.2 commit>
-    python benchmarks/bench_versions.py --old /tmp/kerasio-0.2 [--rounds 5]
+    git worktree add /tmp/kerasio-0.3 <0.3 commit>
+    python benchmarks/bench_versions.py --old /tmp/kerasio-0.2 --old /tmp/kerasio-0.3 [--rounds 5] [--large]
 """
 import argparse
 import json
@@ -86,20 +90,22 @@ def predict_ms(tree: Path, bundle: str, calls: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--old", required=True, help="a checkout of the older kerasio (git worktree)")
+    parser.add_argument("--old", required=True, action="append", help="a checkout of an older kerasio (git worktree)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--large", action="store_true", help="also the ~300 MB model (about 30 s per version)")
     parser.add_argument("--width", type=int, default=4352)
     args = parser.parse_args()
-    trees = {"old": Path(args.old).resolve(), "new": ROOT}
+    trees = {Path(old).resolve().name: Path(old).resolve() for old in args.old}
+    trees["this tree"] = ROOT
     versions = {name: which(tree) for name, tree in trees.items()}
-    figures: dict[str, dict[str, list[float]]] = {k: {"old": [], "new": []} for k in
-                                                  ("help_s", "run_s", "run_ratio", "predict_1row_ms", "large_s")}
+    kinds = ("help_s", "run_s", "run_ratio", "verify_s", "predict_1row_ms") + (("large_s",) if args.large else ())
+    figures: dict[str, dict[str, list[float]]] = {k: {name: [] for name in trees} for k in kinds}
     plain: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         run_timed([PY, "-c", "import tensorflow"])  # warm the page cache for every case
         for i in range(args.rounds):
-            order = ["old", "new"] if i % 2 == 0 else ["new", "old"]
+            order = list(trees) if i % 2 == 0 else list(reversed(trees))
             plain.append(run_timed([PY, str(ROOT / "benchmarks" / "plain_keras_pipeline.py"), f"{tmp}/plain{i}"]))
             for name in order:
                 tree, env = trees[name], env_for(trees[name])
@@ -109,14 +115,16 @@ def main() -> None:
                                     env=env, cwd=tree)
                 figures["run_s"][name].append(seconds)
                 figures["run_ratio"][name].append(seconds / plain[-1])
+                figures["verify_s"][name].append(run_timed([PY, "-m", "kerasio", "verify", out], env=env, cwd=tree))
                 figures["predict_1row_ms"][name].append(predict_ms(tree, out, args.calls))
-                start = time.perf_counter()
-                run_timed([PY, "-c", LARGE, f"{tmp}/{name}-large{i}", str(args.width)], env=env, cwd=tree)
-                figures["large_s"][name].append(time.perf_counter() - start)
+                if args.large:
+                    start = time.perf_counter()
+                    run_timed([PY, "-c", LARGE, f"{tmp}/{name}-large{i}", str(args.width)], env=env, cwd=tree)
+                    figures["large_s"][name].append(time.perf_counter() - start)
     medians = {k: {name: median(v) for name, v in by.items()} for k, by in figures.items()}
-    ratios = {k: m["new"] / m["old"] for k, m in medians.items()}
+    ratios = {k: {old: m["this tree"] / m[old] for old in trees if old != "this tree"} for k, m in medians.items()}
     report("versions", {"rounds": args.rounds, "versions": versions, "plain_keras_s": plain, "seconds": figures,
-                        "medians": medians, "new_over_old": ratios, "left_processes_behind": dict(LEFT_BEHIND)})
+                        "medians": medians, "this_tree_over": ratios, "left_processes_behind": dict(LEFT_BEHIND)})
 
 
 if __name__ == "__main__":
