@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import real_zoo
-from zoo import eager_outputs
+from zoo import assert_swept, eager_outputs
 
 import kerasio
 from kerasio.cli import main
@@ -84,6 +84,7 @@ def test_exported_with_every_format_verified_or_skipped_for_its_reason(real):
     assert {c.format for c in report.checks} == published
     assert report.mode == "fresh-process"
     assert all(c.runtime and c.max_abs_diff is not None for c in report.checks)
+    assert_swept(manifest, report)
 
 
 def test_load_run_matches_the_model(real):

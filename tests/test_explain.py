@@ -76,7 +76,7 @@ def test_a_tampered_onnx_layer_is_named_with_the_last_layer_that_agrees(deep, tm
     onnx.save(graph, path)
     rehash(b, "onnx")
 
-    report = kerasio.verify(b, formats="onnx", record=False)  # a failing check is explained without asking
+    report = kerasio.verify(b, formats="onnx", options=kerasio.VerifyOptions(explain=True), record=False)
     check = report.checks[0]
     assert not check.passed and check.explanation["method"] == "intermediates"
     assert check.explanation["first_diverging"] == TAMPERED
@@ -105,7 +105,7 @@ def test_a_tampered_savedmodel_layer_is_named_through_the_cli(deep, tmp_path, ca
     get_format("savedmodel").save(_tampered_model(model), target, ctx)
     rehash(b, "savedmodel")
 
-    assert main(["verify", str(b), "--format", "savedmodel"]) == 1
+    assert main(["verify", str(b), "--format", "savedmodel", "--explain"]) == 1
     out = capsys.readouterr().out
     assert f"savedmodel: first diverging layer: '{TAMPERED}' (Dense, output [40, 24])" in " ".join(out.split())
     assert "Layers of savedmodel (intermediates, on the reference batch, atol 1e-6, rtol 1e-6)" in out

@@ -61,6 +61,7 @@ def test_every_format_is_verified_or_skipped_with_its_reason(exported):
     assert written == set(REGISTRY) - set(skips)
     assert report.ok, report.table()
     assert {c.format for c in report.checks} == written
+    zoo.assert_swept(manifest, report)
     for fmt in skips:  # the export table shows each skip and its reason
         assert f"skipped: {result.skipped[fmt][:30]}" in result.table()
 

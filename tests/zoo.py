@@ -177,3 +177,14 @@ def eager_outputs(model, x):
 
 ZOO = {f.__name__: f for f in (mlp, cnn, text, multi_input, two_heads, regression, subclassed, lstm,
                                mixed_float16, batchnorm_dropout)}
+
+
+def assert_swept(manifest, report):
+    """Every check ran the whole shape sweep: batches of 1, 2 and 7 rows, and each dynamic axis after the batch
+    at other lengths (unless the model itself refused one, which the manifest then records)."""
+    swept = [s["name"] for s in manifest.reference["sweep"] if "shapes" in s]
+    assert {"batch 2", "batch 7"} <= set(swept), swept
+    dynamic = any(None in spec.shape[1:] for spec in manifest.iospec.inputs)
+    assert any(name.startswith("axis ") for name in swept) == dynamic or manifest.sweep_refused(), swept
+    for check in report.checks:
+        assert check.shapes[1:] == ["batch 1", *swept], (check.format, check.shapes)
