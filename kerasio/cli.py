@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib
 import json
 import os
 import sys
@@ -25,11 +26,12 @@ from kerasio.bundle.layout import SIGNATURE_NAME, flat_name
 from kerasio.bundle.reader import read_manifest
 from kerasio.bundle.signing import sign
 from kerasio.bundle.trust import trusted
-from kerasio.errors import InputError, KerasioError, UnsafeArtifactError
+from kerasio.errors import InputError, KerasioError, UnsafeArtifactError, VerificationError
+from kerasio.export import export
 from kerasio.formats import REGISTRY
 from kerasio.formats.tf_serving import rest_body
 from kerasio.loading import load, load_isolated
-from kerasio.options import VerifyOptions
+from kerasio.options import BundleInfo, SyntheticInputs, VerifyOptions
 from kerasio.predict import predict_chunks, predict_to_file, with_progress
 from kerasio.present.text import printable, render_table, wrap_notes
 from kerasio.spec.limits import Limits
@@ -227,6 +229,45 @@ def build_parser() -> argparse.ArgumentParser:
                      help="accept this SavedModel op beyond the inference allowlist (a file you trust; recorded)")
     ver.add_argument("--public-key", metavar="PEM", help="require the bundle's signature by this key (kerasio sign)")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    exp = sub.add_parser("export", help="turn a model file (.keras, .h5, a weights directory) into a verified bundle",
+                         epilog=_formats_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    exp.add_argument("model", help="a .keras file, a legacy .h5, a weights directory (with its architecture.json), "
+                                   "or a bundle (its .keras)")
+    exp.add_argument("--out", required=True, help="bundle directory to write")
+    exp.add_argument("--formats", default="keras,savedmodel",
+                     help=f"comma-separated formats, or 'all' (default: keras,savedmodel); known: {', '.join(REGISTRY)}")
+    exp.add_argument("--max-shard-size", type=float, metavar="GB",
+                     help="shard the weights format above this size (--format-option weights.max_shard_size=GB)")
+    exp.add_argument("--format-option", action="append", dest="format_options", default=[], type=_format_option,
+                     metavar="FORMAT.NAME=VALUE", help="an option of one format (see the list below); repeatable")
+    _input_args(exp, "the reference inputs")
+    exp.add_argument("--task", default="auto", choices=["auto", "classification", "regression", "raw"],
+                     help="what the outputs are (default: auto, from the output layer)")
+    exp.add_argument("--class-names", metavar="A,B,...", help="a classifier's class names, in output order")
+    exp.add_argument("--feature-names", metavar="A,B,...", help="the names of a single 2-D input's columns")
+    exp.add_argument("--rtol", type=float, metavar="R", help="relative tolerance for every check (overrides the table)")
+    exp.add_argument("--atol", type=float, metavar="A", help="absolute tolerance for every check (overrides the table)")
+    exp.add_argument("--no-verify", action="store_true", help="probe each artifact in this process instead of "
+                                                               "verifying it in a fresh one")
+    exp.add_argument("--trust", action="store_true", help="you vouch for the file: a pickle may be read and written")
+    exp.add_argument("--import", action="append", dest="imports", default=[], metavar="MODULE",
+                     help="import a module first (one that registers the model's custom classes)")
+    exp.add_argument("--json", action="store_true", help="print the export and its verification as JSON")
+
+    cmp_ = sub.add_parser("compare", help="do two artifacts (any formats) give the same outputs on the same inputs?")
+    cmp_.add_argument("a", help="the first artifact (the reference): a .keras, .h5, SavedModel, .onnx, .tflite or bundle")
+    cmp_.add_argument("b", help="the second artifact")
+    _input_args(cmp_, "the inputs both run on")
+    cmp_.add_argument("--rtol", type=float, metavar="R", help="relative tolerance (default: the table's, for these formats)")
+    cmp_.add_argument("--atol", type=float, metavar="A", help="absolute tolerance (default: the table's)")
+    cmp_.add_argument("--statistic", action="append", default=[], metavar="[OUTPUT=]STAT",
+                      help="the error statistic: elementwise (default), max, mean, median or quantile:Q")
+    cmp_.add_argument("--trust", action="store_true", help="you vouch for both files: a pickle may be loaded")
+    cmp_.add_argument("--import", action="append", dest="imports", default=[], metavar="MODULE",
+                      help="import a module first in each worker (custom classes)")
+    _limit_args(cmp_)
+    cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
     pred = sub.add_parser("predict", help="predict labels (classifiers) or outputs for new inputs")
     pred.add_argument("path", help="bundle directory or artifact")
@@ -466,6 +507,79 @@ def _verify(args) -> int:
     return 0
 
 
+def _input_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--inputs", metavar="FILE",
+                   help=f"{what}: CSV or Parquet (columns matched to input names), .npz (one array per input) or .npy; "
+                        "default: made from the signature, seeded, and recorded as synthetic")
+    p.add_argument("--value-range", action="append", dest="value_ranges", default=[], metavar="NAME=LO,HI",
+                   help="without --inputs: draw this float input uniformly in [LO, HI] (repeatable)")
+    p.add_argument("--rows", type=_positive, default=64, metavar="N", help="without --inputs: rows made (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="without --inputs: the generator's seed (default: 0)")
+
+
+def _synthetic(args) -> SyntheticInputs:
+    ranges = {}
+    for text in args.value_ranges:
+        name, _, pair = text.partition("=")
+        parts = pair.split(",")
+        try:
+            ranges[name.strip()] = (float(parts[0]), float(parts[1]))
+        except (ValueError, IndexError):
+            raise InputError(f"--value-range takes NAME=LO,HI, e.g. image=0,255; received: {text!r}") from None
+    return SyntheticInputs(rows=args.rows, seed=args.seed, value_ranges=ranges)
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def _export(args) -> int:
+    import_keras_quietly()  # the model is built here: TensorFlow's start-up chatter is not the user's business
+    for module in args.imports:  # custom classes register themselves on import, before the audit reads the config
+        importlib.import_module(module)
+    info = BundleInfo(task=args.task, class_names=_names(args.class_names), feature_names=_names(args.feature_names))
+    checks = False if args.no_verify else VerifyOptions(rtol=args.rtol, atol=args.atol, imports=tuple(args.imports))
+    inputs = read_input_file(args.inputs) if args.inputs else _synthetic(args)
+    quiet = args.json or args.quiet
+    try:
+        result = export(args.model, args.out, reference_inputs=inputs, formats=args.formats, info=info,
+                        verify=checks, trust=args.trust, format_options=_format_options(args),
+                        progress=None if quiet else (lambda line: _say(f"  {line}", flush=True)))
+    except VerificationError as exc:
+        if not quiet and exc.report is not None:
+            _out(exc.report.table())
+        raise
+    report = result.report
+    if args.json:
+        print(json.dumps({"bundle": str(result.bundle), "artifacts": [a.__dict__ for a in result.manifest.artifacts],
+                          "skipped": result.skipped, "reference": result.manifest.reference,
+                          "verification": report.to_dict() if report else None}, indent=2, default=str))
+    else:
+        if not args.quiet:
+            _out(result.table())
+            if report is not None:
+                _out(report.table())
+        checked = f"; {sum(c.passed for c in report.checks)} of {len(report.checks)} checks passed" if report else ""
+        _say(f"published {result.bundle}: {len(result.manifest.artifacts)} artifacts{checked}")
+    return 0
+
+
+def _compare(args) -> int:
+    inputs = args.inputs or _synthetic(args)
+    options = VerifyOptions(rtol=args.rtol, atol=args.atol, statistic=_statistics(args.statistic))
+    with load_isolated(args.a, trust=args.trust, imports=args.imports, limits=_limits(args)) as a, \
+            load_isolated(args.b, trust=args.trust, imports=args.imports, limits=_limits(args)) as b:
+        result = a.compare(b, inputs, options=options)
+    if args.json:
+        _out(result.to_json(indent=2))
+    else:
+        if not args.quiet:
+            _out(result.table())
+        _say(f"{'agree' if result.ok else 'DIFFER'}: {args.a} and {args.b} "
+             f"({sum(o['passed'] for o in result.outputs)} of {len(result.outputs)} outputs within the tolerance)")
+    return 0 if result.ok else EXIT_FAILED
+
+
 def _predict(args) -> int:
     import importlib
 
@@ -593,6 +707,7 @@ def _inspect(args) -> int:
         lines.append("packages    " + ", ".join(f"{k} {v}" for k, v in manifest.packages.items())
                      + " (allowlisted: a fresh process imports them to rebuild the model's classes)")
     lines.append(f"sweep       {manifest.sweep_text()}")
+    lines += [f"warning     {note}" for note in manifest.synthetic_notes()]
     _out("\n".join(wrap_notes(lines, indent="")))
     last_by: dict[str, list[str]] = {}
     for c in (last or {}).get("checks", []):
@@ -697,7 +812,8 @@ def _report(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "verify": _verify, "predict": _predict, "inspect": _inspect,
+COMMANDS = {"run": _run, "export": _export, "verify": _verify, "compare": _compare, "predict": _predict,
+            "inspect": _inspect,
             "serving-request": _serving_request, "sign": _sign,
             "report": _report}
 

@@ -43,12 +43,14 @@ from kerasio.errors import (
     VerificationError,
 )
 from kerasio.formats import REGISTRY, ExportContext, Format, explicit, resolve_formats
+from kerasio.loading import load_model_file
 from kerasio.options import BundleInfo, VerifyOptions, check_format_options, verify_options
 from kerasio.present.html import STYLE, escape, table
 from kerasio.present.text import first_error_line, render_table, wrap_notes
 from kerasio.process.session import Session
 from kerasio.spec.iospec import IOSpec, _all_layers, derive_iospec, mark_probabilities
 from kerasio.spec.sweep import sweep_shapes
+from kerasio.spec.synth import SyntheticInputs, dominant_class, hints_from_model, synthesize
 from kerasio.spec.task import resolve_task
 from kerasio.verify import (
     VERIFICATION_FILE,
@@ -77,6 +79,7 @@ class ExportResult:
         rows = [[a.format, flat_name(a.path), _size(a.size), a.sha256[:12], f"{self.seconds.get(a.format, 0):.2f}"]
                 for a in self.manifest.artifacts]
         notes = [f"  {name} skipped: {why}" for name, why in self.skipped.items()]
+        notes += [f"  {line}" for line in self.manifest.synthetic_notes()]
         text = render_table(["Format", "Path", "Size", "sha256", "Seconds"], rows, width=width)
         return text + ("\n" + "\n".join(wrap_notes(notes, width=width)) if notes else "")
 
@@ -105,7 +108,7 @@ def export(
     model: Any,
     bundle_dir: str | Path,
     *,
-    reference_inputs: Any,
+    reference_inputs: Any = None,
     formats: str | Sequence[str] | None = None,
     input_signature: Any = None,
     info: BundleInfo | None = None,
@@ -118,11 +121,16 @@ def export(
 
     Args:
         model: a built Keras model: Sequential, functional (any inputs and
-            outputs: images, strings, dicts, several heads) or subclassed.
+            outputs: images, strings, dicts, several heads) or subclassed; or the path of a model file (a
+            ``.keras`` file, a legacy ``.h5``, a ``weights`` directory with its architecture), audited as an
+            untrusted file (:func:`~kerasio.loading.load_model_file`) before it is built in this process.
         bundle_dir: the bundle directory (created if needed).
         reference_inputs: inputs whose outputs are stored as the verification
             reference: an array, a list (one array per input), a dict keyed by
-            input name, or a DataFrame (its columns become the feature names).
+            input name, or a DataFrame (its columns become the feature names). ``None`` (or a
+            :class:`~kerasio.options.SyntheticInputs` to choose rows, seed, value ranges) makes seeded inputs
+            from the signature and the layers that take each input (:mod:`kerasio.spec.synth`); the manifest
+            records them as synthetic, and the export table and ``inspect`` say so.
         formats: names, comma-separated names or ``"all"``; default ``keras,savedmodel``.
             A format that cannot carry the model is skipped with its reason;
             a format named explicitly that cannot is an error.
@@ -155,20 +163,31 @@ def export(
     info = info or BundleInfo()
     options = check_format_options(format_options)
     bundle = Path(bundle_dir)
-    custom = _custom_objects(model)
     lock: Any = None
     stage: Path | None = None
     with contextlib.ExitStack() as workers:
         session = checks.session if checks is not None and checks.session is not None else \
             workers.enter_context(Session())
+        source: dict[str, str] = {}
+        if isinstance(model, (str, Path)):  # a model file: audited as an untrusted one, then built here
+            if checks is not None and not checks.in_process:
+                session.start(checks.backend)  # the verifier's import overlaps the audit and the build
+            model, shown, digest = load_model_file(model, trust=trust, stack=workers)
+            source = {"file": str(shown), "sha256": digest}
+        custom = _custom_objects(model)
         # Checks go to a fresh worker as each artifact is written (a __main__ class cannot: verify says why).
         early = checks if checks is not None and not checks.in_process and not any(
             c.get("module") == "__main__" for c in custom) else None
         if early is not None:
             session.start(early.backend)  # started first: its import overlaps everything below
-        iospec = derive_iospec(model, reference_inputs, input_signature=input_signature,
+        synthetic = reference_inputs if isinstance(reference_inputs, SyntheticInputs) else \
+            SyntheticInputs() if reference_inputs is None else None
+        iospec = derive_iospec(model, None if synthetic else reference_inputs, input_signature=input_signature,
                                feature_names=info.feature_names)
-        x_ref = iospec.coerce(reference_inputs, source="reference_inputs")
+        made: dict[str, str] = {}
+        if synthetic is not None:  # made from the signature and the layers that take each input, seeded
+            x_ref, made = synthesize(iospec, hints_from_model(model, iospec), synthetic)
+        x_ref = iospec.coerce(x_ref if synthetic else reference_inputs, source="reference_inputs")
         if not len(next(iter(x_ref.values()))):
             raise ArtifactError(f"{bundle}: reference_inputs has no rows; pass at least one example. Received: 0 rows")
         with precision_policy("highest"):  # the references are full float32, as every check is (TF32 off on GPUs)
@@ -178,6 +197,7 @@ def export(
             sweep, sweep_refused = sweep_shapes(iospec, x_ref, forward)
         mark_probabilities(iospec, reference_outputs)
         resolved = resolve_task(info.task, iospec, info.class_names)
+        described = _synthetic_record(synthetic, made, resolved, reference_outputs) if synthetic else None
         chosen, skipped = choose_formats(formats, iospec, trust=trust)
         device = "gpu" if "gpu" in available_devices() else "cpu"  # where Keras placed the model
         attachments = dict(info.attachments or {})
@@ -259,11 +279,12 @@ def export(
                 iospec=iospec, task=resolved, artifacts=artifacts, skipped=skipped, versions=library_versions(),
                 backend=keras_backend(), device=device, device_name=device_name(device),
                 cpu_features=cpu_features(), label=info.label, trace=list(info.trace), metrics=dict(info.metrics or {}),
-                training=dict(info.training or {}),
+                training={**dict(info.training or {}), **({"exported_from": source} if source else {})},
                 reference={"rows": int(len(next(iter(x_ref.values())))),
                            **{key: hash_entry(stage, name) for key, name in REFERENCE_FILES.items()},
                            "sweep": [{"name": shape.name, "shapes": shape.shapes()} for shape, _ in sweep]
-                           + [{"name": name, "refused": why} for name, why in sweep_refused.items()]},
+                           + [{"name": name, "refused": why} for name, why in sweep_refused.items()],
+                           **({"synthetic": described} if described else {})},
                 custom_objects=custom, attachments=[hash_entry(stage, name) for name in attachments],
                 packages=named_packages(c["module"] for c in custom),
             )
@@ -325,6 +346,19 @@ def _drop_failed(stage: Path, bundle: Path, manifest: Manifest, report: VerifyRe
     manifest.write(stage)
     report.checks = [c for c in report.checks if c.format not in failed]
     return report
+
+
+def _synthetic_record(settings: SyntheticInputs, made: dict[str, str], task: Any,
+                      outputs: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's record of a reference made from the signature: seed, sizes, each input's source, warnings."""
+    record: dict[str, Any] = {"seed": settings.seed, "rows": settings.rows, "length": settings.length,
+                              "inputs": made}
+    if task.is_classification:
+        name, share = dominant_class(outputs[str(task.output)], list(task.class_names or []) or None)
+        if share > 0.95:
+            record["one_class"] = (f"{share:.0%} of the synthetic rows land in class {name!r}: the reference "
+                                   "exercises one branch of the model only; pass real inputs (--inputs FILE)")
+    return record
 
 
 def _probe_reason(check: Any, stage: Path, bundle: Path) -> str:

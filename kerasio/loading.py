@@ -11,6 +11,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from kerasio.backends.environment import default_backend
+from kerasio.bundle.arrays import load_arrays
 from kerasio.bundle.audit import allowing_ops
 from kerasio.bundle.audit.keras import exported_here
 from kerasio.bundle.fsutil import hash_artifact, private_dir, tree_size
@@ -19,17 +20,20 @@ from kerasio.bundle.layout import MANIFEST_NAME, flat_name
 from kerasio.bundle.manifest import Artifact, Manifest
 from kerasio.bundle.reader import read_manifest, read_pinned
 from kerasio.bundle.trust import trusted
+from kerasio.compare import Comparison, compare_models
 from kerasio.errors import ArtifactError, InputError, KerasioError, LegacyFormatWarning, SignatureError, UnsafeArtifactError
 from kerasio.formats import REGISTRY, Format, Runner, get_format
+from kerasio.options import VerifyOptions
 from kerasio.present.html import STYLE, escape, table
-from kerasio.process.protocol import WARM, OpenRequest
+from kerasio.process.protocol import WARM, JobRequest, OpenRequest
 from kerasio.process.session import Session
 from kerasio.spec.iospec import IOSpec
 from kerasio.spec.limits import Limits
+from kerasio.spec.synth import SyntheticInputs, hints_from_model, synthesize
 from kerasio.spec.task import NamedColumns, Task, resolve_task
 from kerasio.verify import importable_custom_modules, plugin_modules
 
-__all__ = ["load", "load_isolated", "LoadedModel", "PREFERENCE"]
+__all__ = ["load", "load_isolated", "load_model_file", "LoadedModel", "PREFERENCE"]
 
 # Which artifact of a bundle ``load`` picks when no format is named.
 PREFERENCE = ("keras", "savedmodel", "weights", "h5", "onnx", "litert", "pickle")
@@ -44,6 +48,8 @@ class LoadedModel(NamedColumns):
     sha256: str | None = None
     manifest: Manifest | None = field(default=None, repr=False)
     _resources: contextlib.ExitStack | None = field(default=None, repr=False, compare=False)
+    _worker: Any = field(default=None, repr=False, compare=False)  # an isolated model's worker and its copy
+    _copy: Path | None = field(default=None, repr=False, compare=False)
 
     @property
     def isolated(self) -> bool:
@@ -118,6 +124,37 @@ class LoadedModel(NamedColumns):
     def predict_proba(self, inputs: Any) -> np.ndarray:
         """The class probabilities of a classification."""
         return self.predict(inputs, probabilities=True)[1]
+
+    def synthesize(self, settings: SyntheticInputs | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Seeded inputs made from this model's signature (:mod:`kerasio.spec.synth`), and what each was made from.
+
+        A Keras model's layers say what values each input takes (an ``Embedding``'s size, a vocabulary, a
+        ``Rescaling``'s range); an isolated model's worker reads them (the registered job ``synthesize``).
+        """
+        settings = settings or SyntheticInputs()
+        if not self.runner.runtime.startswith("keras"):
+            return synthesize(self.iospec, {}, settings)  # a graph's layers are not Keras layers: dtypes only
+        if self._worker is None:
+            return synthesize(self.iospec, hints_from_model(self.model, self.iospec), settings)
+        made = self._worker.call(JobRequest("synthesize", {
+            "path": str(self._copy), "format": self.format, "iospec": self.iospec.to_dict(),
+            "settings": {"rows": settings.rows, "seed": settings.seed, "length": settings.length,
+                         "value_ranges": {k: list(v) for k, v in settings.value_ranges.items()}}}))
+        arrays = load_arrays(Path(made["inputs"]), self.iospec.input_names, list(self.iospec.inputs))
+        return arrays, dict(made["made"])
+
+    def compare(self, other: "LoadedModel", inputs: Any = None, *, options: VerifyOptions | None = None
+                ) -> Comparison:
+        """Whether ``other`` gives this model's outputs: both run on the same inputs, every output compared.
+
+        See :func:`kerasio.compare.compare_models` (inputs, tolerances, matching by name or position).
+
+        Example:
+            >>> mine, theirs = kerasio.load("model.keras"), kerasio.load("colleague.onnx")  # doctest: +SKIP
+            >>> mine.compare(theirs).ok  # doctest: +SKIP
+            True
+        """
+        return compare_models(self, other, inputs, options)
 
 
 def load(path: str | Path, *, format: str | None = None, trust: bool = False, device: str = "cpu",
@@ -240,6 +277,45 @@ def _checked_copy(path: Path, format: str | None, public_key: str | Path | None,
     return _Checked(fmt, copy, path, hash_artifact(path, copy_to=copy)[0], None)  # loaded is what was hashed
 
 
+def load_model_file(path: str | Path, *, trust: bool = False, stack: contextlib.ExitStack) -> tuple[Any, Path, str]:
+    """A Keras model file built in this process, for export: ``(model, the file, its sha256)``.
+
+    ``path`` is a ``.keras`` file, a legacy ``.h5``, a ``weights`` directory with its architecture, or a bundle
+    (its ``.keras`` artifact). The bytes are hashed as they are copied to a private directory (``stack`` removes
+    it), and the copy gets the audit :func:`load` gives an untrusted file: the format's framework-free checks,
+    then its full audit (the config's classes against the allowlist, sizes, no Lambda, no HDF5 links) before
+    Keras builds anything. Export needs the model object itself (the converters take it), so it is built here,
+    not in the sandboxed worker; every artifact written from it is then verified in the worker.
+
+    Raises:
+        ArtifactError: the path is not a Keras model file (a SavedModel, ONNX or LiteRT file cannot be rebuilt
+            as a Keras model; ``kerasio compare`` checks one against a ``.keras`` file), or the audit refused it.
+    """
+    path = Path(path)
+    fmt = next((f for f in REGISTRY.values() if f.matches(path)), None) if not (path / MANIFEST_NAME).is_file() \
+        else get_format("keras")
+    if fmt is not None and fmt.runtime != "keras":
+        raise ArtifactError(
+            f"{path}: a {fmt.name} artifact cannot be rebuilt as a Keras model, so it cannot be exported again. Export "
+            f"the .keras (or .h5) file it came from; to check whether the two agree, run: kerasio compare MODEL.keras "
+            f"{path}. Received: {fmt.name}")
+    if fmt is not None and fmt.needs_trust and not trust:
+        raise UnsafeArtifactError(f"{path}: loading a {fmt.name} file runs its code; pass trust=True (--trust) only "
+                                  f"for a file you vouch for. Received: trust=False")
+    tmp = stack.enter_context(private_dir("kerasio-export-"))
+    checked = _checked_copy(path, "keras" if (path / MANIFEST_NAME).is_file() else None, None, tmp, stack)
+    if checked.format.runtime != "keras":
+        raise ArtifactError(f"{path}: no Keras model file here to export (found {checked.format.name}); pass a .keras "
+                            f"file, a legacy .h5 or a weights directory. Received: {path}")
+    try:
+        checked.format.precheck(checked.copy)  # what needs no framework first, as load does
+    except KerasioError as exc:
+        exc.args = (str(exc).replace(str(checked.copy), str(checked.shown)),) + exc.args[1:]
+        raise
+    runner = _load_copy(checked.format, checked.copy, checked.shown, trust=trust)
+    return runner.model, checked.shown, checked.sha256
+
+
 def _task(manifest: Manifest | None, iospec: IOSpec) -> Task:
     return manifest.task if manifest else resolve_task("auto", iospec)
 
@@ -289,7 +365,7 @@ def _in_worker(checked: "_Checked", tmp: Path, resources: contextlib.ExitStack, 
 
         warnings.warn(f"{fmt.name}: {fmt.description}; a legacy format, prefer .keras", LegacyFormatWarning,
                       stacklevel=4)
-    return LoadedModel(runner, _task(manifest, iospec), checked.sha256, manifest)
+    return LoadedModel(runner, _task(manifest, iospec), checked.sha256, manifest, _worker=worker, _copy=checked.copy)
 
 
 def _load_copy(fmt: Format, copy: Path, shown: Path, **kwargs: Any) -> Runner:

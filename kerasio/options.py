@@ -20,12 +20,13 @@ from kerasio.errors import InputError
 from kerasio.formats import REGISTRY
 from kerasio.spec.divergence import METHODS as EXPLAIN_METHODS
 from kerasio.spec.limits import Limits
+from kerasio.spec.synth import SyntheticInputs
 from kerasio.spec.tolerances import check_statistic
 
 if TYPE_CHECKING:
     from kerasio.process.session import Session
 
-__all__ = ["BundleInfo", "VerifyOptions", "MODES", "verify_options", "in_mode", "check_format_options"]
+__all__ = ["BundleInfo", "VerifyOptions", "SyntheticInputs", "MODES", "verify_options", "in_mode", "check_format_options"]
 
 MODES = ("fresh-process", "in-process")
 

@@ -26,8 +26,8 @@ WINGS = [
     ("backends", ["kerasio.backends"]),
     ("formats", ["kerasio.formats"]),
     ("process", ["kerasio.process"]),
-    ("verbs", ["kerasio.options", "kerasio.repro", "kerasio.export", "kerasio.verify", "kerasio.loading", "kerasio.predict",
-               "kerasio.report"]),
+    ("verbs", ["kerasio.options", "kerasio.repro", "kerasio.compare", "kerasio.export", "kerasio.verify",
+               "kerasio.loading", "kerasio.predict", "kerasio.report"]),
     ("recipe", ["kerasio.recipe"]),
     ("face", ["kerasio.cli", "kerasio.__main__", "kerasio"]),
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,16 @@ def test_run_verify_predict_end_to_end(tmp_path):
     too_wide = [line for line in res.stdout.splitlines() if len(line) > 100]
     assert too_wide == []  # every table, chart and stage line fits in 100 columns
     assert (out / "serving" / "1" / "saved_model.pb").is_file()
+    # stage 6: the loaded file predicts every test row; their accuracy is the trained model's
+    stage6 = text[text.index("[6/6] predict"):]
+    assert stage6.startswith("[6/6] predict  200 test rows with the loaded keras artifact")
+    labels = re.search(r"\n {9}200 labels: \[(?:setosa|versicolor|virginica)(?:, (?:setosa|versicolor|virginica)){4,}, "
+                       r"\.\.\.\]\n", stage6)
+    assert labels, stage6
+    said = re.search(r"accuracy (\d\.\d{4}) from these predictions; the trained model's test accuracy (\d\.\d{4}): "
+                     r"equal", stage6)
+    assert said and said.group(1) == said.group(2), stage6
+    assert "trace: input [sepal_length=" in stage6 and "-> model loaded from" in stage6 and "-> predicted" in stage6
 
     res = run_cli("verify", str(out), "--json")
     assert res.returncode == 0, res.stderr

@@ -191,8 +191,8 @@ class Manifest(NamedColumns):
         data = self.to_dict()
         for art in data["artifacts"]:
             art["path"] = f"{prefix}/{art['path']}"
-        data["reference"] = {k: {**v, "path": f"{prefix}/{v['path']}"} if isinstance(v, dict) else v
-                             for k, v in data["reference"].items()}
+        data["reference"] = {**data["reference"], **{k: {**v, "path": f"{prefix}/{v['path']}"}
+                                                     for k, v in self.reference_files().items()}}
         data["attachments"] = [{**a, "path": f"{prefix}/{a['path']}"} for a in data["attachments"]]
         return Manifest.from_dict(data)
 
@@ -233,7 +233,7 @@ class Manifest(NamedColumns):
         entries = [(a.path, a) for a in self.artifacts]
         entries += [(e["path"], Artifact(format=f"reference {k}", path=e["path"], size=int(e.get("size") or 0),
                                          sha256=e["sha256"]))
-                    for k, e in self.reference.items() if isinstance(e, dict)]
+                    for k, e in self.reference_files().items()]
         found = {}
         for path, art in entries:
             try:
@@ -301,6 +301,21 @@ class Manifest(NamedColumns):
         text = ", ".join(shapes) or "none"
         refused = "; ".join(f"{k}: {v}" for k, v in self.sweep_refused().items())
         return text + (f" (left out, {refused})" if refused else "")
+
+    def reference_files(self) -> dict[str, dict[str, Any]]:
+        """The reference's file entries (path, size, sha256) by key, without its other records (sweep, synthetic)."""
+        return {k: e for k, e in self.reference.items() if isinstance(e, dict) and "path" in e}
+
+    def synthetic_notes(self) -> list[str]:
+        """The warnings of a reference made from the signature (``export(reference_inputs=None)``); [] otherwise."""
+        made = self.reference.get("synthetic")
+        if not isinstance(made, dict):
+            return []
+        notes = [f"reference: SYNTHETIC, made from the signature (seed {made.get('seed')}, {made.get('rows')} rows), "
+                 "not real data: " + "; ".join(f"{k}: {v}" for k, v in (made.get("inputs") or {}).items())]
+        if made.get("one_class"):
+            notes.append(f"reference: {made['one_class']}")
+        return notes
 
     def sweep_refused(self) -> dict[str, str]:
         """The sweep's shapes the original model itself refused at export, with its reason."""

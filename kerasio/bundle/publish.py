@@ -140,7 +140,7 @@ def _same_tree(a: Path, b: Path) -> bool:
 def sync_conveniences(bundle: Path, manifest: Manifest) -> None:
     """Point the top-level names and ``serving/<n>`` at the current generation (idempotent)."""
     bundle = Path(bundle)
-    rels = [a.path for a in manifest.artifacts] + [e["path"] for e in manifest.reference.values() if isinstance(e, dict)]
+    rels = [a.path for a in manifest.artifacts] + [e["path"] for e in manifest.reference_files().values()]
     rels += [a["path"] for a in manifest.attachments]
     for rel in rels:
         gen = generation_of(rel)

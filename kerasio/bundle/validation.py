@@ -170,8 +170,10 @@ _TRACE = _object({"epoch": _number_or_null, "loss": _number_or_null, "accuracy":
                   "seconds": _number_or_null, "observation": _optional(STR)})
 _SWEEP_SHAPE = _object({"name": STR, "shapes": _map_of(_list_of(_dim, MAX_RANK), MAX_SPECS), "refused": STR},
                        required=("name",))
+_SYNTHETIC = _object({"seed": INT, "rows": INT, "length": INT, "inputs": _map_of(STR, MAX_SPECS), "one_class": STR})
 _REFERENCE = _object({"rows": INT, "inputs": _ENTRY, "outputs": _ENTRY, "outputs_1row": _ENTRY,
-                      "sweep_inputs": _ENTRY, "sweep_outputs": _ENTRY, "sweep": _list_of(_SWEEP_SHAPE, 64)},
+                      "sweep_inputs": _ENTRY, "sweep_outputs": _ENTRY, "sweep": _list_of(_SWEEP_SHAPE, 64),
+                      "synthetic": _SYNTHETIC},
                      required=("inputs", "outputs", "outputs_1row"))
 FIELDS: dict[str, Check] = {
     "schema_version": INT, "created_utc": STR, "versions": _map_of(STR), "backend": STR, "device": STR,

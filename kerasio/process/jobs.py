@@ -17,16 +17,18 @@ Example:
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from kerasio.bundle.arrays import load_arrays
+from kerasio.bundle.arrays import load_arrays, save_arrays
 from kerasio.errors import WorkerError
 from kerasio.formats import ExportContext, get_format
 from kerasio.spec.iospec import IOSpec
+from kerasio.spec.synth import SyntheticInputs, hints_from_model, synthesize
 from kerasio.spec.task import Task
 
-__all__ = ["JOBS", "job", "get_job", "save_format"]
+__all__ = ["JOBS", "job", "get_job", "save_format", "synthesize_inputs"]
 
 JOBS: dict[str, Callable[..., Any]] = {}
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,3 +73,20 @@ def save_format(keras_file: str, format: str, dest: str, iospec: dict[str, Any],
                         reference_inputs=load_arrays(Path(references), spec.input_names, list(spec.inputs)),
                         options=options)
     return get_format(format).save(model, Path(dest), ctx)
+
+
+@job("synthesize")
+def synthesize_inputs(path: str, format: str, iospec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Inputs made from the signature of the Keras model at ``path`` and from its layers (:mod:`kerasio.spec.synth`).
+
+    Run by the worker that opened the model: an untrusted model's layers are read where it is confined. The
+    arrays go to an ``.npz`` in the worker's temporary directory; returns its path and what each input was made from.
+    """
+    spec = IOSpec.from_dict(iospec)
+    model = get_format(format).load(Path(path), iospec=spec).model
+    made = SyntheticInputs(rows=int(settings["rows"]), seed=int(settings["seed"]), length=int(settings["length"]),
+                           value_ranges={k: (float(v[0]), float(v[1])) for k, v in settings["value_ranges"].items()})
+    arrays, said = synthesize(spec, hints_from_model(model, spec), made)
+    out = Path(tempfile.mkdtemp(prefix="kerasio-synth-")) / "inputs.npz"
+    save_arrays(out, arrays)
+    return {"inputs": str(out), "made": said}

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from kerasio.backends.environment import default_backend, import_keras_quietly
 from kerasio.bundle.fsutil import writable_error
 from kerasio.errors import KerasioError, VerificationError
@@ -252,20 +254,53 @@ def run_pipeline(
     elif result is None:
         say("[6/6] predict  skipped: nothing was published")
     else:
-        loaded = load(out, trust=trust)
-        row = split.x_test[:1]
-        labels, probs = loaded.predict(row, probabilities=True)
-        prediction = {"input": row[0].tolist(), "artifact": str(loaded.path), "sha256": loaded.sha256,
-                      "label": str(labels[0]), "probabilities": dict(zip(dataset.class_names, map(float, probs[0]))),
-                      "true_label": dataset.class_names[int(split.y_test[0])]}
-        sample = ", ".join(f"{n}={v:g}" for n, v in zip(dataset.feature_names, row[0]))
-        say(f"[6/6] predict  input [{sample}]")
-        say(f"         -> model loaded from {loaded.path} (sha256 {(loaded.sha256 or '')[:12]})")
-        say(f"         -> predicted {str(labels[0])!r} (true {prediction['true_label']!r}); probabilities "
-            + ", ".join(f"{k} {v:.4f}" for k, v in prediction["probabilities"].items()))
+        prediction = _predict_test_rows(load(out, trust=trust), dataset, split, metrics, evaluated, streamed, say)
     mark("predict")
     timings["total"] = time.perf_counter() - clock
     return PipelineResult(out, dataset, split, model, trace, metrics, result, report, prediction, timings)
+
+
+def _predict_test_rows(loaded: Any, dataset: Dataset, split: Any, metrics: dict[str, float], evaluated: int,
+                       streamed: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    """Stage 6: the loaded artifact predicts every test row; its accuracy against the trained model's.
+
+    ``evaluated``: the test rows the trained model's accuracy counted (a distribution strategy may evaluate a
+    multiple of its batch only). A streamed split keeps its first test rows in memory, and those are predicted.
+    """
+    with loaded:
+        labels, probs = loaded.predict(split.x_test, probabilities=True)
+    labels = [str(label) for label in labels]
+    truth = [dataset.class_names[int(y)] for y in split.y_test]
+    accuracy = float(np.mean([a == b for a, b in zip(labels, truth)]))
+    counted = float(np.mean([a == b for a, b in zip(labels[:evaluated], truth[:evaluated])]))
+    trained = metrics["test_accuracy"]
+    equal = not streamed and abs(counted - trained) < 0.5 / max(evaluated, 1)  # the same count of right rows
+    head = f"         {len(labels)} labels: ["
+    shown = ""
+    for i, label in enumerate(labels):  # as many as fit in one line of 100 columns
+        more = f"{', ' if shown else ''}{label}"
+        if len(head) + len(shown) + len(more) + (len(", ...]") if i + 1 < len(labels) else 1) > 100:
+            shown += ", ..."
+            break
+        shown += more
+    say(f"[6/6] predict  {len(labels)} test rows with the loaded {loaded.format} artifact")
+    say(f"{head}{shown}]")
+    if streamed:
+        say(f"         accuracy {accuracy:.4f} on these {len(labels):,} rows (the first test rows kept in memory); "
+            f"the trained model's {trained:.4f} counts all {split.n_test:,} test rows, so they are not compared")
+    else:
+        on = f" (on the {evaluated} rows it evaluated: {counted:.4f})" if evaluated != len(labels) else ""
+        say(f"         accuracy {accuracy:.4f} from these predictions{on}; the trained model's test accuracy "
+            f"{trained:.4f}: {'equal' if equal else 'DIFFERENT'}")
+    sample = ", ".join(f"{n}={v:g}" for n, v in zip(dataset.feature_names, split.x_test[0]))
+    say(f"         trace: input [{sample}]")
+    say(f"         -> model loaded from {loaded.path} (sha256 {(loaded.sha256 or '')[:12]})")
+    probabilities = dict(zip(dataset.class_names, map(float, probs[0])))
+    say(f"         -> predicted {labels[0]!r} (true {truth[0]!r}); probabilities "
+        + ", ".join(f"{k} {v:.4f}" for k, v in probabilities.items()))
+    return {"labels": labels, "accuracy": accuracy, "trained_accuracy": trained,
+            "equals_trained_accuracy": equal, "input": split.x_test[0].tolist(), "artifact": str(loaded.path),
+            "sha256": loaded.sha256, "label": labels[0], "probabilities": probabilities, "true_label": truth[0]}
 
 
 def _check_writable(out: Path) -> None:
