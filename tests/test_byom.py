@@ -230,3 +230,11 @@ def test_the_pipelines_stage_6_predicts_every_test_row_from_the_loaded_file(pipe
         prediction["accuracy"] == pytest.approx(pipeline.metrics["test_accuracy"], abs=1e-6)
     loaded = kerasio.load(pipeline.bundle)
     assert list(loaded.predict(pipeline.split.x_test)) == prediction["labels"]  # the file's own labels
+
+
+@pytest.mark.parametrize("a,b", [("keras", "litert"), ("savedmodel", "h5")])
+def test_compare_takes_any_two_formats(bundle, a, b, capsys):
+    """A LiteRT file against its .keras, a SavedModel against an .h5: each pair agrees within the looser row."""
+    assert main(["compare", str(named(bundle, a)), str(named(bundle, b)), "--rows", "16"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "agree: " in out and "16 rows" in out and f"({a}," in out and f"({b}," in out
