@@ -484,10 +484,11 @@ def _save_under(backend: str, fmt: Format, model: Any, dest: Path, ctx: ExportCo
         try:
             return dict(session.job("save_format", backend=backend, keras_file=str(keras_file), format=fmt.name,
                                     dest=str(dest), iospec=ctx.iospec.to_dict(), task=ctx.task.to_dict(),
-                                    references=str(references), options=ctx.options))
-        except KerasioError as exc:
+                                    references=str(references), options=ctx.options,
+                                    imports=importable_custom_modules(_custom_objects(model))))
+        except KerasioError as exc:  # the worker's own words are the cause (a skip's one-line reason)
             raise ArtifactError(f"{dest}: {backend} could not build the {fmt.name} artifact from the {model.name!r} "
-                                f"model's .keras file; drop {fmt.name!r} from the formats. Received: {exc}") from None
+                                f"model's .keras file; drop {fmt.name!r} from the formats. Received: {exc}") from exc
 
 
 def _format_failed(fmt: Format, final: Path, bundle: Path, exc: Exception) -> ArtifactError:

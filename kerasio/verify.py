@@ -85,6 +85,7 @@ class Check:
     explanation: dict[str, Any] | None = None  # the layer-by-layer comparison (kerasio.spec.divergence.Divergence)
     repro: str = ""  # the reproduction kit's directory (kerasio.repro), for a failing check
     calibration: dict[str, Any] | None = None  # verify --calibrate: per output, the noise and whether the row fits
+    ran_at: str = ""  # the precision the runtime itself reports (OpenVINO's inference precision hint, applied)
 
     @property
     def status(self) -> str:
@@ -120,7 +121,9 @@ class VerifyReport:
         notes = [f"  devices: {', '.join(f'{d} = {n}' for d, n in devices.items())}"] if devices else []
         precisions = sorted({c.precision for c in self.checks if c.precision})
         if precisions:
-            notes.append(f"  precision: {', '.join(precisions)}")
+            ran = sorted({f"{c.format} ran at {c.ran_at} (its runtime's inference precision)" for c in self.checks
+                          if c.ran_at})
+            notes.append(f"  precision: {', '.join(precisions)}" + (f"; {', '.join(ran)}" if ran else ""))
         notes += [f"  sandbox ({backend}): {status}" for backend, status in self.sandbox.items()]
         imported = {name: version for c in self.checks for name, version in c.packages.items()}
         if imported:
@@ -614,7 +617,7 @@ def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult],
             outputs=[o.to_dict() for o in per_output], passed=all(o.passed for o in per_output) and not rejected,
             seconds=time.perf_counter() - start, packages=dict(res.packages or {}),
             shapes=[f"reference batch {len(next(iter(reference.values())))}", "batch 1", *(n for n, _, _ in sweep)],
-            rejected_shapes=rejected,
+            rejected_shapes=rejected, ran_at=res.ran_at,
         )
         if rejected:
             check.error = "refused input shapes the original model accepts: " + "; ".join(

@@ -44,7 +44,7 @@ def test_inspect_does_not_import_tensorflow(bundle):
             "print('TF' if 'tensorflow' in sys.modules else 'CLEAN', rc)")
     out = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip().endswith("CLEAN 0"), out.stderr
-    for fmt in ("keras", "savedmodel", "h5", "weights", "onnx", "litert", "pickle"):
+    for fmt in ("keras", "savedmodel", "h5", "weights", "onnx", "litert", "openvino", "torch", "pickle"):
         assert f"| {fmt}" in out.stdout
     text = " ".join(out.stdout.split())  # the notes are wrapped at 100 columns
     assert "serving_default(features: float32[None,10]) -> class_id: int64[None], probabilities: float32[None,3]" \
@@ -165,7 +165,7 @@ def test_own_csv_with_label(tmp_path):
 def test_inspect_json(bundle, capsys):
     assert main(["inspect", str(bundle), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["manifest"]["schema_version"] == 2 and len(data["manifest"]["artifacts"]) == 7
+    assert data["manifest"]["schema_version"] == 2 and len(data["manifest"]["artifacts"]) == 9
 
 
 def test_bad_formats_fail_before_training(tmp_path, capsys):

@@ -282,7 +282,7 @@ def test_every_formats_script_runs_its_artifact_with_its_runtime_alone(bundle, t
     manifest = kerasio.read_manifest(bundle)
     x, y = manifest.reference_arrays(bundle)
     formats = [a.format for a in manifest.artifacts]
-    assert set(formats) == {"keras", "savedmodel", "h5", "weights", "onnx", "litert", "pickle"}
+    assert set(formats) == {"keras", "savedmodel", "h5", "weights", "onnx", "litert", "openvino", "torch", "pickle"}
     kits = {}
     for art in manifest.artifacts:
         check = {"format": art.format, "artifact": art.path, "device": "cpu", "atol": 1e-5, "rtol": 1e-5}

@@ -21,8 +21,12 @@ H5_SUBCLASSED = "HDF5 (.h5) cannot rebuild a subclassed model"
 TEXT = {"h5": "HDF5 (.h5) does not keep the vocabulary of StringLookup, TextVectorization",
         "weights": "a .weights.h5 file does not hold the vocabulary of StringLookup, TextVectorization",
         "onnx": "tf2onnx cannot convert TensorFlow's string and lookup-table ops",
-        "litert": "LiteRT has no string tensors"}
-RNN = {"litert": "LiteRT's builtins cannot run Keras 3's recurrent loop (LSTM)"}  # ONNX converts it (Keras's route)
+        "litert": "LiteRT has no string tensors",
+        "openvino": "OpenVINO's core opsets have no string or lookup-table ops",
+        "torch": "PyTorch has no string tensors"}
+# ONNX converts it (Keras's route); torch.export cannot keep its time axis dynamic
+RNN = {"litert": "LiteRT's builtins cannot run Keras 3's recurrent loop (LSTM)",
+       "torch": "its converter failed: torch.export cannot keep every None axis of the signature dynamic"}
 # kind: (expected task, {format: start of the skip reason})
 EXPECTED = {
     "mlp": ("classification", {}),

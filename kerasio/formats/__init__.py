@@ -17,6 +17,6 @@ from kerasio.formats.base import (
 )
 
 # Registration order is the order of --formats all and of every table: keep it (no import sorting here).
-from kerasio.formats import keras_native, savedmodel, h5, weights, onnx, litert, pickle_format  # noqa: F401
+from kerasio.formats import keras_native, savedmodel, h5, weights, onnx, litert, openvino, torch_program, pickle_format  # noqa: F401,E501
 
 __all__ = ["REGISTRY", "ExportContext", "Format", "Runner", "explicit", "get_format", "register", "resolve_formats"]

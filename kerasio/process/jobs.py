@@ -17,9 +17,10 @@ Example:
 """
 from __future__ import annotations
 
+import importlib
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from kerasio.bundle.arrays import load_arrays, save_arrays
 from kerasio.errors import WorkerError
@@ -58,14 +59,18 @@ def get_job(name: str) -> Callable[..., Any]:
 
 @job("save_format")
 def save_format(keras_file: str, format: str, dest: str, iospec: dict[str, Any], task: dict[str, Any],
-                references: str, options: dict[str, Any]) -> dict[str, Any]:
+                references: str, options: dict[str, Any], imports: Sequence[str] = ()) -> dict[str, Any]:
     """Save a format that must be written under this worker's backend, from the caller's just-written ``.keras``.
 
     A ``.keras`` file is backend-agnostic, so this model has the caller's
     weights; the artifact is made by the same code as on the caller's backend,
-    and verified against the caller's reference outputs.
+    and verified against the caller's reference outputs. ``imports``: the modules
+    that register the model's custom classes (the caller imported them already).
     """
     import keras
+
+    for module in imports:
+        importlib.import_module(module)
 
     spec = IOSpec.from_dict(iospec)
     model = keras.saving.load_model(keras_file, compile=False)

@@ -118,7 +118,7 @@ _REQUESTS: dict[str, Any] = {"check": CheckRequest, "open": OpenRequest, "run": 
                               "warm": WarmRequest, "rehearse": RehearseRequest, "status": StatusRequest}
 # What a worker imports at start for the runtime it will serve (so that the import overlaps the caller's work).
 WARM = {"keras": ("keras",), "tensorflow": ("tensorflow",), "onnxruntime": ("onnxruntime",),
-        "litert": ("ai_edge_litert.interpreter",)}
+        "litert": ("ai_edge_litert.interpreter",), "openvino": ("openvino",)}
 RUNTIME_MODULES = frozenset(m for modules in WARM.values() for m in modules)
 # Requests that load or run an artifact: these get the limits' deadline (the rest are kerasio's own imports).
 ARTIFACT_OPS = ("check", "open", "run")
@@ -143,6 +143,7 @@ class CheckResult(NamedTuple):
     packages: dict[str, str] = {}  # allowlisted packages the loader imported for the config's classes: {name: version}
     sweep_errors: dict[str, str] = {}  # {"<i>" or "one" (the 1-row batch): error} for each shape it refused
     noise: dict[str, dict[str, float | None]] = {}  # calibrate: per float output (kerasio.spec.tolerances.measure_noise)
+    ran_at: str = ""  # the precision the runtime says it ran at (OpenVINO's inference precision), where it says
 
 
 class Opened(NamedTuple):

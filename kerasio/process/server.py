@@ -120,7 +120,8 @@ def run_check(request: CheckRequest, out_dir: Path) -> list[dict[str, Any]]:
             device_name=device_name(device, runner.backend),
             precision="float32-pinned" if modes[0] == "highest" else "tf32-allowed", load_seconds=load_seconds,
             outputs=stems[0], run_seconds=run_seconds, fast_outputs=stems[1] if len(stems) > 1 else None,
-            packages=dict(runner.info.get("packages") or {}), sweep_errors=sweep_errors, noise=noise)._asdict())
+            packages=dict(runner.info.get("packages") or {}), sweep_errors=sweep_errors, noise=noise,
+            ran_at=str(runner.info.get("inference_precision") or ""))._asdict())
         del runner  # free this copy of the weights before the next load
         if big:  # Keras models hold reference cycles; a full collection costs ~0.1 s, so only when it pays
             gc.collect()
