@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--explain-method", default="auto", choices=["auto", "intermediates", "bisect"],
                      help="auto: read the artifact's own tensors where its runtime can, else bisect with prefix "
                           "sub-models exported again")
+    _gate_arg(ver)
     ver.add_argument("--calibrate", action="store_true",
                      help="measure each artifact's own noise (the same input twice, inputs moved by one ulp) and flag "
                           "a tolerance row looser than 1000x that noise or tighter than it")
@@ -250,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--atol", type=float, metavar="A", help="absolute tolerance for every check (overrides the table)")
     exp.add_argument("--no-verify", action="store_true", help="probe each artifact in this process instead of "
                                                                "verifying it in a fresh one")
+    exp.add_argument("--labels", metavar="FILE",
+                     help="the reference rows' class indices (.npy, or a CSV/Parquet column named 'label' or its only "
+                          "column): a quantized format's gates then measure the accuracy it loses")
+    _gate_arg(exp)
     exp.add_argument("--trust", action="store_true", help="you vouch for the file: a pickle may be read and written")
     exp.add_argument("--import", action="append", dest="imports", default=[], metavar="MODULE",
                      help="import a module first (one that registers the model's custom classes)")
@@ -476,7 +481,7 @@ def _verify(args) -> int:
     options = VerifyOptions(device=args.device, backend=args.backend, precision=args.precision, rtol=args.rtol,
                             atol=args.atol, statistic=_statistics(args.statistic),
                             explain=True if args.explain else None, explain_method=args.explain_method,
-                            calibrate=args.calibrate,
+                            calibrate=args.calibrate, gates=_gates(args.gates),
                             imports=tuple(args.imports), allow_ops=tuple(args.allow_ops), limits=_limits(args))
     report = verify(
         args.path, formats=args.formats, options=options, in_process=args.in_process, trust=args.trust,
@@ -505,6 +510,40 @@ def _verify(args) -> int:
             _say(f"kerasio: verification failed for {bad}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _gate_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gate", action="append", dest="gates", default=[], metavar="METRIC=VALUE",
+                   help="a quantized artifact's gate instead of the default: top1_agreement=0.995, "
+                        "accuracy_drop=0.005, snr_db=35, cosine=0.999 or kl=0.01 (repeatable)")
+
+
+def _gates(given: list[str]) -> dict[str, float] | None:
+    found = {}
+    for text in given:
+        metric, _, value = text.partition("=")
+        try:
+            found[metric.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"--gate takes METRIC=VALUE, e.g. top1_agreement=0.995; received: {text!r}") from None
+    return found or None
+
+
+def _labels(path: str | None):
+    """``--labels FILE``: class indices from an .npy, or a table's ``label`` column (or its only one)."""
+    if path is None:
+        return None
+    import numpy as np
+
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    table = read_input_file(path)
+    columns = list(getattr(table, "columns", []))
+    column = "label" if "label" in columns else columns[0] if len(columns) == 1 else None
+    if column is None:
+        raise InputError(f"{path}: --labels reads an .npy, or a table with a 'label' column or one column; this one "
+                         f"has {columns[:8]}. Received: {path}")
+    return table[column].to_numpy()
 
 
 def _input_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -537,8 +576,10 @@ def _export(args) -> int:
     import_keras_quietly()  # the model is built here: TensorFlow's start-up chatter is not the user's business
     for module in args.imports:  # custom classes register themselves on import, before the audit reads the config
         importlib.import_module(module)
-    info = BundleInfo(task=args.task, class_names=_names(args.class_names), feature_names=_names(args.feature_names))
-    checks = False if args.no_verify else VerifyOptions(rtol=args.rtol, atol=args.atol, imports=tuple(args.imports))
+    info = BundleInfo(task=args.task, class_names=_names(args.class_names), feature_names=_names(args.feature_names),
+                      labels=_labels(args.labels))
+    checks = False if args.no_verify else VerifyOptions(rtol=args.rtol, atol=args.atol, imports=tuple(args.imports),
+                                                        gates=_gates(args.gates))
     inputs = read_input_file(args.inputs) if args.inputs else _synthetic(args)
     quiet = args.json or args.quiet
     try:
@@ -561,6 +602,9 @@ def _export(args) -> int:
                 _out(report.table())
         checked = f"; {sum(c.passed for c in report.checks)} of {len(report.checks)} checks passed" if report else ""
         _say(f"published {result.bundle}: {len(result.manifest.artifacts)} artifacts{checked}")
+    if report is not None and not report.ok:  # published because named, but below its gates: never silently
+        _say(f"kerasio: published below its gates: {report.failure_text()}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

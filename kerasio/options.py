@@ -20,6 +20,7 @@ from kerasio.errors import InputError
 from kerasio.formats import REGISTRY
 from kerasio.spec.divergence import METHODS as EXPLAIN_METHODS
 from kerasio.spec.limits import Limits
+from kerasio.spec.quantization import gates_for
 from kerasio.spec.synth import SyntheticInputs
 from kerasio.spec.tolerances import check_statistic
 
@@ -46,6 +47,8 @@ class BundleInfo:
         training: how the model was trained (a dict of JSON values).
         attachments: extra files, by plain file name: bytes, or a callable returning bytes (or ``None`` to
             skip), called once the artifacts are written; hashed and listed in the manifest.
+        labels: the true class index of each reference row (a classifier's), stored hashed as
+            ``reference_labels.npz``: a quantized artifact's gates then measure the accuracy it loses.
     """
 
     task: str = "auto"
@@ -56,6 +59,7 @@ class BundleInfo:
     metrics: Mapping[str, float] | None = None
     training: Mapping[str, Any] | None = None
     attachments: Mapping[str, bytes | Callable[[], bytes | None]] | None = None
+    labels: Sequence[int] | Any = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class VerifyOptions:
             ``intermediates`` or ``bisect`` (export prefix sub-models of the original and compare them).
         calibrate: also measure each artifact's own numerical noise on the device (the same input twice, and the
             input moved by one ulp) and flag a tolerance row looser than 1000x that noise or tighter than it.
+        gates: a quantized artifact's gates, ``{metric: threshold}`` replacing or adding to the defaults of
+            :data:`kerasio.spec.quantization.GATES` (``{"top1_agreement": 0.995, "accuracy_drop": 0.005}``).
         repro_dir: where a failing check writes its reproduction kit (the failing inputs, both sides' outputs, the
             artifact and a script that runs the comparison without kerasio); default: ``<bundle>/repro`` when
             the report is recorded there, else none.
@@ -101,6 +107,7 @@ class VerifyOptions:
     explain: bool | None = None
     explain_method: str = "auto"
     calibrate: bool = False
+    gates: Mapping[str, float] | None = None
     repro_dir: str | Path | None = None
     imports: Sequence[str] = ()
     allow_ops: Sequence[str] = ()
@@ -118,6 +125,7 @@ class VerifyOptions:
                                           and value >= 0):
                 raise InputError(f"{name} must be a number >= 0; pass e.g. {name}=1e-5. Received: {name}={value!r}")
 
+        gates_for("classification", self.gates)  # an unknown metric is refused now, before anything runs
         if self.explain_method not in EXPLAIN_METHODS:
             raise InputError(f"explain_method must be one of {', '.join(EXPLAIN_METHODS)}; received: "
                              f"explain_method={self.explain_method!r}")

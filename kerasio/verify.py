@@ -45,6 +45,7 @@ from kerasio.process.server import answer
 from kerasio.process.session import Session
 from kerasio.repro import write_kit
 from kerasio.spec.limits import Limits
+from kerasio.spec.quantization import figures, gates_for, judge, value_text
 from kerasio.spec.tolerances import compare_cases, judge_noise, tolerance_for
 
 __all__ = ["verify", "verify_staged", "VerifyReport", "Check", "VERIFICATION_FILE", "importable_custom_modules",
@@ -86,6 +87,7 @@ class Check:
     repro: str = ""  # the reproduction kit's directory (kerasio.repro), for a failing check
     calibration: dict[str, Any] | None = None  # verify --calibrate: per output, the noise and whether the row fits
     ran_at: str = ""  # the precision the runtime itself reports (OpenVINO's inference precision hint, applied)
+    quantization: dict[str, Any] | None = None  # a quantized artifact: scheme, distortion, decisions, gates
 
     @property
     def status(self) -> str:
@@ -136,6 +138,7 @@ class VerifyReport:
         notes += [f"  {c.format}: {c.error}" for c in self.checks if c.error]
         notes += [f"  {c.format}: output {o['name']!r}: {_output_text(o)}" for c in self.checks for o in c.outputs
                   if not o["passed"]]
+        notes += [line for c in self.checks if c.quantization for line in _quantization_text(c)]
         notes += [f"  {c.format}: {c.explanation['summary']}" for c in self.checks if c.explanation]
         notes += [_calibration_text(c.format, name, n) for c in self.checks for name, n in (c.calibration or {}).items()]
         notes += [f"  {c.format}: reproduction kit {c.repro} (python {c.repro}/reproduce.py runs it without kerasio)"
@@ -170,8 +173,18 @@ class VerifyReport:
                 + table(["Format", "Artifact", "Backend", "Device", "Max abs diff", "Max rel diff", "Max ULP",
                          "Argmax agree", "atol/rtol", "Would pass at", "Shapes", "Result"], rows, status_column=11)
                 + "<h5>Error statistics, per output, over every shape checked</h5>"
-                + table(list(_STAT_HEAD), self._stat_rows())
+                + table(list(_STAT_HEAD), self._stat_rows()) + self._gates_html()
                 + (f'<ul class="note">{notes}</ul>' if notes else "") + "</div>")
+
+    def _gates_html(self) -> str:
+        """The quantized checks' gates, one row each: metric, value, rule, PASS/FAIL (none: '')."""
+        rows = [[c.format, g["metric"], value_text(g["metric"], g["value"]), g["rule"],
+                 "-" if g["passed"] is None else "PASS" if g["passed"] else "FAIL"]
+                for c in self.checks if c.quantization for g in c.quantization["gates"]]
+        if not rows:
+            return ""
+        return "<h5>Quantized artifacts against the float model: gates</h5>" + \
+            table(["Format", "Gate", "Value", "Rule", "Result"], rows, status_column=4)
 
     def _stat_rows(self) -> list[list[Any]]:
         """One row per check and float output: the error statistics a reviewer reads a verdict from."""
@@ -270,6 +283,10 @@ def _output_text(o: dict[str, Any]) -> str:
 def _failure_text(c: Check) -> str:
     if c.error:
         return f"{c.artifact} ({c.format}): {c.error}"
+    if c.quantization and all(o["passed"] for o in c.outputs):
+        failed = [g for g in c.quantization["gates"] if g["passed"] is False]
+        return (f"{c.artifact} ({c.format}, {c.backend}, {c.device}): quantized below its gates: " + "; ".join(
+            f"{g['metric']} {value_text(g['metric'], g['value'])} ({g['rule']})" for g in failed))
     bad = [o for o in c.outputs if not o["passed"]]
     where = ", ".join(f"output {o['name']!r} {_output_text(o)}" for o in bad)
     return (f"{c.artifact} ({c.format}, {c.backend}, {c.device}): {where}; tolerance atol {_sci(c.atol)}, "
@@ -318,7 +335,33 @@ def _needs_text(c: Check) -> str:
 
 
 def _tolerance_text(c: Check) -> str:
+    if c.tolerance_source == "gates":
+        return "gates"
     return "exact" if c.atol == 0 and c.rtol == 0 else f"{_short(c.atol)}/{_short(c.rtol)}"
+
+
+def _quantization_text(c: Check) -> list[str]:
+    """A quantized check in a few lines: its scheme, each gate with its value, the distortion and the decisions."""
+    q = c.quantization or {}
+    lines = [f"  {c.format} ({q.get('scheme')}): gates "
+             + "; ".join(f"{g['metric']} {value_text(g['metric'], g['value'])} ({g['rule']}: "
+                         f"{'not applied: no labels' if g['passed'] is None else 'PASS' if g['passed'] else 'FAIL'})"
+                         for g in q.get("gates", []))]
+    for name, o in (q.get("outputs") or {}).items():
+        kl = f", KL {o['kl']:.2e}" if "kl" in o else ""
+        lines.append(f"  {c.format} {name!r}: MSE {o['mse']:.2e}, SNR {o['snr_db']:.1f} dB, cosine {o['cosine']:.5f}"
+                     + kl)
+    d = q.get("decisions")
+    if d:
+        changes = next((f", top-{k[3:-12]} set changed on {v}" for k, v in d.items() if k.endswith("_set_changes")), "")
+        where = "none" if not d["flips"] else ("only near ties" if d["flips_near_ties_only"] else "not only near ties")
+        largest = "" if d["largest_flipped_margin"] is None else f", largest flipped {d['largest_flipped_margin']:.3f}"
+        lines.append(f"  {c.format} decisions: {d['flips']} of {d['rows']} rows flip ({where}: float top-2 margin "
+                     f"<= {d['near_tie']:g}{largest}){changes}"
+                     + (f"; accuracy {d['accuracy']:.4f} against the float model's {d['float_accuracy']:.4f}"
+                        if "accuracy" in d else ""))
+    return lines
+
 
 
 def _argmax_text(c: Check) -> str:
@@ -411,19 +454,21 @@ def verify_staged(stage: Path, manifest: Manifest, options: VerifyOptions, *, sh
 
 
 Sweep = list[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]
-References = tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], Sweep]
+References = tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], Sweep, "np.ndarray | None"]
 
 
 def _references(bundle: Path, manifest: Manifest) -> References:
-    """The reference inputs, outputs, 1-row outputs and sweep, each array's header checked before it is read."""
+    """The reference inputs, outputs, 1-row outputs, sweep and labels, each array's header checked before it is
+    read."""
     x_ref, y_ref = manifest.reference_arrays(bundle)
-    return x_ref, y_ref, manifest.reference_one_row(bundle), manifest.reference_sweep(bundle)
+    return (x_ref, y_ref, manifest.reference_one_row(bundle), manifest.reference_sweep(bundle),
+            manifest.reference_labels(bundle))
 
 
 def _verify(bundle: Path, manifest: Manifest, references: References, formats: str | Sequence[str] | None,
             options: VerifyOptions, *, trust: bool, session: Session | None, staged: bool,
             progress: Callable[[str], None] | None, shown: Path | None = None) -> VerifyReport:
-    x_ref, y_ref, y_one, sweep = references
+    x_ref, y_ref, y_one, sweep, labels = references
     wanted = None
     if formats:
         wanted = [formats] if isinstance(formats, str) else list(formats)
@@ -543,11 +588,13 @@ def _verify(bundle: Path, manifest: Manifest, references: References, formats: s
                     worker = pending.worker
                     report.sandbox.setdefault(child_backend, worker.sandbox_status)
                     results = pending.result()
-                judged = _judge(manifest, art, results, (y_ref, y_one, sweep), start, options)
-                for c, actual in judged:
-                    if options.explain or (options.explain is None and not staged and _fails_on_values(c)):
+                judged = _judge(manifest, art, results, (y_ref, y_one, sweep, labels), start, options)
+                for c, actual in judged:  # a quantized check fails on its gates, not on elementwise values
+                    if not c.quantization and (options.explain or (options.explain is None and not staged
+                                                                   and _fails_on_values(c))):
                         c.explanation = explain(c, art, path)
-                    if options.repro_dir is not None and not staged and (_fails_on_values(c) or c.rejected_shapes):
+                    if options.repro_dir is not None and not staged and not c.quantization and \
+                            (_fails_on_values(c) or c.rejected_shapes):
                         kit(c, art, path, actual)
                     report.checks.append(c)
                     _tell(progress, c)
@@ -562,14 +609,17 @@ def _verify(bundle: Path, manifest: Manifest, references: References, formats: s
 
 
 def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult],
-           expected: tuple[dict[str, np.ndarray], dict[str, np.ndarray], Sweep], start: float,
+           expected: tuple[dict[str, np.ndarray], dict[str, np.ndarray], Sweep, np.ndarray | None], start: float,
            options: VerifyOptions) -> list[tuple[Check, dict[str, dict[str, np.ndarray]]]]:
     """Each device's outputs against the reference at every shape checked, output by output, under its row.
 
+    A quantized artifact's statistics are reported the same way, but its verdict is its gates
+    (:mod:`kerasio.spec.quantization`): NaN, infinities or another shape still fail it.
     Returns each device's check with the artifact's outputs at each shape it ran (by shape name), for the kit.
     """
     iospec = manifest.iospec
-    reference, reference_one, sweep = expected
+    reference, reference_one, sweep, labels = expected
+    quantized = get_format(art.format).quantized
     rtol, atol = options.rtol, options.atol
     checks = []
     outputs: dict[str, dict[str, np.ndarray]] = {}
@@ -594,9 +644,9 @@ def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult],
             cases = [("reference batch", reference[s.name], full[s.name])]
             cases += [("batch 1", reference_one[s.name], one[s.name])] if one else []
             cases += [(sweep[i][0], sweep[i][2][s.name], swept[f"{i}/{s.name}"]) for i in ran]
-            per_output.append(compare_cases(
-                s.name, cases, atol=row.atol if atol is None else float(atol),
-                rtol=row.rtol if rtol is None else float(rtol), probabilities=s.probabilities,
+            per_output.append(compare_cases(  # a quantized output's error is by design: only its gates judge it
+                s.name, cases, atol=float("inf") if quantized else row.atol if atol is None else float(atol),
+                rtol=row.rtol if rtol is None else float(rtol), probabilities=s.probabilities and not quantized,
                 statistic=options.statistic_for(s.name) or row.statistic))
         tol = rows_used[0] if rows_used else tolerance_for(art.format, res.backend, res.device, iospec.compute)
         use_atol = tol.atol if atol is None else float(atol)
@@ -622,6 +672,15 @@ def _judge(manifest: Manifest, art: Artifact, results: list[CheckResult],
         if rejected:
             check.error = "refused input shapes the original model accepts: " + "; ".join(
                 f"{name} ({text})" for name, text in rejected.items())
+        if quantized:
+            measured = figures(reference, full, probabilities=[s.name for s in iospec.outputs if s.probabilities],
+                               decision=manifest.task.output if manifest.task.is_classification else None,
+                               labels=labels)
+            gated = judge(measured, gates_for(manifest.task.kind, options.gates))
+            check.quantization = {"scheme": quantized, **measured, "gates": gated, "labels": labels is not None}
+            check.passed = check.passed and all(g["passed"] is not False for g in gated)
+            check.atol, check.tolerance_source = None, "gates"
+            check.tolerance_reason = "a quantized artifact is judged by its gates against the float model"
         if res.noise:  # --calibrate: does each output's row fit the noise measured on this device?
             check.calibration = {}
             for name, n in res.noise.items():

@@ -38,7 +38,9 @@ SUPPORTED_SCHEMAS = (1, 2)
 # ``<i>/<tensor name>`` for the manifest's ``reference.sweep[i]``; bundles before 0.4 have neither.
 REFERENCE_FILES = {"inputs": "reference_inputs.npz", "outputs": "reference_outputs.npz",
                    "outputs_1row": "reference_outputs_1row.npz", "sweep_inputs": "reference_sweep_inputs.npz",
-                   "sweep_outputs": "reference_sweep_outputs.npz"}
+                   "sweep_outputs": "reference_sweep_outputs.npz", "labels": "reference_labels.npz"}
+# Written only when the caller knows the reference rows' labels (BundleInfo.labels): the quantized gates use them.
+OPTIONAL_REFERENCE_FILES = ("labels",)
 
 
 SIGNATURE_NAME = "kerasio.json.sig"

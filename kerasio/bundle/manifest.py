@@ -302,6 +302,18 @@ class Manifest(NamedColumns):
         refused = "; ".join(f"{k}: {v}" for k, v in self.sweep_refused().items())
         return text + (f" (left out, {refused})" if refused else "")
 
+    def reference_labels(self, bundle: Path) -> np.ndarray | None:
+        """The reference rows' class indices, hash checked, when the bundle records them (else None)."""
+        if "labels" not in self.reference:
+            return None
+        data, path = self._reference_bytes(bundle, "labels")
+        labels = load_arrays(path, ["labels"], data=data)["labels"]
+        rows = self.reference.get("rows")
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or (rows is not None and len(labels) != rows):
+            raise ArtifactError(f"{Path(bundle) / path.name}: the reference labels are not one class index per "
+                                f"reference row; re-export the bundle. Received: shape {labels.shape}, {labels.dtype}")
+        return labels
+
     def reference_files(self) -> dict[str, dict[str, Any]]:
         """The reference's file entries (path, size, sha256) by key, without its other records (sweep, synthetic)."""
         return {k: e for k, e in self.reference.items() if isinstance(e, dict) and "path" in e}

@@ -173,6 +173,7 @@ _SWEEP_SHAPE = _object({"name": STR, "shapes": _map_of(_list_of(_dim, MAX_RANK),
 _SYNTHETIC = _object({"seed": INT, "rows": INT, "length": INT, "inputs": _map_of(STR, MAX_SPECS), "one_class": STR})
 _REFERENCE = _object({"rows": INT, "inputs": _ENTRY, "outputs": _ENTRY, "outputs_1row": _ENTRY,
                       "sweep_inputs": _ENTRY, "sweep_outputs": _ENTRY, "sweep": _list_of(_SWEEP_SHAPE, 64),
+                      "labels": _ENTRY,
                       "synthetic": _SYNTHETIC},
                      required=("inputs", "outputs", "outputs_1row"))
 FIELDS: dict[str, Check] = {

@@ -139,6 +139,9 @@ class Format:
             consulted before the table's.
         save_backend: the Keras backend the artifact must be written under (``None``: any). Export writes it in
             a worker of that backend, from the model's ``.keras`` file, when the model lives on another.
+        quantized: the quantization scheme of a quantized variant (``""`` for a full-precision format): its
+            artifact is judged by the gates of :mod:`kerasio.spec.quantization`, not by tolerances, and it is
+            written only when named (``"all"`` means every full-precision format).
         repro_code: Python source defining ``run(path, inputs) -> {output name: array}`` with this format's
             runtime alone (no kerasio): the heart of a failing check's reproduction script (:mod:`kerasio.repro`),
             which defines ``INPUT_NAMES``, ``INPUT_KEYS``, ``INPUT_STRUCTURE``, ``OUTPUT_NAMES`` and ``DEVICE``.
@@ -155,6 +158,7 @@ class Format:
     options: dict[str, str] = {}
     save_backend: str | None = None
     tolerances: tuple[Tolerance, ...] = ()
+    quantized: str = ""
     repro_code: str = """
 def run(path, inputs):
     raise SystemExit("this format has no reproduction script: load the artifact with its runtime by hand")
@@ -246,13 +250,13 @@ def get_format(name: str) -> Format:
 
 
 def resolve_formats(formats: str | Sequence[str] | None) -> list[Format]:
-    """``None`` -> the defaults; ``"all"`` -> every format; else names (comma-separated or a list)."""
+    """``None`` -> the defaults; ``"all"`` -> every full-precision format; else names (comma-separated or a list)."""
     if formats is None:
         return [f for f in REGISTRY.values() if f.default]
     if isinstance(formats, str):
         formats = [s.strip() for s in formats.split(",") if s.strip()]
     if list(formats) == ["all"]:
-        return list(REGISTRY.values())
+        return [f for f in REGISTRY.values() if not f.quantized]
     out: list[Format] = []
     for name in formats:
         fmt = get_format(name)

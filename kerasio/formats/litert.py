@@ -82,13 +82,18 @@ def run(path, inputs):
                 try:
                     converter = tf.lite.TFLiteConverter.from_saved_model(str(source),
                                                                          signature_keys=["serving_default"])
+                    made = self.configure(converter, ctx)
                     data = converter.convert()
                 except Exception as exc:  # the converter's own error, and what its MLIR passes printed
                     said = log.read_text(errors="replace") if log.is_file() else ""
                     raise ValueError(f"LiteRT converter: {first_error_line(str(exc) or said)}\n{exc}\n{said}") \
                         from None
         dest.write_bytes(data)
-        return {"converted_from": converted_from}
+        return {"converted_from": converted_from, **made}
+
+    def configure(self, converter: Any, ctx: ExportContext) -> dict[str, Any]:
+        """Set the converter's options before it converts (a quantized variant's); return facts for ``info``."""
+        return {}
 
     def available_devices(self, backend: str) -> list[str]:
         return ["cpu"]  # the Python interpreter runs on the CPU (XNNPACK); GPU delegates are mobile-only

@@ -220,7 +220,7 @@ def run_pipeline(
         try:
             info = BundleInfo(
                 feature_names=dataset.feature_names, class_names=dataset.class_names, label=dataset.label,
-                trace=trace.records, metrics=metrics, attachments=attachments,
+                trace=trace.records, metrics=metrics, attachments=attachments, labels=split.y_test,
                 training={"config": cfg.to_dict(), "distribution": dist.record(batch_size),
                           "data": {"source": dataset.source, "sha256": dataset.sha256, "label": dataset.label,
                                    "rows": len(dataset), **({"streaming": True, "split": "hash"} if streamed else {})}})
