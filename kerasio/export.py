@@ -24,6 +24,7 @@ import numpy as np
 from kerasio.backends.base import available_devices, device_name, keras_forward, outputs_from_run, precision_policy
 from kerasio.backends.environment import cpu_features, default_backend, keras_backend, quiet_framework_logs
 from kerasio.bundle.arrays import save_arrays
+from kerasio.bundle.audit.keras import variables_bytes
 from kerasio.bundle.audit.packages import is_keras_module, named_packages
 from kerasio.bundle.fsutil import (
     bundle_lock,
@@ -182,6 +183,7 @@ def export(
             model, shown, digest = load_model_file(model, trust=trust, stack=workers)
             source = {"file": str(shown), "sha256": digest}
         custom = _custom_objects(model)
+        weights_bytes = variables_bytes(list(getattr(model, "weights", [])))
         # Checks go to a fresh worker as each artifact is written (a __main__ class cannot: verify says why).
         early = checks if checks is not None and not checks.in_process and not any(
             c.get("module") == "__main__" for c in custom) else None
@@ -240,11 +242,12 @@ def export(
                 pending = []
                 written: dict[str, Path] = {}  # what a later format may start from (LiteRT from the SavedModel)
                 for fmt in chosen:
-                    rel = fmt.relpath(bundle)
+                    ctx = ExportContext(iospec=iospec, task=resolved, reference_inputs=x_ref,
+                                        options=options.get(fmt.name, {}), written=written,
+                                        weights_bytes=weights_bytes)
+                    rel = fmt.relpath(bundle, ctx)
                     dest = stage / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    ctx = ExportContext(iospec=iospec, task=resolved, reference_inputs=x_ref,
-                                        options=options.get(fmt.name, {}), written=written)
                     start = time.perf_counter()
                     try:
                         info_written = _save(fmt, model, dest, ctx, bundle, rel, session)

@@ -54,10 +54,14 @@ class OnnxQuantizedFormat(OnnxFormat):
 
     default = False
 
+    def relpath(self, bundle: Path, ctx: ExportContext | None = None) -> str:
+        return self.filename  # int8 weights are a quarter of the float ones: one file, whatever the model
+
     def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         require("onnxruntime.quantization", "quantizing ONNX")
         with tempfile.TemporaryDirectory(prefix=".onnx-quant-", dir=dest.parent) as tmp:
             source = ctx.written.get("onnx")
+            source = source / "model.onnx" if source is not None and source.is_dir() else source
             quantized_from = "onnx"
             if source is None:
                 source, quantized_from = Path(tmp) / "float.onnx", "its own float ONNX"

@@ -38,6 +38,7 @@ class ExportContext:
     # What this export has written so far, by format name: a format converted from another's artifact (LiteRT
     # from the SavedModel) starts from it instead of writing its own.
     written: Mapping[str, Path] = field(default_factory=dict)
+    weights_bytes: int = 0  # the model's parameter bytes (ONNX writes external data above its threshold)
 
 
 class Runner:
@@ -164,8 +165,9 @@ def run(path, inputs):
     raise SystemExit("this format has no reproduction script: load the artifact with its runtime by hand")
 """
 
-    def relpath(self, bundle: Path) -> str:
-        """Where the next export of this format goes inside ``bundle`` (POSIX, relative)."""
+    def relpath(self, bundle: Path, ctx: ExportContext | None = None) -> str:
+        """Where the next export of this format goes inside ``bundle`` (POSIX, relative); ``ctx`` is the export's
+        context, for a format whose layout depends on the model (an ONNX graph with external data)."""
         return self.filename
 
     def supports(self, iospec: IOSpec) -> str | None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -18,6 +20,8 @@ from kerasio.spec.divergence import LayerOutput, read_layers
 from kerasio.spec.iospec import IOSpec, TensorSpec
 
 OPSET = 17
+DIRECTORY, GRAPH, DATA = "onnx", "model.onnx", "model.onnx.data"  # a graph whose weights are kept beside it
+EXTERNAL_ABOVE = 1_500_000_000  # bytes of weights above which they go to DATA: protobuf stops at 2 GiB
 _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
                 "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
                 "tensor(bool)": "bool", "tensor(string)": "string"}
@@ -28,14 +32,17 @@ class OnnxFormat(Format):
     filename = "model.onnx"
     runtime = "onnxruntime"
     suffixes = (".onnx",)
-    description = "ONNX graph (tf2onnx), verified in onnxruntime"
+    description = "ONNX graph (tf2onnx), verified in onnxruntime; weights over 1.5 GB as hashed external data"
+    options = {"external_data_above": "write the weights beside the graph (onnx/model.onnx + model.onnx.data, both "
+                                      "hashed) when the model holds more than this many bytes (default 1.5e9)"}
     repro_code = """
 import onnxruntime as ort
 
 
 def run(path, inputs):
     provider = "CUDAExecutionProvider" if DEVICE == "gpu" else "CPUExecutionProvider"
-    session = ort.InferenceSession(path, providers=[provider])
+    graph = Path(path, "model.onnx") if Path(path).is_dir() else Path(path)  # weights beside it: a directory
+    session = ort.InferenceSession(str(graph), providers=[provider])
     return dict(zip(OUTPUT_NAMES, session.run(OUTPUT_NAMES, {name: inputs[name] for name in INPUT_NAMES})))
 """
 
@@ -44,6 +51,11 @@ def run(path, inputs):
             return ("tf2onnx cannot convert TensorFlow's string and lookup-table ops (StringSplitV2, "
                     "StaticRegexReplace, LookupTableFindV2) that text preprocessing uses")
         return None
+
+    def relpath(self, bundle: Path, ctx: ExportContext | None = None) -> str:
+        """``model.onnx``; ``onnx/`` (the graph and its external data) for a model over ``external_data_above``."""
+        above = float((ctx.options if ctx else {}).get("external_data_above", EXTERNAL_ABOVE))
+        return DIRECTORY if ctx is not None and ctx.weights_bytes > above else self.filename
 
     def save(self, model: Any, dest: Path, ctx: ExportContext) -> dict[str, Any]:
         """Freeze the forward pass as tf2onnx's own ``from_function`` does, convert it, name the graph's I/O.
@@ -65,24 +77,35 @@ def run(path, inputs):
 
         iospec = ctx.iospec
         function = endpoint(forward_function(model, iospec), iospec)
+        external = dest.name == DIRECTORY
         with _converter_errors() as said:
-            try:
-                graph_model, renames = _frozen_route(function, iospec)
-                route = "frozen"
-            except Exception as first:  # the converter's own error types; its route is the fallback
+            if external:  # a frozen graph over 2 GiB cannot be serialized: tf2onnx keeps the weights aside
+                graph_model, renames = _large_route(function, iospec)
+                route = "tf2onnx.from_function(large_model)"
+            else:
                 try:
-                    graph_model, renames = _library_route(function, iospec)
-                except Exception:
-                    raise first from None
-                route = "tf2onnx.from_function"
+                    graph_model, renames = _frozen_route(function, iospec)
+                    route = "frozen"
+                except Exception as first:  # the converter's own error types; its route is the fallback
+                    try:
+                        graph_model, renames = _library_route(function, iospec)
+                    except Exception:
+                        raise first from None
+                    route = "tf2onnx.from_function"
         _rename_io(graph_model.graph, renames)
         unsupported = [line for line in said if line.startswith("Unsupported ops")]
         if unsupported:  # tf2onnx keeps going past ops it cannot convert; the graph it writes is then invalid
             raise ValueError(f"tf2onnx: {unsupported[0]} (Keras's own model.export(format='onnx') calls the same "
                              "converter)\n" + "\n".join(said))
-        onnx.checker.check_model(graph_model)
-        onnx.save(graph_model, str(dest))
-        return {"opset": OPSET, "route": route}
+        if not external:
+            onnx.checker.check_model(graph_model)
+            onnx.save(graph_model, str(dest))
+            return {"opset": OPSET, "route": route}
+        dest.mkdir()
+        onnx.save_model(graph_model, str(dest / GRAPH), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=DATA, size_threshold=1024)
+        onnx.checker.check_model(str(dest / GRAPH))  # by path: the checker reads the external data itself
+        return {"opset": OPSET, "route": route, "external_data": DATA}
 
     def available_devices(self, backend: str) -> list[str]:
         ort = require("onnxruntime", "running ONNX")
@@ -93,10 +116,11 @@ def run(path, inputs):
         ort = require("onnxruntime", "running ONNX")
         require("onnx", "reading ONNX")
 
-        audit_onnx(path)  # external data, custom ops, recursion and sizes, before onnxruntime sees the file
+        graph = _graph(path)
+        audit_onnx(graph, external=graph != path)  # external data, custom ops, recursion and sizes, first
         providers = ["CUDAExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
         try:
-            session = ort.InferenceSession(str(path), providers=providers)
+            session = ort.InferenceSession(str(graph), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ArtifactError(f"{path}: onnxruntime could not load it; re-export it. "
                                 f"Received: {str(exc)[:300]}") from None
@@ -128,8 +152,9 @@ def run(path, inputs):
         """
         onnx = require("onnx", "reading ONNX")
         ort = require("onnxruntime", "running ONNX")
-        graph_model = onnx.load(str(runner.path))
-        graph = graph_model.graph
+        source = _graph(runner.path)
+        graph_model = onnx.load(str(source), load_external_data=False)  # a private copy; the weights stay where
+        graph = graph_model.graph                                          # they are
         produced = {(node.name if len(node.output) == 1 else f"{node.name}:{i}"): out
                     for node in graph.node for i, out in enumerate(node.output) if out}
         typed = {v.name: v for v in onnx.shape_inference.infer_shapes(graph_model).graph.value_info}
@@ -140,7 +165,15 @@ def run(path, inputs):
             known = {o.name for o in graph.output}
             graph.output.extend(typed[t] for t in tensors if t not in known)
             providers = ["CUDAExecutionProvider"] if runner.device == "gpu" else ["CPUExecutionProvider"]
-            session = ort.InferenceSession(graph_model.SerializeToString(), providers=providers)
+            if source == runner.path:
+                session = ort.InferenceSession(graph_model.SerializeToString(), providers=providers)
+            else:  # the copy beside links to the artifact's external data, in this process's own directory
+                private = Path(tempfile.mkdtemp(prefix="kerasio-explain-onnx-"))
+                for part in runner.path.iterdir():
+                    if part.name != GRAPH:
+                        os.symlink(part.resolve(), private / part.name)
+                onnx.save(graph_model, str(private / GRAPH))
+                session = ort.InferenceSession(str(private / GRAPH), providers=providers)
             feeds = {i.name: np.asarray(inputs[i.name]) for i in session.get_inputs()}
             values = dict(zip(tensors, session.run(tensors, feeds)))
             return {n: values[produced[n]] for n in names if produced[n] in values}
@@ -149,12 +182,16 @@ def run(path, inputs):
 
     def precheck(self, path: Path) -> None:
         require("onnx", "reading ONNX")
-        audit_onnx(path)  # the onnx package only: a protobuf read within its own recursion and size limits
+        graph = _graph(path)
+        audit_onnx(graph, external=graph != path)  # the onnx package only: a bounded protobuf read
 
     def describe(self, path: Path) -> dict[str, Any]:
         onnx = require("onnx", "reading ONNX")
-        graph = onnx.load(str(path), load_external_data=False).graph
+        graph = onnx.load(str(_graph(path)), load_external_data=False).graph
         return {"inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output]}
+
+    def matches(self, path: Path) -> bool:
+        return (path.is_file() and path.suffix == ".onnx") or (path.is_dir() and (path / GRAPH).is_file())
 
 
 @contextlib.contextmanager
@@ -191,6 +228,48 @@ def _frozen_route(function: Any, iospec: IOSpec) -> tuple[Any, dict[str, str]]:
     # A dict's outputs flatten in sorted-key order (tf.nest), which is the order of frozen.outputs.
     renames.update({t.name: name for t, name in zip(frozen.outputs, sorted(iospec.output_names))})
     return graph_model, renames
+
+
+def _graph(path: Path) -> Path:
+    """The graph file of an ONNX artifact: the file itself, or a directory's ``model.onnx``."""
+    return path / GRAPH if path.is_dir() else path
+
+
+@contextlib.contextmanager
+def _numpy1_names() -> Iterator[None]:
+    """tf2onnx's large-model path still calls ``np.product``, which NumPy 2 removed: lend it while it converts."""
+    added = not hasattr(np, "product")
+    if added:
+        np.product = np.prod  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if added:
+            del np.product  # type: ignore[attr-defined]
+
+
+def _large_route(function: Any, iospec: IOSpec) -> tuple[Any, dict[str, str]]:
+    """``tf2onnx.convert.from_function(large_model=True)``: the weights kept outside the proto while it converts,
+    then put back into the model's initializers (``onnx.save_model`` writes them to the external data file)."""
+    import onnx
+    import tf2onnx
+
+    with _numpy1_names():
+        graph_model, storage = tf2onnx.convert.from_function(function, input_signature=tf_input_specs(iospec),
+                                                             opset=OPSET, large_model=True)
+    names = [i.name for i in graph_model.graph.input]
+    if sorted(names) != sorted(tf_input_names(iospec)):
+        raise ValueError(f"tf2onnx.from_function left captured values as graph inputs: {names}")
+    held = storage.name_to_tensor_data if storage is not None else {}
+    tensors = list(graph_model.graph.initializer) + [a.t for n in graph_model.graph.node for a in n.attribute
+                                                    if a.HasField("t")]
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next(e.value for e in tensor.external_data if e.key == "location")
+            tensor.raw_data = held[location]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    return graph_model, dict(zip(tf_input_names(iospec), iospec.input_names))
 
 
 def _library_route(function: Any, iospec: IOSpec) -> tuple[Any, dict[str, str]]:

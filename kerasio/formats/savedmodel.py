@@ -64,7 +64,7 @@ def run(path, inputs):
     return {name: out[name].numpy() for name in OUTPUT_NAMES}
 """
 
-    def relpath(self, bundle: Path) -> str:
+    def relpath(self, bundle: Path, ctx: ExportContext | None = None) -> str:
         return f"{SERVING_DIR}/{next_version(bundle)}"
 
     def worker_backend(self, requested: str) -> str:

@@ -2,7 +2,12 @@
 
 * No tensor anywhere (initializers, sparse initializers, ``Constant`` values
   and other attributes, ``If``/``Loop``/``Scan`` bodies, local functions) may
-  read external data: no hash covers it, and kerasio never writes one.
+  read external data, except an initializer of a graph kerasio wrote with its
+  weights beside it (an ``onnx/`` directory artifact, which a hash covers whole,
+  and of which a checked copy holds only the files the manifest lists): there,
+  its location must be a plain file name in that directory, a regular file (no
+  link), and its ``offset`` and ``length`` must lie inside the file and hold
+  exactly the bytes the tensor's shape declares.
 * Every node's op must be a standard one (domains ``ai.onnx`` and
   ``ai.onnx.ml``, known to the ``onnx`` package's schemas) or a function the
   model defines; custom domains, which load native kernels, are refused.
@@ -48,8 +53,11 @@ def read_onnx(path: Path) -> Any:
                             f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
-def audit_onnx(path: Path) -> Any:
-    """Refuse what the rules above forbid; return the parsed model.
+def audit_onnx(path: Path, *, external: bool = False) -> Any:
+    """Refuse what the rules above forbid; return the parsed model (its external data not read).
+
+    ``external``: the graph is the ``model.onnx`` of a directory artifact, whose initializers may keep their
+    bytes in files beside it (checked as above); anywhere else, external data is refused.
 
     Raises:
         UnsafeArtifactError: naming the node, tensor or function and why.
@@ -75,8 +83,9 @@ def audit_onnx(path: Path) -> Any:
                 f"{path}: the model has more than {MAX_NODES:,} nodes or {MAX_INITIALIZERS:,} initializers; "
                 f"onnxruntime would take very long to build it. Refusing to load. Received: {nodes:,} nodes, "
                 f"{initializers:,} initializers")
-        for tensor in tensors:
-            _check_tensor(onnx, tensor, f"{scope}: initializer {tensor.name[:120]!r}", path)
+        for tensor in tensors:  # only the main graph's initializers may keep their bytes beside it
+            _check_tensor(onnx, tensor, f"{scope}: initializer {tensor.name[:120]!r}", path,
+                          external=external and depth == 0 and scope == "graph")
         for sparse in getattr(graph, "sparse_initializer", []):
             for part in (sparse.values, sparse.indices):
                 _external(onnx, part, f"{scope}: sparse initializer {part.name[:120]!r}", path)
@@ -103,20 +112,51 @@ def audit_onnx(path: Path) -> Any:
     return model
 
 
-def _external(onnx: Any, tensor: Any, where: str, path: Path) -> None:
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+def _external(onnx: Any, tensor: Any, where: str, path: Path, allowed: bool = False) -> int | None:
+    """None for a tensor whose bytes are in the proto; the bytes an allowed external tensor reads (checked)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    keys = {e.key: e.value for e in tensor.external_data}
+    location = keys.get("location", "?")
+    if not allowed:
         raise UnsafeArtifactError(
             f"{path}: {where} reads external data from {location[:200]!r}, which no hash covers; refusing to load. "
             f"Re-export it without external data. Received: location={location[:200]!r}")
+    target = path.parent / location
+    plain = location not in ("", ".", "..") and "/" not in location and "\\" not in location and \
+        not location.startswith(".") and location != path.name
+    if not plain or target.is_symlink() or not target.is_file():
+        raise UnsafeArtifactError(
+            f"{path}: {where} reads external data from {location[:200]!r}: a graph's external data must be a regular "
+            "file beside it in its own directory, named plainly (no path, no link); refusing to load. "
+            f"Received: location={location[:200]!r}")
+    try:
+        offset, length = int(keys.get("offset", "0")), int(keys.get("length", "-1"))
+    except ValueError:
+        offset, length = -1, -1
+    size = target.stat().st_size
+    if length < 0:
+        length = size - offset
+    if offset < 0 or length < 0 or offset + length > size:
+        raise UnsafeArtifactError(
+            f"{path}: {where} reads bytes {offset:,} to {offset + length:,} of {location!r}, a {size:,}-byte file: "
+            f"onnxruntime would read past it. Refusing to load. Received: offset={offset}, length={length}")
+    return length
 
 
-def _check_tensor(onnx: Any, tensor: Any, where: str, path: Path) -> None:
-    """No external data; a dense tensor holds the bytes its shape declares (onnxruntime would read past them)."""
-    _external(onnx, tensor, where, path)
+def _check_tensor(onnx: Any, tensor: Any, where: str, path: Path, *, external: bool = False) -> None:
+    """External data only where allowed; a tensor holds the bytes its shape declares (onnxruntime would read past
+    them, or allocate what nothing fills)."""
+    outside = _external(onnx, tensor, where, path, external)
     elements = int(np.prod(list(tensor.dims), dtype=np.float64)) if tensor.dims else 1
     itemsize = _ITEMSIZE.get(tensor.data_type, 0)
-    if tensor.raw_data:
+    if outside is not None:
+        held = outside
+        if held != elements * itemsize:
+            raise UnsafeArtifactError(
+                f"{path}: {where} reads {held:,} bytes of external data for a tensor of shape {list(tensor.dims)[:8]} "
+                f"({elements * itemsize:,.0f} bytes); refusing to load. Received: length={held}")
+    elif tensor.raw_data:
         held = len(tensor.raw_data)
     else:
         held = max((len(getattr(tensor, f)) for f in _TYPED_FIELDS), default=0) * max(itemsize, 1)
