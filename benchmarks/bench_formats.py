@@ -1,17 +1,24 @@
 """Per format, at the seed scale: export, load and verify time and file size,
-kerasio vs calling Keras (or the converter) directly.
+kerasio vs calling Keras (or the converter) directly, and each runtime's one-row
+predict latency through kerasio.
 
 kerasio's export includes hashing and the manifest; its load includes the sha256
 check and the config audit; its verify loads and compares the reference batch
 (in-process here, to time the work itself; the default fresh process adds one
-interpreter start per run). Runs are interleaved; figures are medians.
+interpreter start per run). The library's own calls: Keras's ``model.save`` and
+``model.export(format=...)`` (``torch`` in a PyTorch subprocess, as kerasio
+writes it in a PyTorch worker), the LiteRT converter with its quantization
+options, onnxruntime's ``quantize_dynamic``/``quantize_static`` on Keras's own
+ONNX, and ``model.quantize`` on a copy. Runs are interleaved; figures are medians.
 
-    python benchmarks/bench_formats.py [--rounds 5]
+    python benchmarks/bench_formats.py [--rounds 5] [--formats onnx,openvino]
 """
 import argparse
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -21,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 warnings.filterwarnings("ignore")
 
 
+import numpy as np  # noqa: E402
 from _common import median, report  # noqa: E402
 
 import kerasio  # noqa: E402
@@ -74,19 +82,81 @@ def direct(model, x, fmt, tmp: Path):
     if fmt == "pickle":
         p = tmp / "m.pkl"
         return (lambda: p.write_bytes(pickle.dumps(model)), lambda: pickle.loads(p.read_bytes())(x), p)
+    if fmt == "openvino":
+        import openvino as ov
+
+        p = tmp / "m.xml"
+        return (lambda: model.export(str(p), format="openvino", verbose=False),
+                lambda: ov.Core().compile_model(str(p), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x), p)
+    if fmt == "torch":
+        p, source = tmp / "m.pt2", tmp / "for_torch.keras"
+        model.save(source)
+        code = ("import os, sys; os.environ['KERAS_BACKEND'] = 'torch'; import keras, torch; "
+                "m = keras.saving.load_model(sys.argv[1]); m.export(sys.argv[2], format='torch', verbose=False)")
+        load = ("import sys, numpy as np, torch; p = torch.export.load(sys.argv[1]).module(); "
+                "p(torch.from_numpy(np.load(sys.argv[2])[:1]))")
+        np.save(tmp / "x.npy", x)
+        return (lambda: subprocess.run([sys.executable, "-c", code, str(source), str(p)], check=True),
+                lambda: subprocess.run([sys.executable, "-c", load, str(p), str(tmp / "x.npy")], check=True), p)
+    if fmt in ("litert-fp16", "litert-int8"):
+        from ai_edge_litert.interpreter import Interpreter
+
+        p = tmp / f"m-{fmt}.tflite"
+
+        def convert():
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if fmt == "litert-fp16":
+                converter.target_spec.supported_types = [tf.float16]
+            else:
+                converter.representative_dataset = lambda: ([row[None]] for row in x[:256])
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            p.write_bytes(converter.convert())
+        return convert, lambda: Interpreter(model_path=str(p)).get_signature_runner()(**{"features": x[:1]}), p
+    if fmt in ("onnx-int8", "onnx-int8-static"):
+        import onnxruntime as ort
+        from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_dynamic, quantize_static
+
+        source, p = tmp / "for_quant.onnx", tmp / f"m-{fmt}.onnx"
+
+        class Rows(CalibrationDataReader):
+            def __init__(self):
+                self.rows = iter([{"features": row[None]} for row in x[:256]])
+
+            def get_next(self):
+                return next(self.rows, None)
+
+        def quantize():
+            model.export(source, format="onnx", verbose=False)
+            if fmt == "onnx-int8":
+                quantize_dynamic(str(source), str(p), weight_type=QuantType.QInt8)
+            else:
+                quantize_static(str(source), str(p), Rows(), weight_type=QuantType.QInt8)
+        return quantize, lambda: ort.InferenceSession(str(p)), p
+    if fmt.startswith("keras-"):
+        p = tmp / f"m-{fmt}.keras"
+
+        def quantize():
+            copy = keras.models.clone_model(model)
+            copy.set_weights(model.get_weights())
+            copy.quantize(fmt.split("-", 1)[1])
+            copy.save(p)
+        return quantize, lambda: keras.models.load_model(p)(x), p
     raise KeyError(fmt)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--formats", default=",".join(kerasio.formats.REGISTRY))
+    parser.add_argument("--calls", type=int, default=200, help="one-row predictions timed per format")
     args = parser.parse_args()
     rows = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         result = kerasio.run_pipeline(config=kerasio.TrainConfig(epochs=2), out=tmp / "seed", verify=False, echo=None)
         model, x = result.model, result.split.x_test
-        for fmt in kerasio.formats.REGISTRY:
+        for fmt in args.formats.split(","):
             fig = {k: [] for k in ("kerasio_export", "keras_save", "kerasio_load", "keras_load", "kerasio_verify")}
             for i in range(args.rounds):
                 bundle = tmp / f"k-{fmt}-{i}"
@@ -106,7 +176,17 @@ def main() -> None:
                 fig["kerasio_verify"].append(timed(lambda: kerasio.verify(
                     bundle, formats=fmt, in_process=True, trust=True, record=False).raise_for_failure()))
             art = kerasio.read_manifest(bundle).artifact(fmt)
+            with kerasio.load(bundle, format=fmt, trust=True) as loaded:  # one row through the runtime
+                row = x[:1]
+                for _ in range(20):
+                    loaded.run(row)
+                calls = []
+                for _ in range(args.calls):
+                    start = time.perf_counter()
+                    loaded.run(row)
+                    calls.append(time.perf_counter() - start)
             rows[fmt] = {k: round(median(v) * 1e3, 1) for k, v in fig.items()} | {
+                "kerasio_predict_1row_ms": round(median(calls) * 1e3, 3), "runtime": loaded.runner.runtime,
                 "kerasio_bytes": art.size, "keras_bytes": hash_artifact(path)[1]}
             print(fmt, rows[fmt], flush=True)
     report("formats", {"rounds": args.rounds, "unit": "ms", "formats": rows})

@@ -71,6 +71,7 @@ def render_report(bundle: str | Path, *, public_key: str | Path | None = None) -
                 for c in last.get("checks", [])]
         parts += [f"<p>{status('PASS' if last.get('ok') else 'FAIL')} ({escape(last.get('mode'))})</p>",
                   table(["Format", "Backend", "Device", "Max abs diff", "Result"], rows, status_column=4)]
+        parts += _quantized_parts(last)
     else:
         parts.append('<p class="note">never verified: run kerasio verify</p>')
     serving = _serving_versions(bundle)
@@ -117,3 +118,26 @@ def write_report(bundle: str | Path, out: str | Path | None = None, *, public_ke
     target = Path(out) if out else Path(bundle) / "report.html"
     write_text_atomic(target, render_report(bundle, public_key=public_key))
     return target
+
+
+def _quantized_parts(last: dict[str, Any]) -> list[str]:
+    """The quantized checks of a report: each gate with its value, and each output's distortion and decisions."""
+    gated = [c for c in last.get("checks", []) if isinstance(c.get("quantization"), dict)]
+    if not gated:
+        return []
+    gates = [[c.get("format"), g.get("metric"), g.get("value"), g.get("rule"),
+              "-" if g.get("passed") is None else "PASS" if g.get("passed") else "FAIL"]
+             for c in gated for g in c["quantization"].get("gates") or [] if isinstance(g, dict)]
+    outputs = [[c.get("format"), name, o.get("mse"), o.get("snr_db"), o.get("cosine"), o.get("kl", "-")]
+               for c in gated for name, o in (c["quantization"].get("outputs") or {}).items() if isinstance(o, dict)]
+    decisions = [[c.get("format"), d.get("top1_agreement"), d.get("flips"), d.get("flips_near_ties_only"),
+                  d.get("accuracy", "-"), d.get("float_accuracy", "-")]
+                 for c in gated for d in [c["quantization"].get("decisions")] if isinstance(d, dict)]
+    parts = ["<h3>Quantized artifacts against the float model: gates</h3>",
+             table(["Format", "Gate", "Value", "Rule", "Result"], gates, status_column=4),
+             "<h3>Distortion per output</h3>",
+             table(["Format", "Output", "MSE", "SNR (dB)", "Cosine", "KL"], outputs)]
+    if decisions:
+        parts += ["<h3>Decisions</h3>", table(["Format", "Top-1 agreement", "Rows that flip", "Only near ties",
+                                               "Accuracy", "Float accuracy"], decisions)]
+    return parts

@@ -122,3 +122,13 @@ def test_a_regression_is_held_to_its_signal_to_noise_ratio(tmp_path):
         gate = check.quantization["gates"]
         assert [g["metric"] for g in gate] == ["snr_db"] and "decisions" not in check.quantization
         assert check.passed == (gate[0]["value"] >= 30)
+
+
+def test_the_report_page_shows_the_gates_the_distortion_and_the_decisions(quantized, tmp_path):
+    out, result = quantized
+    page = tmp_path / "report.html"
+    assert main(["report", str(out), "-o", str(page)]) == 0
+    html = page.read_text()
+    assert "Quantized artifacts against the float model: gates" in html and "Distortion per output" in html
+    assert "Decisions" in html and "top1_agreement" in html and "litert-int8" in html
+    assert html.count("<tr>") >= len(QUANTIZED) * 3  # a gate row, an output row and a decision row each, at least
