@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import shutil
 import tempfile
@@ -66,7 +67,9 @@ from kerasio.verify import (
     verify_staged,
 )
 
-__all__ = ["export", "ExportResult", "choose_formats"]
+__all__ = ["export", "ExportResult", "choose_formats", "LARGE"]
+
+LARGE = 1 << 30  # bytes of weights above which export writes first, then verifies, to bound its memory
 
 
 class ExportResult:
@@ -185,7 +188,9 @@ def export(
         custom = _custom_objects(model)
         weights_bytes = variables_bytes(list(getattr(model, "weights", [])))
         # Checks go to a fresh worker as each artifact is written (a __main__ class cannot: verify says why).
-        early = checks if checks is not None and not checks.in_process and not any(
+        # A model over LARGE checks its artifacts after all are written, one at a time: the verifier's copy and the
+        # converters' would otherwise be in memory together.
+        early = checks if checks is not None and not checks.in_process and weights_bytes <= LARGE and not any(
             c.get("module") == "__main__" for c in custom) else None
         if early is not None:
             session.start(early.backend)  # started first: its import overlaps everything below
@@ -267,6 +272,8 @@ def export(
                             dest.unlink(missing_ok=True)
                         continue
                     seconds[fmt.name] = time.perf_counter() - start
+                    if weights_bytes > LARGE:  # a converter's frozen copy of the weights sits in reference cycles
+                        gc.collect()
                     written[fmt.name] = dest
                     crash_point(f"saved:{fmt.name}")
                     if progress is not None:

@@ -30,7 +30,7 @@ def test_the_figures_on_known_outputs():
     assert 0.99 < out["cosine"] < 1 and out["kl"] > 0
     d = got["decisions"]
     assert (d["top1_agreement"], d["flips"], d["flips_near_ties_only"]) == (0.75, 1, True)  # row 1: 0.45 vs 0.40
-    assert d["largest_flipped_margin"] == pytest.approx(0.05) and d["top2_set_changes"] == 0
+    assert d["largest_flipped_margin"] == pytest.approx(0.05) and (d["top_k"], d["top_k_set_changes"]) == (2, 0)
     assert (d["float_accuracy"], d["accuracy"], d["accuracy_drop"]) == (1.0, 0.75, 0.25)
     gates = judge(got, gates_for("classification"))
     assert [(g["metric"], g["passed"]) for g in gates] == [("top1_agreement", False), ("accuracy_drop", False)]

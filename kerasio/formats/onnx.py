@@ -79,9 +79,9 @@ def run(path, inputs):
         function = endpoint(forward_function(model, iospec), iospec)
         external = dest.name == DIRECTORY
         with _converter_errors() as said:
-            if external:  # a frozen graph over 2 GiB cannot be serialized: tf2onnx keeps the weights aside
-                graph_model, renames = _large_route(function, iospec)
-                route = "tf2onnx.from_function(large_model)"
+            if external:  # a frozen graph over 2 GiB cannot be serialized: its weights are set aside
+                graph_model, renames, aside = _large_route(function, iospec)
+                route = "frozen, weights streamed beside the graph"
             else:
                 try:
                     graph_model, renames = _frozen_route(function, iospec)
@@ -103,7 +103,10 @@ def run(path, inputs):
             return {"opset": OPSET, "route": route}
         dest.mkdir()
         onnx.save_model(graph_model, str(dest / GRAPH), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=DATA, size_threshold=1024)
+                        location=DATA, size_threshold=1024)  # the graph's own constants first, then the weights
+        graph_model = onnx.load(str(dest / GRAPH), load_external_data=False)
+        _weights_beside(graph_model.graph, aside, dest / DATA)
+        onnx.save(graph_model, str(dest / GRAPH))
         onnx.checker.check_model(str(dest / GRAPH))  # by path: the checker reads the external data itself
         return {"opset": OPSET, "route": route, "external_data": DATA}
 
@@ -235,41 +238,73 @@ def _graph(path: Path) -> Path:
     return path / GRAPH if path.is_dir() else path
 
 
-@contextlib.contextmanager
-def _numpy1_names() -> Iterator[None]:
-    """tf2onnx's large-model path still calls ``np.product``, which NumPy 2 removed: lend it while it converts."""
-    added = not hasattr(np, "product")
-    if added:
-        np.product = np.prod  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        if added:
-            del np.product  # type: ignore[attr-defined]
+KEPT_ASIDE = 1 << 20  # bytes: a variable this large stays out of the converted graph, its bytes streamed to DATA
 
 
-def _large_route(function: Any, iospec: IOSpec) -> tuple[Any, dict[str, str]]:
-    """``tf2onnx.convert.from_function(large_model=True)``: the weights kept outside the proto while it converts,
-    then put back into the model's initializers (``onnx.save_model`` writes them to the external data file)."""
-    import onnx
+def _large_route(function: Any, iospec: IOSpec) -> tuple[Any, dict[str, str], dict[str, Any]]:
+    """A graph over 2 GiB, converted without ever holding it whole: ``(graph, renames, {input: variable})``.
+
+    The forward pass is traced and frozen as the frozen route freezes it, except that every variable over
+    :data:`KEPT_ASIDE` stays out: its resource placeholder becomes a placeholder of its value's dtype and shape,
+    its reads identities. tf2onnx converts that small graph with those weights as inputs; :meth:`OnnxFormat.save`
+    then makes each an initializer whose bytes it writes to the external data file from the Keras variable
+    itself, one variable at a time (TensorFlow's own freezing would build the whole graph as one protobuf,
+    which stops at 2 GiB, and tf2onnx's large-model path holds the weights three times over).
+    """
     import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import (
+        _FunctionConverterDataInEager,
+        _replace_variables_by_constants,
+    )
 
-    with _numpy1_names():
-        graph_model, storage = tf2onnx.convert.from_function(function, input_signature=tf_input_specs(iospec),
-                                                             opset=OPSET, large_model=True)
-    names = [i.name for i in graph_model.graph.input]
-    if sorted(names) != sorted(tf_input_names(iospec)):
-        raise ValueError(f"tf2onnx.from_function left captured values as graph inputs: {names}")
-    held = storage.name_to_tensor_data if storage is not None else {}
-    tensors = list(graph_model.graph.initializer) + [a.t for n in graph_model.graph.node for a in n.attribute
-                                                    if a.HasField("t")]
-    for tensor in tensors:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next(e.value for e in tensor.external_data if e.key == "location")
-            tensor.raw_data = held[location]
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            del tensor.external_data[:]
-    return graph_model, dict(zip(tf_input_names(iospec), iospec.input_names))
+    concrete = function.get_concrete_function()
+    owners = {id(v.handle): v for v in concrete.graph.variables}
+    aside = {}
+    for value, placeholder in concrete.graph.captures:
+        variable = owners.get(id(value))
+        if variable is not None and int(np.prod(variable.shape)) * variable.dtype.size > KEPT_ASIDE:
+            aside[placeholder.op.name] = variable
+    data = _FunctionConverterDataInEager(func=concrete, lower_control_flow=False, aggressive_inlining=True,
+                                         variable_names_denylist=set(aside))
+    graph_def, _ = _replace_variables_by_constants(converter_data=data)
+    for node in graph_def.node:
+        if node.name in aside:  # the resource placeholder: now one of the weights' value
+            variable = aside[node.name]
+            node.attr["dtype"].type = variable.dtype.as_datatype_enum
+            node.attr["shape"].shape.CopyFrom(variable.shape.as_proto())
+        elif node.op == "ReadVariableOp" and node.input and node.input[0].split(":")[0] in aside:
+            node.op = "Identity"
+            node.attr["T"].type = node.attr["dtype"].type
+            del node.attr["dtype"]
+    inputs = [t.name for t in concrete.inputs[:len(iospec.inputs)]] + [f"{name}:0" for name in aside]
+    graph_model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs,
+                                                    output_names=[t.name for t in concrete.outputs], opset=OPSET)
+    renames = {f"{tf_name}:0": spec.name for tf_name, spec in zip(tf_input_names(iospec), iospec.inputs)}
+    renames.update({t.name: name for t, name in zip(concrete.outputs, sorted(iospec.output_names))})
+    return graph_model, renames, {f"{name}:0": variable for name, variable in aside.items()}
+
+
+def _weights_beside(graph: Any, aside: Mapping[str, Any], data: Path) -> None:
+    """Make each set-aside weight an initializer whose bytes are in ``data``, written one variable at a time."""
+    import onnx
+
+    kept = {i.name for i in graph.input} - set(aside)
+    inputs = [i for i in graph.input if i.name in kept]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    with open(data, "ab") as out:
+        for name, variable in aside.items():
+            value = np.ascontiguousarray(variable.numpy())
+            offset = out.tell()
+            out.write(value.tobytes())
+            tensor = onnx.TensorProto(name=name, dims=list(value.shape),
+                                      data_type=onnx.helper.np_dtype_to_tensor_dtype(value.dtype),
+                                      data_location=onnx.TensorProto.EXTERNAL)
+            for key, field in (("location", data.name), ("offset", str(offset)), ("length", str(value.nbytes))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, field
+            graph.initializer.append(tensor)
+            del value
 
 
 def _library_route(function: Any, iospec: IOSpec) -> tuple[Any, dict[str, str]]:

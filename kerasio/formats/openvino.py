@@ -87,14 +87,13 @@ def run(path, inputs):
         audit_openvino(path)  # before the runtime reads the XML or maps the weights
         xml, _ = ir_files(path)
         core = ov.Core()
-        try:
-            model = core.read_model(str(xml))
-            compiled = core.compile_model(model, "GPU" if device == "gpu" else "CPU", PRECISION)
+        try:  # compiled from the file: the weights are mapped, not read into a model and copied again
+            compiled = core.compile_model(str(xml), "GPU" if device == "gpu" else "CPU", PRECISION)
         except Exception as exc:  # the runtime raises its own types for a malformed IR
             raise ArtifactError(f"{path}: the OpenVINO runtime could not load it; re-export it. Received: "
                                 f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
         if iospec is None:
-            iospec = IOSpec(inputs=[_spec(p) for p in model.inputs], outputs=[_spec(p) for p in model.outputs],
+            iospec = IOSpec(inputs=[_spec(p) for p in compiled.inputs], outputs=[_spec(p) for p in compiled.outputs],
                             input_structure="dict", output_structure="dict")
         keys = dict(zip(tf_input_names(iospec), iospec.input_names))
         given = {p.get_any_name() for p in compiled.inputs}
@@ -117,7 +116,7 @@ def run(path, inputs):
             return {name: np.array(out[ports[name]]) for name in iospec.output_names}  # copies: buffers are reused
 
         return Runner(run, format=self.name, path=path, runtime="openvino", backend="openvino", iospec=iospec,
-                      device=device, model=model,
+                      device=device, model=compiled,
                       info={"inference_precision": precision, "openvino": ov.__version__.split("-")[0]})
 
     def intermediates(self, runner: Runner, inputs: Mapping[str, np.ndarray],

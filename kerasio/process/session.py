@@ -140,6 +140,10 @@ class Session:
         self._pending[request.path] = check
         return check
 
+    def has_pending(self, worker: Worker) -> bool:
+        """Whether a check sent early (:meth:`submit`) still waits for ``worker``."""
+        return any(check.worker is worker for check in self._pending.values())
+
     def pending(self, path: str | Path) -> PendingCheck | None:
         """The check already sent for the artifact at ``path`` (export sends each as soon as it is written)."""
         return self._pending.pop(str(path), None)

@@ -121,7 +121,7 @@ def figures(reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray
         if k > 1:
             ref_k = np.sort(np.argsort(-ref2, axis=1)[:, :k], axis=1)
             act_k = np.sort(np.argsort(-act2, axis=1)[:, :k], axis=1)
-            decisions[f"top{k}_set_changes"] = int(np.sum(np.any(ref_k != act_k, axis=1)))
+            decisions["top_k"], decisions["top_k_set_changes"] = k, int(np.sum(np.any(ref_k != act_k, axis=1)))
         if labels is not None and len(labels) == len(ref_top):
             truth = np.asarray(labels).reshape(-1).astype(int)
             decisions["float_accuracy"] = float(np.mean(ref_top == truth))
