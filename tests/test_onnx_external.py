@@ -41,7 +41,7 @@ def test_the_weights_go_beside_the_graph_listed_hashed_and_verified(external, tm
     model, bundle, result = external
     art = result.manifest.artifact("onnx")
     assert art.path.endswith("/onnx") and sorted(art.files) == ["model.onnx", "model.onnx.data"]
-    assert art.info["external_data"] == "model.onnx.data" and art.info["route"] == "tf2onnx.from_function(large_model)"
+    assert art.info["external_data"] == "model.onnx.data" and art.info["route"] == "frozen, weights streamed beside the graph"
     proto = onnx.load(str(_graph(bundle)), load_external_data=False)
     outside = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert outside and all({e.key: e.value for e in t.external_data}["location"] == "model.onnx.data"
