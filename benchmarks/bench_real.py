@@ -10,9 +10,10 @@ in their own process groups, interleaved round by round:
   and passed as ``VerifyOptions(session=...)``, so that the verifying process's TensorFlow import overlaps the
   build, as ``kerasio run`` overlaps it with training;
 * **by hand**: the libraries' own calls, as a careful user would write them: ``model.save`` (.keras and .h5),
-  ``model.save_weights``, ``model.export`` for ``tf_saved_model``, ``onnx`` (tf2onnx's ``from_function``) and
-  ``litert`` (the LiteRT converter), then one reload of each in the same process and one ``np.allclose`` against
-  ``model(x)``. A call that raises is caught and its time still counts.
+  ``model.save_weights``, ``model.export`` for ``tf_saved_model``, ``onnx`` (tf2onnx's ``from_function``),
+  ``litert`` (the LiteRT converter) and ``openvino`` (OpenVINO's TensorFlow frontend, compiled at f32), then one
+  reload of each in the same process and one ``np.allclose`` against ``model(x)``. A call that raises is caught
+  and its time still counts.
 
 Each side times its own work (building the model is timed apart and left out) and the parent times the whole
 process group. Reported: per model, the median work seconds of each side and their ratio, and where kerasio's
@@ -116,12 +117,26 @@ def by_hand(model, x, tmp: Path) -> dict:
         out = runner(**({k: np.asarray(x[k]) for k in keys} if isinstance(x, dict) else {keys[0]: x}))
         return _same(reference, out if isinstance(reference, dict) else list(out.values()))
 
+    def openvino():
+        import openvino as ov
+
+        path = tmp / "model.xml"
+        model.export(path, format="openvino", verbose=False)
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        names = [p.get_any_name() for p in compiled.inputs]
+        feed = {n: np.asarray(x[n]) for n in names} if isinstance(x, dict) else {names[0]: np.asarray(x)}
+        out = compiled(feed)
+        values = [out[o] for o in compiled.outputs]
+        return _same(reference, values if not isinstance(reference, dict) else
+                     dict(zip([o.get_any_name() for o in compiled.outputs], values)))
+
     attempt("keras", lambda: keras_file(".keras"))
     attempt("savedmodel", savedmodel)
     attempt("h5", lambda: keras_file(".h5"))
     attempt("weights", weights)
     attempt("onnx", onnx)
     attempt("litert", litert)
+    attempt("openvino", openvino)
     return results
 
 

@@ -533,11 +533,12 @@ def _labels(path: str | None):
     """``--labels FILE``: class indices from an .npy, or a table's ``label`` column (or its only one)."""
     if path is None:
         return None
-    import numpy as np
-
-    if path.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
-    table = read_input_file(path)
+    table = read_input_file(path)  # bounded like any input file: a header claiming terabytes is refused first
+    if not hasattr(table, "columns"):
+        if isinstance(table, dict):
+            raise InputError(f"{path}: --labels reads one array (.npy) or one table column, not an .npz archive. "
+                             f"Received: {path}")
+        return table
     columns = list(getattr(table, "columns", []))
     column = "label" if "label" in columns else columns[0] if len(columns) == 1 else None
     if column is None:

@@ -363,7 +363,6 @@ def _quantization_text(c: Check) -> list[str]:
     return lines
 
 
-
 def _argmax_text(c: Check) -> str:
     return "-" if c.argmax_agreement is None else f"{c.argmax_agreement:.1%}"
 
@@ -736,8 +735,6 @@ def _failing_case(c: Check) -> str:
     """The input shape a check first failed on (the reference batch when no shape is named)."""
     failing = next((o for o in c.outputs if not o["passed"] and o.get("failed_shapes")), None)
     return failing["failed_shapes"][0] if failing else "reference batch"
-
-
 
 
 def _max_float_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:

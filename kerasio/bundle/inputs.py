@@ -105,8 +105,6 @@ def _bounded(file: Path, suffix: str, *, header: bool) -> None:
     """
     import zipfile
 
-
-
     advice = "check the file"
     room = available_memory() // 2 or None
     if suffix == ".npy":
