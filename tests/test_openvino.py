@@ -114,6 +114,16 @@ def test_a_constant_whose_shape_outgrows_its_bytes_is_refused(ov_bundle, tmp_pat
         kerasio.load(b, format="openvino")
 
 
+def test_an_xml_built_to_exhaust_memory_is_refused_before_it_is_parsed(ov_bundle, tmp_path):
+    from kerasio.bundle.audit.openvino import MAX_XML_BYTES
+
+    padding = "<!--" + "x" * (MAX_XML_BYTES + 1) + "-->"  # a comment: valid XML that only costs memory
+    b = _edited(ov_bundle, tmp_path, lambda t: t.replace("<layers>", padding + "<layers>", 1))
+    with pytest.raises(UnsafeArtifactError, match=r"model\.xml: [\d,]+ bytes of IR XML, over the 67,108,864 kerasio "
+                                                  r"reads"):
+        kerasio.load(b, format="openvino")
+
+
 def test_entities_links_and_paths_are_refused(ov_bundle, tmp_path):
     lol = '<?xml version="1.0"?>\n<!DOCTYPE net [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>\n'
     b = _edited(ov_bundle, tmp_path / "1", lambda t: lol + t.split("\n", 1)[1])
