@@ -121,7 +121,7 @@ def by_hand(model, x, tmp: Path) -> dict:
         import openvino as ov
 
         path = tmp / "model.xml"
-        model.export(path, format="openvino", verbose=False)
+        model.export(str(path), format="openvino", verbose=False)  # Keras wants a str here
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         names = [p.get_any_name() for p in compiled.inputs]
         feed = {n: np.asarray(x[n]) for n in names} if isinstance(x, dict) else {names[0]: np.asarray(x)}
