@@ -60,10 +60,16 @@ def _same(reference, got) -> bool:
         r.shape == o.shape and np.allclose(r, o, rtol=1e-5, atol=1e-5) for r, o in zip(ref, out))
 
 
+def _feed(names, x) -> dict:
+    """The model's inputs keyed by a runtime's input names: by name for a dict, else the one array."""
+    import numpy as np
+
+    return {n: np.asarray(x[n]) for n in names} if isinstance(x, dict) else {names[0]: np.asarray(x)}
+
+
 def by_hand(model, x, tmp: Path) -> dict:
     """Every format through the libraries' own calls, each reloaded once and compared with model(x)."""
     import keras
-    import numpy as np
 
     reference = model(x)
     results = {}
@@ -102,8 +108,7 @@ def by_hand(model, x, tmp: Path) -> dict:
         path = tmp / "model.onnx"
         model.export(path, format="onnx", verbose=False)
         session = ort.InferenceSession(str(path))
-        names = [i.name for i in session.get_inputs()]
-        feed = {n: np.asarray(x[n]) for n in names} if isinstance(x, dict) else {names[0]: x}
+        feed = _feed([i.name for i in session.get_inputs()], x)
         return _same(reference, session.run(None, feed) if not isinstance(reference, dict) else
                      dict(zip([o.name for o in session.get_outputs()], session.run(None, feed))))
 
@@ -114,7 +119,7 @@ def by_hand(model, x, tmp: Path) -> dict:
         model.export(path, format="litert", verbose=False)
         runner = Interpreter(model_path=str(path)).get_signature_runner()
         keys = list(runner.get_input_details())
-        out = runner(**({k: np.asarray(x[k]) for k in keys} if isinstance(x, dict) else {keys[0]: x}))
+        out = runner(**_feed(keys, x))
         return _same(reference, out if isinstance(reference, dict) else list(out.values()))
 
     def openvino():
@@ -123,9 +128,7 @@ def by_hand(model, x, tmp: Path) -> dict:
         path = tmp / "model.xml"
         model.export(str(path), format="openvino", verbose=False)  # Keras wants a str here
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        names = [p.get_any_name() for p in compiled.inputs]
-        feed = {n: np.asarray(x[n]) for n in names} if isinstance(x, dict) else {names[0]: np.asarray(x)}
-        out = compiled(feed)
+        out = compiled(_feed([p.get_any_name() for p in compiled.inputs], x))
         values = [out[o] for o in compiled.outputs]
         return _same(reference, values if not isinstance(reference, dict) else
                      dict(zip([o.get_any_name() for o in compiled.outputs], values)))

@@ -534,12 +534,12 @@ def _labels(path: str | None):
     if path is None:
         return None
     table = read_input_file(path)  # bounded like any input file: a header claiming terabytes is refused first
-    if not hasattr(table, "columns"):
-        if isinstance(table, dict):
-            raise InputError(f"{path}: --labels reads one array (.npy) or one table column, not an .npz archive. "
-                             f"Received: {path}")
+    if isinstance(table, dict):
+        raise InputError(f"{path}: --labels reads one array (.npy) or one table column, not an .npz archive. "
+                         f"Received: {path}")
+    if not hasattr(table, "columns"):  # an .npy: the labels themselves
         return table
-    columns = list(getattr(table, "columns", []))
+    columns = list(table.columns)
     column = "label" if "label" in columns else columns[0] if len(columns) == 1 else None
     if column is None:
         raise InputError(f"{path}: --labels reads an .npy, or a table with a 'label' column or one column; this one "

@@ -310,8 +310,9 @@ def test_a_reader_that_goes_away_gets_no_traceback(bundle, tmp_path):
     x = manifest.reference_arrays(bundle)[0]["features"]
     rows = pd.DataFrame(np.tile(x, (20_000 // len(x) + 1, 1))[:20_000], columns=manifest.feature_names)
     rows.to_csv(tmp_path / "rows.csv", index=False)
-    proc = subprocess.Popen([sys.executable, "-m", "kerasio", "predict", str(bundle), "--input",
-                             str(tmp_path / "rows.csv"), "--chunk-rows", "500"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    command = [sys.executable, "-m", "kerasio", "predict", str(bundle), "--input", str(tmp_path / "rows.csv"),
+               "--chunk-rows", "500"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     header = proc.stdout.readline()
     proc.stdout.close()  # the reader goes away after the header
